@@ -1,0 +1,31 @@
+"""Stage combine: join the conv part and the fine-tuned dense part; evaluate both models on the valid images."""
+
+import argparse
+
+from vggbn import stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pretrained", required=True, help="the pretrained classifier (.keras)")
+    parser.add_argument("--dense", required=True, help="the fine-tuned dense part (.keras)")
+    parser.add_argument("--valid-features", required=True, help="valid features (HDF5): where the model was cut")
+    parser.add_argument("--sample", required=True, help="folder with the valid.tsv manifest")
+    parser.add_argument("--out", required=True, help="the combined model (.keras)")
+    parser.add_argument("--weights", required=True, help="its weights alone (.weights.h5)")
+    parser.add_argument("--metrics", required=True, help="JSON: loss and accuracy, combined and original")
+    args = parser.parse_args()
+    params = stage.params()
+
+    from vggbn.atomic import write_json
+    from vggbn.combine import combine
+
+    metrics = combine(pretrained_path=args.pretrained, dense_path=args.dense, valid_features=args.valid_features,
+                      sample_dir=args.sample, root=params.data.root, out_path=args.out, weights_path=args.weights,
+                      batch_size=params.features.batch_size, resize=params.features.resize,
+                      preprocess=params.model.preprocess_mode)
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,28 @@
+"""Stage demo_model: train the demo's small VGG-style classifier (no batch normalization) on the demo folder."""
+
+import argparse
+
+from vggbn import stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, help="the demo image folder")
+    parser.add_argument("--out", required=True, help="the trained classifier (.keras)")
+    parser.add_argument("--metrics", required=True, help="JSON with the valid accuracy")
+    args = parser.parse_args()
+    demo_params = stage.params().demo
+
+    from vggbn.atomic import atomic_path, write_json
+    from vggbn.demo_model import train_demo_classifier
+
+    model, metrics = train_demo_classifier(args.data, size=demo_params.size, epochs=demo_params.epochs,
+                                           batch_size=demo_params.batch_size, lr=demo_params.lr,
+                                           seed=demo_params.seed)
+    with atomic_path(args.out) as tmp:
+        model.save(tmp)
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,69 @@
+import keras
+import numpy as np
+import pytest
+
+from vggbn import models
+
+
+def test_split_and_join_reproduce_the_model(mini_vgg, rng):
+    x = rng.uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)
+    conv, dense = models.split(mini_vgg)
+    assert conv.layers[-1].name == "block2_pool"
+    np.testing.assert_array_equal(dense.predict_on_batch(conv.predict_on_batch(x)), mini_vgg.predict_on_batch(x))
+    joined = models.join(conv, dense, name="joined")
+    assert [layer.name for layer in joined.layers] == [layer.name for layer in mini_vgg.layers]
+    np.testing.assert_array_equal(joined.predict_on_batch(x), mini_vgg.predict_on_batch(x))
+
+
+def test_cut_at_an_earlier_layer(mini_vgg, rng):
+    x = rng.uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    conv, dense = models.split(mini_vgg, "block2_conv2")
+    assert conv.output.shape[1:] == (16, 16, 16)
+    assert [layer.name for layer in dense.layers][1:3] == ["block2_pool", "flatten"]
+    np.testing.assert_allclose(dense.predict_on_batch(conv.predict_on_batch(x)), mini_vgg.predict_on_batch(x),
+                               atol=1e-6)
+
+
+def test_bad_cuts_name_the_key(mini_vgg):
+    with pytest.raises(models.ModelError, match="features.cut: .*no layer 'block9_pool'"):
+        models.split(mini_vgg, "block9_pool")
+    with pytest.raises(models.ModelError, match="features.cut: 'fc1' is inside the dense head"):
+        models.split(mini_vgg, "fc1")
+
+
+def test_global_pooling_head():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(x))
+    assert models.default_cut(model) == "conv"
+
+
+def test_no_dense_head_is_a_one_line_error():
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="conv")(inputs), name="fcn")
+    with pytest.raises(models.ModelError, match="no dense head"):
+        models.default_cut(model)
+
+
+def test_model_file_with_a_lambda_is_refused(tmp_path):
+    inputs = keras.Input((4,))
+    x = keras.layers.Lambda(lambda t: t * 2)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(models.ModelError, match="Lambda"):
+        models.load_model_file(tmp_path / "lambda.keras")
+
+
+def test_missing_model_file_names_it(tmp_path):
+    with pytest.raises(models.ModelError, match="nothing.keras: model file not found"):
+        models.load_model_file(tmp_path / "nothing.keras")
+
+
+def test_vgg16_with_random_weights_splits_at_block5_pool():
+    vgg = models.vgg16("none")
+    conv, dense = models.split(vgg)
+    assert conv.output.shape[1:] == (7, 7, 512)
+    assert [layer.name for layer in dense.layers][1:] == ["flatten", "fc1", "fc2", "predictions"]
+    assert models.input_size(vgg) == (224, 224)

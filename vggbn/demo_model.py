@@ -1,0 +1,42 @@
+"""The embedded demo's classifier: a small VGG-style model trained on the demo folder without batch
+normalization, standing in for VGG16 and ImageNet, which cannot be downloaded here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vggbn import images, models, train
+
+DEMO_PREPROCESS = "caffe"  # the same preprocessing as VGG16, so the demo exercises the same path
+DEMO_RESIZE = "squash"
+
+
+def _load_split(root: Path, split: str, classes: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images and labels of one split (the demo holds at most 1,797 images of 32x32: in memory)."""
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        for path in sorted((root / split / name).iterdir()):
+            paths.append(str(path))
+            labels.append(index)
+    batch = images.load_batch(paths, size=(size, size), resize=DEMO_RESIZE, preprocess=DEMO_PREPROCESS)
+    return batch, np.asarray(labels, dtype=np.int32)
+
+
+def train_demo_classifier(root: str | Path, *, size: int, epochs: int, batch_size: int, lr: float, seed: int,
+                          callbacks=()):
+    """Train the demo VGG-style classifier on `root`'s train split; returns (model, metrics)."""
+    root = Path(root)
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    x_train, y_train = _load_split(root, "train", classes, size)
+    x_valid, y_valid = _load_split(root, "valid", classes, size)
+    train.seed_everything(seed)
+    model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
+    train.compile_for_training(model, lr)
+    model.fit(x_train, y_train, validation_data=(x_valid, y_valid), epochs=epochs, batch_size=batch_size,
+              shuffle=True, callbacks=list(callbacks), verbose=2)
+    valid_loss, valid_accuracy = model.evaluate(x_valid, y_valid, batch_size=batch_size, verbose=0)
+    metrics = {"valid_loss": float(valid_loss), "valid_accuracy": float(valid_accuracy),
+               "train_images": int(len(y_train)), "valid_images": int(len(y_valid)), "params": model.count_params()}
+    return model, metrics

@@ -1,0 +1,75 @@
+"""Run the conv part of a classifier over sampled images and cache its output in a feature file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from vggbn import features, images, models
+
+CHECK_IMAGES = 256  # images on which the split is checked against the whole model, a bounded cost at any scale
+
+
+def extract_split(*, model: keras.Model, model_md5: str, cut: str | None, root: str | Path, paths: Sequence[str],
+                  labels: Sequence[int], md5s: Sequence[str], out_path: str | Path, work_dir: str | Path,
+                  batch_size: int, resize: str, preprocess: str, dtype: str = "float32") -> dict:
+    """Write `out_path` with the cut layer's output for each manifest row (paths relative to `root`)."""
+    conv, _ = models.split(model, cut)
+    size = models.input_size(model)
+    root = Path(root)
+    cut_name = conv.layers[-1].name
+    recipe = {"model_md5": model_md5, "cut": cut_name, "size": list(size), "resize": resize, "preprocess": preprocess}
+
+    def extract(rows: Sequence[int]):
+        dataset = images.image_dataset([str(root / paths[i]) for i in rows], size=size, resize=resize,
+                                       preprocess=preprocess, batch_size=batch_size)
+        for batch in dataset:
+            yield conv.predict_on_batch(batch)
+
+    return features.build_feature_file(
+        out_path, paths=paths, labels=labels, md5s=md5s, extract=extract, row_shape=tuple(conv.output.shape[1:]),
+        dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut_name})
+
+
+def check_split(*, model: keras.Model, cut: str | None, root: str | Path, feature_path: str | Path, resize: str,
+                preprocess: str, batch_size: int, limit: int = CHECK_IMAGES) -> dict:
+    """Largest difference between the whole model on the images and the dense part on their cached features.
+
+    This proves the cached features and the split are right (the 2017 notebook checked it by hand).
+    """
+    _, dense = models.split(model, cut)
+    with features.open_features(feature_path) as file:
+        count = min(limit, file["features"].shape[0])
+        cached = file["features"][:count].astype(np.float32)
+        rel_paths = file["paths"].asstr()[:count]
+    dataset = images.image_dataset([str(Path(root) / p) for p in rel_paths], size=models.input_size(model),
+                                   resize=resize, preprocess=preprocess, batch_size=batch_size)
+    whole = np.concatenate([model.predict_on_batch(batch) for batch in dataset]) if count else np.zeros((0,))
+    from_cache = np.concatenate([dense.predict_on_batch(cached[i:i + batch_size])
+                                 for i in range(0, count, batch_size)]) if count else np.zeros((0,))
+    worst = float(np.abs(whole - from_cache).max()) if count else 0.0
+    return {"split_max_abs_diff": worst, "split_checked_images": int(count)}
+
+
+def conv_features(*, model_path: str | Path, sample_dir: str | Path, root: str | Path, out_paths: dict[str, str],
+                  work_dir: str | Path, cut: str | None, batch_size: int, resize: str, preprocess: str) -> dict:
+    """The conv_features stage: a feature file per split (`out_paths`: split -> path), and the split check."""
+    from vggbn.models import load_model_file
+    from vggbn.sample import read_manifest
+
+    model = load_model_file(model_path)
+    model_md5 = features.file_md5(model_path)
+    metrics = {}
+    for split in ("train", "valid"):
+        manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
+        stats = extract_split(model=model, model_md5=model_md5, cut=cut, root=root, paths=manifest.paths,
+                              labels=manifest.labels, md5s=manifest.md5s, out_path=out_paths[split],
+                              work_dir=Path(work_dir) / split, batch_size=batch_size, resize=resize,
+                              preprocess=preprocess)
+        metrics.update({f"{split}_{key}": value for key, value in stats.items()})
+    metrics.update(check_split(model=model, cut=cut, root=root, feature_path=out_paths["valid"],
+                               resize=resize, preprocess=preprocess, batch_size=batch_size))
+    return metrics

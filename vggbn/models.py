@@ -1,0 +1,175 @@
+"""Build or load the pretrained classifier and split it at the cut layer into a conv part and a dense part.
+
+Every model here has VGG16's structure and layer names (`block1_conv1` ... `blockN_pool`, `flatten`, `fc1`,
+`fc2`, `predictions`), so the demo classifier, `keras.applications.VGG16` and a user's own `.keras` file go
+through the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from vggbn import VggbnError
+
+# Layers that may make up a classifier's head after the flatten or global pooling.
+HEAD_LAYERS = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Activation, keras.layers.Softmax,
+               keras.layers.ReLU, keras.layers.BatchNormalization)
+HEAD_ENTRIES = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+
+
+class ModelError(VggbnError):
+    pass
+
+
+def build_demo_classifier(*, input_size: int = 32, num_classes: int = 10, filters: tuple[int, ...] = (16, 32, 64),
+                          dense_units: int = 128, dropout: float = 0.5, seed: int = 0) -> keras.Model:
+    """A small VGG16-shaped classifier without BatchNormalization.
+
+    Args:
+        input_size: side of the square RGB input; must be divisible by 2 ** len(filters).
+        num_classes: units of the softmax `predictions` layer.
+        filters: conv filters of each block (two 3x3 convs, then 2x2 max pooling, as in VGG16).
+        dense_units: units of `fc1` and `fc2`.
+        dropout: rate of the Dropout layers after `fc1` and `fc2`, as in the original VGG16.
+        seed: seed of the weight initializers.
+    """
+    if input_size % 2 ** len(filters):
+        raise ValueError(f"Expected `input_size` to be divisible by {2 ** len(filters)}. Received: input_size={input_size}")
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input((input_size, input_size, 3), name="input_layer")
+    x = inputs
+    for block, width in enumerate(filters, start=1):
+        for conv in (1, 2):
+            x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=init,
+                                    name=f"block{block}_conv{conv}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for index, name in enumerate(("fc1", "fc2")):
+        x = keras.layers.Dense(dense_units, activation="relu", kernel_initializer=init, name=name)(x)
+        x = keras.layers.Dropout(dropout, seed=seed + index, name=f"{name}_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=init, name="predictions")(x)
+    return keras.Model(inputs, outputs, name="demo_vgg")
+
+
+def load_model_file(path: str | Path) -> keras.Model:
+    """Load a `.keras` (or legacy `.h5`) model with safe_mode on: no arbitrary code from a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as error:
+        if "safe_mode" in str(error) or "lambda" in str(error).lower():
+            raise ModelError(f"{path}: refused to load: it holds a Lambda layer (arbitrary code), which safe_mode "
+                             "forbids; rebuild the model without it") from None
+        raise ModelError(f"{path}: cannot load model: {str(error).splitlines()[0]}") from None
+
+
+def vgg16(weights: str | None) -> keras.Model:
+    """`keras.applications.VGG16` with its dense head; weights: 'imagenet' (downloaded by Keras), 'none', or a file."""
+    if weights in (None, "imagenet"):
+        return keras.applications.VGG16(weights="imagenet")
+    if weights == "none":
+        return keras.applications.VGG16(weights=None)
+    if not Path(weights).is_file():
+        raise ModelError(f"model.weights: weights file {weights} not found (expected imagenet, none or a file)")
+    return keras.applications.VGG16(weights=weights)
+
+
+def head_start(model: keras.Model) -> int:
+    """Index in `model.layers` of the head's first layer: the flatten or global pooling before the dense layers."""
+    layers = model.layers
+    index = len(layers)
+    while index > 0 and isinstance(layers[index - 1], HEAD_LAYERS):
+        index -= 1
+    dense_count = sum(isinstance(layer, keras.layers.Dense) for layer in layers[index:])
+    if dense_count == 0 or index == 0 or not isinstance(layers[index - 1], HEAD_ENTRIES):
+        raise ModelError(f"model {model.name!r} has no dense head (a Flatten or global pooling layer followed by "
+                         "Dense layers), so there is no dense part to give batch normalization")
+    return index - 1
+
+
+def default_cut(model: keras.Model) -> str:
+    """The last layer before the dense head (`block5_pool` for VGG16)."""
+    return model.layers[head_start(model) - 1].name
+
+
+def cut_index(model: keras.Model, cut: str | None) -> int:
+    names = [layer.name for layer in model.layers]
+    cut = cut or default_cut(model)
+    if cut not in names:
+        raise ModelError(f"features.cut: model {model.name!r} has no layer {cut!r}; its layers: {', '.join(names)}")
+    index = names.index(cut)
+    if index >= head_start(model):
+        raise ModelError(f"features.cut: {cut!r} is inside the dense head; cut at {default_cut(model)!r} or earlier")
+    return index
+
+
+def split(model: keras.Model, cut: str | None = None) -> tuple[keras.Model, keras.Model]:
+    """(conv part, dense part): the model up to and including `cut`, and the layers after it as their own model.
+
+    Both share the original layers (and weights), so `dense(conv(x)) == model(x)`; the layers after the cut must
+    form a chain, which conv_features checks numerically on every run.
+    """
+    index = cut_index(model, cut)
+    cut_layer = model.layers[index]
+    conv = keras.Model(model.input, cut_layer.output, name=f"{model.name}_conv")
+    inputs = keras.Input(cut_layer.output.shape[1:], name=f"{cut_layer.name}_features")
+    x = inputs
+    for layer in model.layers[index + 1:]:
+        x = layer(x)
+    dense = keras.Model(inputs, x, name=f"{model.name}_dense")
+    return conv, dense
+
+
+def join(conv: keras.Model, dense: keras.Model, name: str) -> keras.Model:
+    """The full model: `dense`'s layers applied after `conv`, keeping every layer's name and weights."""
+    x = conv.output
+    for layer in dense.layers[1:]:
+        x = layer(x)
+    return keras.Model(conv.input, x, name=name)
+
+
+def input_size(model: keras.Model) -> tuple[int, int]:
+    height, width = model.input_shape[1:3]
+    if height is None or width is None:
+        raise ModelError(f"model {model.name!r} takes images of any size; give it a fixed input shape")
+    return int(height), int(width)
+
+
+def copy_chain(model: keras.Model, *, name: str, configure=None, after=None) -> keras.Model:
+    """A copy of a chain-shaped model with its own weights, edited on the way.
+
+    Args:
+        configure: `configure(layer, config) -> config` edits a layer's config before it is rebuilt.
+        after: `after(layer) -> [(new_layer, weights), ...]` layers to insert after `layer`, with their weights.
+    """
+    inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
+    x = inputs
+    for layer in model.layers[1:]:
+        config = layer.get_config()
+        clone = layer.__class__.from_config(configure(layer, config) if configure else config)
+        x = clone(x)
+        clone.set_weights(layer.get_weights())
+        for extra, weights in (after(layer) if after else []):
+            x = extra(x)
+            extra.set_weights(weights)
+    return keras.Model(inputs, x, name=name)
+
+
+def pretrained_classifier(*, source: str, weights: str | None, demo_path: str | Path) -> keras.Model:
+    """The classifier to give batch normalization: `demo`, `vgg16` (with `weights`), or a model file's path.
+
+    Whatever the source, it must have a dense head; otherwise this is a one-line error saying so.
+    """
+    if source == "demo":
+        model = load_model_file(demo_path)
+    elif source == "vgg16":
+        model = vgg16(weights)
+    else:
+        model = load_model_file(source)
+    head_start(model)
+    input_size(model)
+    return model

@@ -1,0 +1,147 @@
+"""Insert identity-calibrated BatchNormalization into a dense part, and prove it changed nothing.
+
+A BatchNormalization layer in inference computes `gamma * (x - moving_mean) / sqrt(moving_variance + eps) + beta`.
+With `gamma = sqrt(var + eps)`, `beta = moving_mean = mean` and `moving_variance = var`, that is `x` again, for any
+mean and variance: the new model computes exactly what the old one did. The measured mean and variance matter
+once fine-tuning starts: in training mode BN normalizes each batch and then rescales it by gamma and beta, which
+start at the statistics the pretrained layer actually produces. (The 2017 notebook set gamma to the variance,
+which is not the identity: its validation loss went from 1.52 to 4.76.)
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import keras
+import numpy as np
+
+from vggbn import models
+from vggbn.moments import Moments
+from vggbn.scoring import Score
+
+EPSILON = 1e-3  # Keras' default BatchNormalization epsilon
+
+
+def hidden_dense_names(dense: keras.Model) -> list[str]:
+    """The Dense layers that get a BN after them: every one but the classifier at the end."""
+    names = [layer.name for layer in dense.layers if isinstance(layer, keras.layers.Dense)]
+    return names[:-1]
+
+
+def tap_model(dense: keras.Model, names: list[str]) -> keras.Model:
+    """A model with the outputs of the named layers, sharing `dense`'s weights."""
+    inputs = keras.Input(dense.input_shape[1:])
+    x, taps = inputs, {}
+    for layer in dense.layers[1:]:
+        x = layer(x)
+        if layer.name in names:
+            taps[layer.name] = x
+    return keras.Model(inputs, [taps[name] for name in names])
+
+
+def measure(dense: keras.Model, batches: Iterable[np.ndarray], names: list[str] | None = None) -> dict[str, Moments]:
+    """Per-unit moments of each named layer's output (default: the hidden dense layers) over all batches."""
+    names = hidden_dense_names(dense) if names is None else names
+    taps = tap_model(dense, names)
+    moments = {name: Moments(taps.outputs[i].shape[-1]) for i, name in enumerate(names)}
+    for batch in batches:
+        outputs = taps.predict_on_batch(batch)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for name, output in zip(names, outputs):
+            moments[name].update(output)
+    return moments
+
+
+def calibrated_weights(mean: np.ndarray, variance: np.ndarray, epsilon: float = EPSILON) -> list[np.ndarray]:
+    """BatchNormalization weights (gamma, beta, moving_mean, moving_variance) that make the layer the identity."""
+    mean = np.asarray(mean, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    if mean.shape != variance.shape or mean.ndim != 1:
+        raise ValueError(f"expected mean and variance of one shape (units,), got {mean.shape} and {variance.shape}")
+    if (variance < 0).any() or not np.isfinite(mean).all() or not np.isfinite(variance).all():
+        raise ValueError("expected finite means and non-negative finite variances")
+    gamma = np.sqrt(variance + epsilon)
+    return [w.astype(np.float32) for w in (gamma, mean, mean, variance)]
+
+
+def insert_bn(dense: keras.Model, statistics: Mapping[str, tuple[np.ndarray, np.ndarray]],
+              epsilon: float = EPSILON) -> keras.Model:
+    """A copy of `dense` with a calibrated BatchNormalization named `<layer>_bn` after each layer in `statistics`.
+
+    `statistics` maps a layer name to the (mean, variance) of its output. The copy has its own weights, so
+    training it leaves `dense` untouched.
+    """
+    unknown = set(statistics) - {layer.name for layer in dense.layers}
+    if unknown:
+        raise ValueError(f"statistics name layers that {dense.name!r} does not have: {', '.join(sorted(unknown))}")
+
+    def calibrated_bn(layer):
+        if layer.name not in statistics:
+            return []
+        mean, variance = statistics[layer.name]
+        bn = keras.layers.BatchNormalization(epsilon=epsilon, name=f"{layer.name}_bn")
+        return [(bn, calibrated_weights(mean, variance, epsilon))]
+
+    return models.copy_chain(dense, name=f"{dense.name}_bn", after=calibrated_bn)
+
+
+def with_logits(model: keras.Model) -> keras.Model:
+    """`model` with a second output: the last Dense layer's pre-activation (the logits before the softmax).
+
+    Near-uniform probabilities (random weights, 1000 classes) hide differences that the logits still show.
+    """
+    last = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+    linear = keras.layers.Dense.from_config({**last.get_config(), "activation": "linear", "name": f"{last.name}_logits"})
+    inputs = keras.Input(model.input_shape[1:])
+    x, logits = inputs, None
+    for layer in model.layers[1:]:
+        if layer is last:
+            logits = linear(x)
+            linear.set_weights(last.get_weights())
+        x = layer(x)
+    return keras.Model(inputs, [x, logits])
+
+
+def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy."""
+    before, after = with_logits(before), with_logits(after)
+    scores = {"before": Score(), "after": Score()}
+    worst_p = worst_logit = 0.0
+    for features, labels in batches:
+        p_before, logits_before = before.predict_on_batch(features)
+        p_after, logits_after = after.predict_on_batch(features)
+        worst_p = max(worst_p, float(np.abs(p_before - p_after).max()))
+        worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max()))
+        scores["before"].add(p_before, labels)
+        scores["after"].add(p_after, labels)
+    report = {"max_abs_diff": worst_p, "max_abs_diff_logits": worst_logit, "samples": scores["before"].count}
+    for side, score in scores.items():
+        result = score.result()
+        report.update({f"loss_{side}": result["loss"], f"accuracy_{side}": result["accuracy"]})
+    return report
+
+
+def measure_file(*, model_path, train_path, out_path, batch_size: int) -> dict:
+    """The bn_stats stage: moments of each hidden dense layer over the train features, saved to `out_path`."""
+    from vggbn import features
+    from vggbn.moments import save_statistics
+
+    _, dense = models.split(models.load_model_file(model_path), features.feature_cut(train_path))
+    moments = measure(dense, (x for x, _ in features.iter_batches(train_path, batch_size)))
+    save_statistics(out_path, moments)
+    return {name: {"units": m.width, "dead_units": int((m.variance == 0).sum()), "rows": m.count}
+            for name, m in moments.items()}
+
+
+def insert_bn_files(*, model_path, stats_path, valid_path, out_path, batch_size: int) -> dict:
+    """The insert_bn stage: the calibrated dense-with-BN model, and its identity report on the valid features."""
+    from vggbn import features
+    from vggbn.atomic import atomic_path
+    from vggbn.moments import load_statistics
+
+    _, dense = models.split(models.load_model_file(model_path), features.feature_cut(valid_path))
+    with_bn = insert_bn(dense, load_statistics(stats_path))
+    report = compare(dense, with_bn, features.iter_batches(valid_path, batch_size))
+    with atomic_path(out_path) as tmp:
+        with_bn.save(tmp)
+    return report
