@@ -13,14 +13,14 @@ def main():
     args = parser.parse_args()
     demo_params = stage.params().demo
 
-    from vggbn.atomic import atomic_path, write_json
+    from vggbn.atomic import write_json
     from vggbn.demo_model import train_demo_classifier
+    from vggbn.models import save_model
 
     model, metrics = train_demo_classifier(args.data, size=demo_params.size, epochs=demo_params.epochs,
                                            batch_size=demo_params.batch_size, lr=demo_params.lr,
                                            seed=demo_params.seed)
-    with atomic_path(args.out) as tmp:
-        model.save(tmp)
+    save_model(model, args.out)
     write_json(args.metrics, metrics)
 
 

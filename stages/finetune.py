@@ -17,13 +17,13 @@ def main():
     args = parser.parse_args()
     params = stage.params().finetune
 
-    from vggbn.atomic import atomic_path, write_json
+    from vggbn.atomic import write_json
+    from vggbn.models import save_model
     from vggbn.train import finetune_files
 
     model, metrics = finetune_files(model_path=args.model, train_path=args.train, valid_path=args.valid,
                                     work_dir=args.work, live_dir=args.live, params=params)
-    with atomic_path(args.out) as tmp:
-        model.save(tmp)
+    save_model(model, args.out)
     write_json(args.metrics, metrics)
 
 

@@ -12,12 +12,10 @@ def main():
     args = parser.parse_args()
     model_params = stage.params().model
 
-    from vggbn.atomic import atomic_path
-    from vggbn.models import pretrained_classifier
+    from vggbn.models import pretrained_classifier, save_model
 
     model = pretrained_classifier(source=model_params.source, weights=model_params.weights, demo_path=args.demo_model)
-    with atomic_path(args.out) as tmp:
-        model.save(tmp)
+    save_model(model, args.out)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,16 @@ def test_vgg16_with_random_weights_splits_at_block5_pool():
     assert conv.output.shape[1:] == (7, 7, 512)
     assert [layer.name for layer in dense.layers][1:] == ["flatten", "fc1", "fc2", "predictions"]
     assert models.input_size(vgg) == (224, 224)
+
+
+def test_saved_models_are_byte_reproducible_and_load_safely(mini_vgg, tmp_path, rng):
+    import time
+
+    models.save_model(mini_vgg, tmp_path / "a.keras")
+    time.sleep(1.1)  # Keras stamps the save time to the second
+    models.save_model(mini_vgg, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]  # nothing staged left behind
+    loaded = models.load_model_file(tmp_path / "a.keras")
+    x = rng.uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), mini_vgg.predict_on_batch(x))

@@ -73,3 +73,11 @@ def test_a_stage_fails_on_a_bad_param_within_seconds_without_importing_tensorflo
     assert error_lines == ["error: params.yaml: finetune.lr: expected a finite number > 0, got -1.0"]
     assert "tensorflow" not in result.stderr  # -X importtime lists every module imported
     assert time.monotonic() - started < 10
+
+
+def test_readme_documents_every_param_with_its_default():
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    for key, default, doc in documented_params():
+        assert f"| `{key}` | `{json.dumps(default)}` | {doc} |" in readme, f"README's params table lacks {key}"

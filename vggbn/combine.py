@@ -21,8 +21,7 @@ def combine(*, pretrained_path, dense_path, valid_features, sample_dir, root, ou
     cut = features.feature_cut(valid_features)
     conv, original_dense = models.split(original, cut)
     combined = models.join(conv, models.load_model_file(dense_path), name=f"{original.name}_bn")
-    with atomic_path(out_path) as tmp:
-        combined.save(tmp)
+    models.save_model(combined, out_path)
     with atomic_path(weights_path) as tmp:
         combined.save_weights(tmp)
 

@@ -173,3 +173,34 @@ def pretrained_classifier(*, source: str, weights: str | None, demo_path: str | 
     head_start(model)
     input_size(model)
     return model
+
+
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    """Save in Keras' native format, atomically and byte-reproducibly.
+
+    Keras stamps `.keras` files with the save time (`date_saved`, and a zip entry time). Same weights then give
+    different bytes, and DVC reruns every stage downstream of a stage that reran with the same result. We fix
+    both stamps, so the file is a function of the model alone.
+    """
+    import json
+    import zipfile
+
+    from vggbn.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        staged = tmp.with_name(tmp.name + ".staged.keras")
+        try:
+            model.save(staged)
+            with zipfile.ZipFile(staged) as source, zipfile.ZipFile(tmp, "w") as target:
+                for info in source.infolist():
+                    data = source.read(info)
+                    if info.filename == "metadata.json":
+                        data = json.dumps({**json.loads(data), "date_saved": "reproducible"}).encode()
+                    entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
+                    entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+                    target.writestr(entry, data)
+        finally:
+            staged.unlink(missing_ok=True)

@@ -136,12 +136,10 @@ def measure_file(*, model_path, train_path, out_path, batch_size: int) -> dict:
 def insert_bn_files(*, model_path, stats_path, valid_path, out_path, batch_size: int) -> dict:
     """The insert_bn stage: the calibrated dense-with-BN model, and its identity report on the valid features."""
     from vggbn import features
-    from vggbn.atomic import atomic_path
     from vggbn.moments import load_statistics
 
     _, dense = models.split(models.load_model_file(model_path), features.feature_cut(valid_path))
     with_bn = insert_bn(dense, load_statistics(stats_path))
     report = compare(dense, with_bn, features.iter_batches(valid_path, batch_size))
-    with atomic_path(out_path) as tmp:
-        with_bn.save(tmp)
+    models.save_model(with_bn, out_path)
     return report

@@ -1,0 +1,63 @@
+"""Run the real pipeline in a temporary copy of the project: real git, real DVC, real TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "GIT_AUTHOR_NAME": "test",
+       "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's files as git sees them (tracked, and untracked but not ignored) in a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "project copy"], dest)
+    return dest
+
+
+def repro(cwd: Path, *args: str) -> list[str]:
+    """`dvc repro`; returns the names of the stages that ran, in order."""
+    output = run(["dvc", "repro", *args], cwd).stdout
+    return re.findall(r"Running stage '([\w@.-]+)'", output)
+
+
+def metrics(cwd: Path, name: str) -> dict:
+    return json.loads((cwd / "metrics" / f"{name}.json").read_text())
+
+
+def set_param(cwd: Path, key: str, value) -> None:
+    """Edit params.yaml the way a user would, keeping its comments: replace one `key: value` line."""
+    section, name = key.split(".")
+    path = cwd / "params.yaml"
+    lines, current = path.read_text().splitlines(), None
+    for i, line in enumerate(lines):
+        if re.match(r"^\w", line):
+            current = line.split(":")[0]
+        elif current == section and re.match(rf"^\s+{name}:", line):
+            indent = line[:len(line) - len(line.lstrip())]
+            lines[i] = f"{indent}{name}: {json.dumps(value)}"
+            path.write_text("\n".join(lines) + "\n")
+            return
+    raise KeyError(key)

@@ -1,0 +1,68 @@
+"""End to end: the whole demo pipeline through `dvc repro`, then what reruns after a change."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from project import copy_project, metrics, repro, run, set_param
+
+pytestmark = pytest.mark.slow
+
+ALL_STAGES = ["demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features", "bn_stats",
+              "insert_bn", "finetune", "combine"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A project copy on which `dvc repro` has run once, with dvc.lock committed."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    ran = repro(project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "dvc repro"], project)
+    return project, ran
+
+
+def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
+    project, ran = pipeline
+    assert sorted(ran) == sorted(ALL_STAGES)
+    assert metrics(project, "demo_model")["valid_accuracy"] >= 0.95
+    identity = metrics(project, "insert_bn")
+    assert identity["max_abs_diff"] <= 1e-5 and identity["max_abs_diff_logits"] <= 1e-4
+    assert identity["accuracy_before"] == identity["accuracy_after"]
+    assert identity["loss_before"] == pytest.approx(identity["loss_after"], abs=1e-5)
+    assert metrics(project, "conv_features")["split_max_abs_diff"] <= 1e-5
+    combined = metrics(project, "combine")
+    assert combined["images"] == metrics(project, "sample")["valid_images"]
+    assert combined["combined_accuracy"] >= 0.9
+    with h5py.File(project / "data/features/train.h5") as f:
+        assert f["features"].shape[1:] == (4, 4, 64) and f.attrs["cut"] == "block3_pool"
+        assert f["features"].shape[0] == len(f["labels"]) == metrics(project, "sample")["train_images"]
+
+
+def test_second_repro_runs_only_the_listing(pipeline):
+    project, _ = pipeline
+    assert repro(project) == ["listing"]
+    assert run(["git", "status", "--porcelain"], project).stdout == ""
+
+
+def test_changing_the_learning_rate_reruns_only_finetune_and_combine(pipeline, tmp_path):
+    project, _ = pipeline
+    run(["cp", "-a", f"{project}/.", str(tmp_path)], project)
+    set_param(tmp_path, "finetune.lr", 0.0003)
+    assert sorted(repro(tmp_path)) == ["combine", "finetune", "listing"]
+    assert json.loads((tmp_path / "metrics/finetune.json").read_text()) != metrics(project, "finetune")
+
+
+def test_combined_model_holds_the_fine_tuned_dense_layers(pipeline):
+    import keras
+
+    project, _ = pipeline
+    combined = keras.saving.load_model(project / "models/combined.keras", safe_mode=True)
+    dense = keras.saving.load_model(project / "models/dense_bn_finetuned.keras", safe_mode=True)
+    for name in ("fc1", "fc1_bn", "fc2", "fc2_bn", "predictions"):
+        for a, b in zip(combined.get_layer(name).get_weights(), dense.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    reloaded = keras.Model(combined.input, combined.output)
+    reloaded.load_weights(project / "models/combined.weights.h5")
