@@ -22,7 +22,8 @@ def main():
     metrics = conv_features(model_path=args.model, sample_dir=args.sample, root=params.data.root,
                             out_paths={"train": args.train_out, "valid": args.valid_out},
                             work_dir=args.work, cut=params.features.cut, batch_size=params.features.batch_size,
-                            resize=params.features.resize, preprocess=params.model.preprocess_mode)
+                            resize=params.features.resize, preprocess=params.model.preprocess_mode,
+                            dtype=params.features.dtype, compute=params.features.compute, flip=params.features.flip)
     write_json(args.metrics, metrics)
 
 

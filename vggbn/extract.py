@@ -13,27 +13,38 @@ from vggbn import features, images, models
 CHECK_IMAGES = 256  # images on which the split is checked against the whole model, a bounded cost at any scale
 
 
-def extract_split(*, model: keras.Model, model_md5: str, cut: str | None, root: str | Path, paths: Sequence[str],
+def extract_split(*, conv: keras.Model, model_md5: str, root: str | Path, paths: Sequence[str],
                   labels: Sequence[int], md5s: Sequence[str], out_path: str | Path, work_dir: str | Path,
-                  batch_size: int, resize: str, preprocess: str, dtype: str = "float32") -> dict:
-    """Write `out_path` with the cut layer's output for each manifest row (paths relative to `root`)."""
-    conv, _ = models.split(model, cut)
-    size = models.input_size(model)
+                  batch_size: int, resize: str, preprocess: str, dtype: str = "float32", compute: str = "float32",
+                  flip: bool = False) -> dict:
+    """Write `out_path` with the conv part's output for each manifest row (paths relative to `root`).
+
+    With `flip`, every image also gets a row for its horizontally flipped copy (after all unflipped rows).
+    """
     root = Path(root)
-    cut_name = conv.layers[-1].name
-    recipe = {"model_md5": model_md5, "cut": cut_name, "size": list(size), "resize": resize, "preprocess": preprocess}
+    cut = conv.layers[-1].name
+    size = models.input_size(conv)
+    recipe = {"model_md5": model_md5, "cut": cut, "size": list(size), "resize": resize, "preprocess": preprocess,
+              "compute": compute}
+    count = len(paths)
+    copies = 2 if flip else 1
+    computing = models.with_compute_dtype(conv, compute)
 
     def extract(rows: Sequence[int]):
-        dataset = images.image_dataset([str(root / paths[i]) for i in rows], size=size, resize=resize,
-                                       preprocess=preprocess, batch_size=batch_size)
-        for batch in dataset:
-            yield conv.predict_on_batch(batch)
+        for flipped in (False, True)[:copies]:
+            part = [row % count for row in rows if (row >= count) == flipped]
+            if not part:
+                continue
+            dataset = images.image_dataset([str(root / paths[i]) for i in part], size=size, resize=resize,
+                                           preprocess=preprocess, batch_size=batch_size, flip=flipped)
+            for batch in dataset:
+                yield np.asarray(computing.predict_on_batch(batch), dtype=np.float32)
 
     return features.build_feature_file(
-        out_path, paths=paths, labels=labels, md5s=md5s, extract=extract, row_shape=tuple(conv.output.shape[1:]),
-        dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut_name})
-
-
+        out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
+        flipped=[False] * count + [True] * count * (copies - 1), extract=extract,
+        row_shape=tuple(conv.output.shape[1:]), dtype=dtype, work_dir=work_dir, feature_recipe=recipe,
+        attrs={"cut": cut})
 def check_split(*, model: keras.Model, cut: str | None, root: str | Path, feature_path: str | Path, resize: str,
                 preprocess: str, batch_size: int, limit: int = CHECK_IMAGES) -> dict:
     """Largest difference between the whole model on the images and the dense part on their cached features.
@@ -55,21 +66,31 @@ def check_split(*, model: keras.Model, cut: str | None, root: str | Path, featur
 
 
 def conv_features(*, model_path: str | Path, sample_dir: str | Path, root: str | Path, out_paths: dict[str, str],
-                  work_dir: str | Path, cut: str | None, batch_size: int, resize: str, preprocess: str) -> dict:
-    """The conv_features stage: a feature file per split (`out_paths`: split -> path), and the split check."""
-    from vggbn.models import load_model_file
+                  work_dir: str | Path, cut: str | None, batch_size: int, resize: str, preprocess: str,
+                  dtype: str = "float32", compute: str = "float32", flip: bool = False) -> dict:
+    """The conv_features stage: a feature file per split (`out_paths`: split -> path), and the split check.
+
+    Labels in the files are the model's output indices (see `models.label_map`).
+    """
     from vggbn.sample import read_manifest
 
-    model = load_model_file(model_path)
-    model_md5 = features.file_md5(model_path)
+    model = models.load_model_file(model_path)
+    conv, _ = models.split(model, cut)
+    to_output = models.label_map(read_classes(sample_dir), model.output_shape[-1])
     metrics = {}
     for split in ("train", "valid"):
         manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
-        stats = extract_split(model=model, model_md5=model_md5, cut=cut, root=root, paths=manifest.paths,
-                              labels=manifest.labels, md5s=manifest.md5s, out_path=out_paths[split],
-                              work_dir=Path(work_dir) / split, batch_size=batch_size, resize=resize,
-                              preprocess=preprocess)
+        stats = extract_split(conv=conv, model_md5=features.file_md5(model_path), root=root, paths=manifest.paths,
+                              labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
+                              out_path=out_paths[split], work_dir=Path(work_dir) / split, batch_size=batch_size,
+                              resize=resize, preprocess=preprocess, dtype=dtype, compute=compute,
+                              flip=flip and split == "train")
         metrics.update({f"{split}_{key}": value for key, value in stats.items()})
     metrics.update(check_split(model=model, cut=cut, root=root, feature_path=out_paths["valid"],
                                resize=resize, preprocess=preprocess, batch_size=batch_size))
     return metrics
+
+
+def read_classes(sample_dir: str | Path) -> list[str]:
+    """Class folder names in index order, as `sample` wrote them."""
+    return (Path(sample_dir) / "classes.txt").read_text(encoding="utf-8").splitlines()

@@ -1,11 +1,11 @@
 """Cached conv features in chunked HDF5: written in a streaming way, resumable, reusable, streamed back shuffled.
 
-A feature file holds `features` (N, h, w, c), `labels` (N,), `paths` (N,) and `md5` (N,), and in its attributes
-the recipe that produced it. Work in progress lives in a work folder outside DVC's declared outputs (DVC deletes
-those before a stage runs): one `.npy` file per completed chunk, renamed into place when whole, so a killed
-run resumes at the last completed chunk. The finished file is only renamed into place at the very end.
+A feature file holds `features` (N, h, w, c), `labels` (N,), `paths` (N,), `md5` (N,) and `flipped` (N,), and
+in its attributes the recipe that produced it. Work in progress lives in a work folder outside DVC's declared
+outputs (DVC deletes those before a stage runs): one `.npy` file per completed chunk, renamed into place when
+whole, so a killed run resumes at the last completed chunk. The finished file is only renamed into place at the very end.
 After a run, the finished file is also kept (hard-linked) in the work folder as the previous run's: rows whose
-path and content hash are unchanged are copied from it instead of recomputed. numpy and h5py only.
+path, content hash and flip are unchanged are copied from it instead of recomputed. numpy and h5py only.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ class _Previous:
             return
         self.file = file
         paths, md5s = file["paths"].asstr()[:], file["md5"].asstr()[:]
-        self.index = {(p, m): row for row, (p, m) in enumerate(zip(paths, md5s))}
+        flipped = file["flipped"][:] if "flipped" in file else np.zeros(len(paths), dtype=bool)
+        self.index = {(p, m, bool(f)): row for row, (p, m, f) in enumerate(zip(paths, md5s, flipped))}
 
     def row(self, key) -> int | None:
         return self.index.get(key)
@@ -94,12 +95,13 @@ class _Previous:
 
 def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Sequence[int], md5s: Sequence[str],
                        extract: Callable[[Sequence[int]], Iterable[np.ndarray]], row_shape: Sequence[int],
-                       dtype: str, work_dir: str | Path, feature_recipe: dict, chunk_rows: int | None = None,
-                       attrs: dict | None = None) -> dict:
+                       dtype: str, work_dir: str | Path, feature_recipe: dict, flipped: Sequence[bool] | None = None,
+                       chunk_rows: int | None = None, attrs: dict | None = None) -> dict:
     """Write the feature file for the manifest rows, computing only what no earlier run left behind.
 
     Args:
         paths, labels, md5s: the manifest, one entry per row of the file.
+        flipped: per row, whether it holds the horizontally flipped image (default: none are).
         extract: given row indices (ascending), yields feature batches for exactly those rows, in order.
         row_shape, dtype: shape of one row's features and the dtype to store (float32 or float16).
         work_dir: where chunks of an interrupted run and the previous run's file are kept.
@@ -110,16 +112,17 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
     """
     out_path, work_dir = Path(out_path), Path(work_dir)
     count = len(paths)
-    if not (len(labels) == len(md5s) == count):
-        raise ValueError("paths, labels and md5s must have one entry per row")
+    flipped = [bool(f) for f in flipped] if flipped is not None else [False] * count
+    if not (len(labels) == len(md5s) == len(flipped) == count):
+        raise ValueError("paths, labels, md5s and flipped must have one entry per row")
     chunk_rows = chunk_rows or chunk_rows_for(row_shape, dtype)
-    manifest_key = [list(paths), [int(x) for x in labels], list(md5s)]
+    manifest_key = [list(paths), [int(x) for x in labels], list(md5s), flipped]
     _prepare_work(work_dir, {"feature_recipe": feature_recipe, "manifest": manifest_key, "dtype": dtype,
                              "chunk_rows": chunk_rows})
     previous = _Previous(work_dir / "previous.h5", feature_recipe)
     chunks = [(start, min(start + chunk_rows, count)) for start in range(0, count, chunk_rows)]
     pending = [(i, span) for i, span in enumerate(chunks) if not (work_dir / f"chunk-{i:06d}.npy").exists()]
-    reuse = {row: previous.row((paths[row], md5s[row])) for _, (a, b) in pending for row in range(a, b)}
+    reuse = {row: previous.row((paths[row], md5s[row], flipped[row])) for _, (a, b) in pending for row in range(a, b)}
     to_compute = [row for row, old in reuse.items() if old is None]
     stats = {"computed": len(to_compute), "reused": len(reuse) - len(to_compute), "resumed": count - len(reuse)}
     log.info("%s: %d rows: %d to compute, %d reused from the previous run, %d resumed from chunks",
@@ -140,7 +143,7 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
             raise ValueError("extract yielded more rows than asked for")
     finally:
         previous.close()
-    _assemble(out_path, work_dir, chunks, paths, labels, md5s, row_shape, dtype, chunk_rows,
+    _assemble(out_path, work_dir, chunks, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows,
               {**(attrs or {}), "feature_recipe": json.dumps(feature_recipe, sort_keys=True)})
     return stats
 
@@ -150,7 +153,7 @@ def _rows(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         yield from batch
 
 
-def _assemble(out_path, work_dir, chunks, paths, labels, md5s, row_shape, dtype, chunk_rows, attrs) -> None:
+def _assemble(out_path, work_dir, chunks, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows, attrs) -> None:
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as file:
             data = file.create_dataset("features", (len(paths), *row_shape), dtype=dtype,
@@ -160,6 +163,7 @@ def _assemble(out_path, work_dir, chunks, paths, labels, md5s, row_shape, dtype,
             file.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
             file.create_dataset("paths", data=list(paths), dtype=STRING)
             file.create_dataset("md5", data=list(md5s), dtype=STRING)
+            file.create_dataset("flipped", data=np.asarray(flipped, dtype=bool))
             for key, value in attrs.items():
                 file.attrs[key] = value
     # Keep the finished file as the next run's source of reusable rows, then drop the chunks.

@@ -204,3 +204,43 @@ def save_model(model: keras.Model, path: str | Path) -> None:
                     target.writestr(entry, data)
         finally:
             staged.unlink(missing_ok=True)
+
+
+def with_compute_dtype(model: keras.Model, compute: str) -> keras.Model:
+    """`model` computing in `compute` ('float32' or 'bfloat16', as Keras mixed precision: bf16 math, fp32 weights).
+
+    A loaded model keeps the dtype policy it was saved with, so setting a global policy is not enough: the layers
+    are rebuilt with the mixed policy and given the same weights.
+    """
+    if compute == "float32":
+        return model
+    if compute != "bfloat16":
+        raise ValueError(f"Expected `compute` to be one of float32, bfloat16. Received: compute={compute}")
+
+    def mixed(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
+
+    clone = keras.models.clone_model(model, clone_function=mixed)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def label_map(class_names: list[str], num_outputs: int) -> list[int]:
+    """Model output index of each class folder (in sorted-folder order).
+
+    A classifier with as many outputs as there are folders uses the sorted order (Keras' convention). An ImageNet
+    classifier (1000 outputs) over folders named by WordNet ids uses ImageNet's class order, so a subset such as
+    Imagenette's ten classes is labelled correctly.
+    """
+    if num_outputs == len(class_names):
+        return list(range(num_outputs))
+    from vggbn.imagenet import imagenet_wnids
+
+    wnids = imagenet_wnids()
+    if num_outputs == len(wnids) and all(name in wnids for name in class_names):
+        index = {wnid: i for i, wnid in enumerate(wnids)}
+        return [index[name] for name in class_names]
+    raise ModelError(f"the image folder has {len(class_names)} classes but the model has {num_outputs} outputs "
+                     "(and the folders are not ImageNet WordNet ids for a 1000-class model)")

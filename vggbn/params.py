@@ -111,6 +111,9 @@ class FeaturesParams:
     cut: typing.Optional[str] = _param(None, None, "layer whose output is cached; null: the last one before the dense head")
     batch_size: int = _param(64, _at_least(1), "images per batch through the conv part")
     resize: str = _param("squash", _choice(*RESIZE_MODES), "how images reach the model's input size")
+    dtype: str = _param("float32", _choice(*DTYPES), "dtype the features are stored in (float16 halves the file)")
+    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype the conv part computes in (bfloat16: Keras mixed precision)")
+    flip: bool = _param(False, None, "also cache horizontally flipped copies of the train images")
 
 
 @dataclass(frozen=True)
