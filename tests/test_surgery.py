@@ -96,3 +96,37 @@ def test_measure_on_the_dense_part_of_a_mini_vgg(mini_vgg, rng):
     assert list(stats) == ["fc1", "fc2"] and all(isinstance(m, Moments) for m in stats.values())
     fc1 = surgery.tap_model(dense, ["fc1"]).predict_on_batch(feats)
     np.testing.assert_allclose(stats["fc1"].mean, fc1.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("position", ["after_activation", "before_activation"])
+@pytest.mark.parametrize("where", ["dense", "conv", "all"])
+def test_every_placement_is_the_identity_on_a_mini_vgg(mini_vgg, rng, where, position):
+    x = rng.uniform(0, 255, size=(24, 32, 32, 3)).astype(np.float32) - 120
+    names = {"dense": surgery.hidden_dense_names(mini_vgg), "conv": surgery.conv_names(mini_vgg)}
+    names["all"] = names["conv"] + names["dense"]
+    stats = surgery.measure(mini_vgg, [x[:10], x[10:]], names[where], position)
+    with_bn = surgery.insert_bn(mini_vgg, {n: (m.mean, m.variance) for n, m in stats.items()}, position)
+    added = [layer.name for layer in with_bn.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert added == [f"{name}_bn" for name in names[where]]
+    if position == "before_activation":
+        assert with_bn.get_layer(names[where][0]).get_config()["activation"] == "linear"
+        assert with_bn.get_layer(f"{names[where][0]}_act").get_config()["activation"] == "relu"
+    report = surgery.compare(mini_vgg, with_bn, [(x, np.zeros(len(x), dtype=int))])
+    assert report["max_abs_diff"] <= 1e-5 and report["max_abs_diff_logits"] <= 1e-4
+
+
+def test_pre_activation_statistics_differ_from_post_activation(mini_vgg, rng):
+    x = rng.uniform(0, 255, size=(16, 32, 32, 3)).astype(np.float32) - 120
+    pre = surgery.measure(mini_vgg, [x], ["block1_conv1"], "before_activation")["block1_conv1"]
+    post = surgery.measure(mini_vgg, [x], ["block1_conv1"], "after_activation")["block1_conv1"]
+    assert (pre.mean < 0).any() and (post.mean >= 0).all()  # the ReLU cuts the negative pre-activations
+
+
+def test_surgery_refuses_a_model_that_is_not_a_chain():
+    inputs = keras.Input((8,))
+    a = keras.layers.Dense(4, activation="relu", name="a")(inputs)
+    b = keras.layers.Dense(4, activation="relu", name="b")(a)
+    outputs = keras.layers.Dense(2, activation="softmax", name="out")(keras.layers.Add(name="skip")([a, b]))
+    model = keras.Model(inputs, outputs, name="skippy")
+    with pytest.raises(models.ModelError, match="not a chain of layers at 'skip'"):
+        surgery.insert_bn(model, {"a": (np.zeros(4), np.ones(4))})

@@ -244,3 +244,25 @@ def label_map(class_names: list[str], num_outputs: int) -> list[int]:
         return [index[name] for name in class_names]
     raise ModelError(f"the image folder has {len(class_names)} classes but the model has {num_outputs} outputs "
                      "(and the folders are not ImageNet WordNet ids for a 1000-class model)")
+
+
+def _inbound_layer_names(node) -> list[str]:
+    """Names of the layers whose outputs feed a node of a functional config (Keras 3 format)."""
+    if isinstance(node, dict):
+        if "keras_history" in node.get("config", {}):
+            return [node["config"]["keras_history"][0]]
+        return [name for value in node.values() for name in _inbound_layer_names(value)]
+    if isinstance(node, (list, tuple)):
+        return [name for value in node for name in _inbound_layer_names(value)]
+    return []
+
+
+def require_chain(model: keras.Model) -> None:
+    """Raise unless each layer takes exactly the previous layer's output (VGG-style), as layer surgery needs."""
+    layers = model.get_config().get("layers", [])
+    for previous, layer in zip(layers, layers[1:]):
+        inbound = _inbound_layer_names(layer.get("inbound_nodes", []))
+        if inbound != [previous["name"]]:
+            raise ModelError(f"model {model.name!r} is not a chain of layers at {layer['name']!r} (it takes "
+                             f"{', '.join(inbound) or 'nothing'}): batch normalization can only be inserted into "
+                             "VGG-style chains")

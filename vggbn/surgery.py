@@ -1,4 +1,4 @@
-"""Insert identity-calibrated BatchNormalization into a dense part, and prove it changed nothing.
+"""Insert identity-calibrated BatchNormalization into a classifier's layers, and prove it changed nothing.
 
 A BatchNormalization layer in inference computes `gamma * (x - moving_mean) / sqrt(moving_variance + eps) + beta`.
 With `gamma = sqrt(var + eps)`, `beta = moving_mean = mean` and `moving_variance = var`, that is `x` again, for any
@@ -22,27 +22,46 @@ from vggbn.scoring import Score
 EPSILON = 1e-3  # Keras' default BatchNormalization epsilon
 
 
-def hidden_dense_names(dense: keras.Model) -> list[str]:
-    """The Dense layers that get a BN after them: every one but the classifier at the end."""
-    names = [layer.name for layer in dense.layers if isinstance(layer, keras.layers.Dense)]
+def hidden_dense_names(model: keras.Model) -> list[str]:
+    """The Dense layers that get a BN: every one but the classifier at the end."""
+    names = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     return names[:-1]
 
 
-def tap_model(dense: keras.Model, names: list[str]) -> keras.Model:
-    """A model with the outputs of the named layers, sharing `dense`'s weights."""
-    inputs = keras.Input(dense.input_shape[1:])
+def conv_names(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The layer without its activation, same weights: its output is the pre-activation."""
+    return layer.__class__.from_config({**layer.get_config(), "activation": "linear", "name": f"{layer.name}_linear"})
+
+
+def tap_model(model: keras.Model, names: list[str], position: str = "after_activation") -> keras.Model:
+    """A model whose outputs are the named layers' outputs, or with `before_activation` their pre-activations."""
+    models.require_chain(model)
+    inputs = keras.Input(model.input_shape[1:])
     x, taps = inputs, {}
-    for layer in dense.layers[1:]:
+    for layer in model.layers[1:]:
+        if layer.name in names and position == "before_activation":
+            linear = _linear_copy(layer)
+            taps[layer.name] = linear(x)
+            linear.set_weights(layer.get_weights())
         x = layer(x)
-        if layer.name in names:
+        if layer.name in names and position == "after_activation":
             taps[layer.name] = x
     return keras.Model(inputs, [taps[name] for name in names])
 
 
-def measure(dense: keras.Model, batches: Iterable[np.ndarray], names: list[str] | None = None) -> dict[str, Moments]:
-    """Per-unit moments of each named layer's output (default: the hidden dense layers) over all batches."""
-    names = hidden_dense_names(dense) if names is None else names
-    taps = tap_model(dense, names)
+def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] | None = None,
+            position: str = "after_activation") -> dict[str, Moments]:
+    """Per-unit (per-channel for conv maps) moments of each named layer's output over all batches.
+
+    Default names: the hidden dense layers. Moments pool every axis but the last: batch for dense outputs,
+    batch, height and width for conv maps.
+    """
+    names = hidden_dense_names(model) if names is None else names
+    taps = tap_model(model, names, position)
     moments = {name: Moments(taps.outputs[i].shape[-1]) for i, name in enumerate(names)}
     for batch in batches:
         outputs = taps.predict_on_batch(batch)
@@ -64,25 +83,38 @@ def calibrated_weights(mean: np.ndarray, variance: np.ndarray, epsilon: float = 
     return [w.astype(np.float32) for w in (gamma, mean, mean, variance)]
 
 
-def insert_bn(dense: keras.Model, statistics: Mapping[str, tuple[np.ndarray, np.ndarray]],
-              epsilon: float = EPSILON) -> keras.Model:
-    """A copy of `dense` with a calibrated BatchNormalization named `<layer>_bn` after each layer in `statistics`.
+def insert_bn(model: keras.Model, statistics: Mapping[str, tuple[np.ndarray, np.ndarray]],
+              position: str = "after_activation", epsilon: float = EPSILON) -> keras.Model:
+    """A copy of `model` with a calibrated BatchNormalization named `<layer>_bn` at each layer in `statistics`.
 
-    `statistics` maps a layer name to the (mean, variance) of its output. The copy has its own weights, so
-    training it leaves `dense` untouched.
+    `statistics` maps a layer name to the (mean, variance) of its output (`after_activation`: BN after the layer,
+    the 2017 notebook's placement) or of its pre-activation (`before_activation`: Ioffe and Szegedy's placement;
+    the layer loses its activation, and BN is followed by an `Activation` layer named `<layer>_act`). Either way
+    the copy computes what `model` does. It has its own weights, so training it leaves `model` untouched.
     """
-    unknown = set(statistics) - {layer.name for layer in dense.layers}
+    if position not in ("after_activation", "before_activation"):
+        raise ValueError(f"Expected `position` to be one of after_activation, before_activation. Received: {position}")
+    unknown = set(statistics) - {layer.name for layer in model.layers}
     if unknown:
-        raise ValueError(f"statistics name layers that {dense.name!r} does not have: {', '.join(sorted(unknown))}")
+        raise ValueError(f"statistics name layers that {model.name!r} does not have: {', '.join(sorted(unknown))}")
+    models.require_chain(model)
+    before = position == "before_activation"
+
+    def drop_activation(layer, config):
+        return {**config, "activation": "linear"} if before and layer.name in statistics else config
 
     def calibrated_bn(layer):
         if layer.name not in statistics:
             return []
         mean, variance = statistics[layer.name]
-        bn = keras.layers.BatchNormalization(epsilon=epsilon, name=f"{layer.name}_bn")
-        return [(bn, calibrated_weights(mean, variance, epsilon))]
+        added = [(keras.layers.BatchNormalization(epsilon=epsilon, name=f"{layer.name}_bn"),
+                  calibrated_weights(mean, variance, epsilon))]
+        activation = layer.get_config().get("activation", "linear")
+        if before and activation != "linear":
+            added.append((keras.layers.Activation(activation, name=f"{layer.name}_act"), []))
+        return added
 
-    return models.copy_chain(dense, name=f"{dense.name}_bn", after=calibrated_bn)
+    return models.copy_chain(model, name=f"{model.name}_bn", configure=drop_activation, after=calibrated_bn)
 
 
 def with_logits(model: keras.Model) -> keras.Model:
