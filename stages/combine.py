@@ -8,8 +8,8 @@ from vggbn import stage
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pretrained", required=True, help="the pretrained classifier (.keras)")
+    parser.add_argument("--conv", required=True, help="the conv part from insert_bn (.keras)")
     parser.add_argument("--dense", required=True, help="the fine-tuned dense part (.keras)")
-    parser.add_argument("--valid-features", required=True, help="valid features (HDF5): where the model was cut")
     parser.add_argument("--sample", required=True, help="folder with the valid.tsv manifest")
     parser.add_argument("--out", required=True, help="the combined model (.keras)")
     parser.add_argument("--weights", required=True, help="its weights alone (.weights.h5)")
@@ -20,7 +20,7 @@ def main():
     from vggbn.atomic import write_json
     from vggbn.combine import combine
 
-    metrics = combine(pretrained_path=args.pretrained, dense_path=args.dense, valid_features=args.valid_features,
+    metrics = combine(pretrained_path=args.pretrained, conv_path=args.conv, dense_path=args.dense,
                       sample_dir=args.sample, root=params.data.root, out_path=args.out, weights_path=args.weights,
                       batch_size=params.features.batch_size, resize=params.features.resize,
                       preprocess=params.model.preprocess_mode)

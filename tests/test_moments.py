@@ -54,7 +54,8 @@ def test_empty_and_mismatched_are_errors():
 
 def test_statistics_round_trip(tmp_path, rng):
     moments = {"fc2": Moments(3).update(rng.normal(size=(10, 3))), "fc1": Moments(2).update(rng.normal(size=(10, 2)))}
-    save_statistics(tmp_path / "stats.h5", moments)
-    loaded = load_statistics(tmp_path / "stats.h5")
+    save_statistics(tmp_path / "stats.h5", moments, {"position": "after_activation"})
+    loaded, attrs = load_statistics(tmp_path / "stats.h5")
+    assert attrs == {"position": "after_activation"}
     assert list(loaded) == ["fc2", "fc1"]  # layer order kept
     np.testing.assert_array_equal(loaded["fc1"][1], moments["fc1"].variance)

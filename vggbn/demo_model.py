@@ -25,8 +25,11 @@ def _load_split(root: Path, split: str, classes: list[str], size: int) -> tuple[
 
 
 def train_demo_classifier(root: str | Path, *, size: int, epochs: int, batch_size: int, lr: float, seed: int,
-                          callbacks=()):
-    """Train the demo VGG-style classifier on `root`'s train split; returns (model, metrics)."""
+                          live_dir: str | Path | None = None):
+    """Train the demo VGG-style classifier on `root`'s train split; returns (model, metrics).
+
+    Per-epoch curves go to `live_dir` through dvclive's Keras callback.
+    """
     root = Path(root)
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     x_train, y_train = _load_split(root, "train", classes, size)
@@ -34,8 +37,12 @@ def train_demo_classifier(root: str | Path, *, size: int, epochs: int, batch_siz
     train.seed_everything(seed)
     model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
     train.compile_for_training(model, lr)
+    live = train.live_logger(live_dir, []) if live_dir else None
+    callbacks = [train.live_callback(live)] if live else []
     model.fit(x_train, y_train, validation_data=(x_valid, y_valid), epochs=epochs, batch_size=batch_size,
-              shuffle=True, callbacks=list(callbacks), verbose=2)
+              shuffle=True, callbacks=callbacks, verbose=2)
+    if live:
+        live.end()
     valid_loss, valid_accuracy = model.evaluate(x_valid, y_valid, batch_size=batch_size, verbose=0)
     metrics = {"valid_loss": float(valid_loss), "valid_accuracy": float(valid_accuracy),
                "train_images": int(len(y_train)), "valid_images": int(len(y_valid)), "params": model.count_params()}

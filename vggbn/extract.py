@@ -94,3 +94,12 @@ def conv_features(*, model_path: str | Path, sample_dir: str | Path, root: str |
 def read_classes(sample_dir: str | Path) -> list[str]:
     """Class folder names in index order, as `sample` wrote them."""
     return (Path(sample_dir) / "classes.txt").read_text(encoding="utf-8").splitlines()
+
+
+def read_manifest_paths(sample_dir: str | Path, split: str, root: str | Path, labels: bool = False):
+    """Image paths of a split's manifest, joined to the data root (and its labels, in folder-index order)."""
+    from vggbn.sample import read_manifest
+
+    manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
+    paths = [str(Path(root) / p) for p in manifest.paths]
+    return (paths, list(manifest.labels)) if labels else paths

@@ -54,7 +54,7 @@ class Moments:
         return self.m2 / self.count
 
 
-def save_statistics(path, moments: dict[str, Moments]) -> None:
+def save_statistics(path, moments: dict[str, Moments], attrs: dict | None = None) -> None:
     """One HDF5 group per layer: float64 `mean` and `variance`, and the row count as an attribute."""
     import h5py
 
@@ -66,11 +66,14 @@ def save_statistics(path, moments: dict[str, Moments]) -> None:
             group.create_dataset("mean", data=m.mean)
             group.create_dataset("variance", data=m.variance)
             group.attrs["count"] = m.count
+        for key, value in (attrs or {}).items():
+            file.attrs[key] = value
 
 
-def load_statistics(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{layer name: (mean, variance)} as written by save_statistics, in the file's layer order."""
+def load_statistics(path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """({layer name: (mean, variance)} in the file's layer order, the file's attributes), as saved."""
     import h5py
 
     with h5py.File(path, "r") as file:
-        return {name: (group["mean"][:], group["variance"][:]) for name, group in file.items()}
+        stats = {name: (group["mean"][:], group["variance"][:]) for name, group in file.items()}
+        return stats, {key: (value.decode() if isinstance(value, bytes) else value) for key, value in file.attrs.items()}

@@ -118,8 +118,10 @@ class FeaturesParams:
 
 @dataclass(frozen=True)
 class BnParams:
-    layers: str = _param("dense", _choice(*BN_LAYERS), "where to insert calibrated BatchNormalization")
+    layers: str = _param("dense", _choice(*BN_LAYERS), "where to insert calibrated BatchNormalization: after hidden dense layers, conv layers, or both")
+    position: str = _param("after_activation", _choice(*BN_POSITIONS), "BN after the ReLU (the notebook's) or between the linear part and the ReLU (Ioffe and Szegedy's)")
     batch_size: int = _param(256, _at_least(1), "feature rows per batch when measuring statistics")
+    conv_images: typing.Optional[int] = _param(None, _at_least(1), "train images whose conv maps calibrate conv BN; null: all sampled")
 
 
 @dataclass(frozen=True)

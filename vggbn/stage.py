@@ -21,7 +21,7 @@ def params() -> Params:
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); report a VggbnError as one line on stderr and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter; real errors still raise
     try:
         main()
     except VggbnError as error:

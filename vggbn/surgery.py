@@ -153,25 +153,71 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
     return report
 
 
-def measure_file(*, model_path, train_path, out_path, batch_size: int) -> dict:
-    """The bn_stats stage: moments of each hidden dense layer over the train features, saved to `out_path`."""
-    from vggbn import features
+def targets(model: keras.Model, layers: str) -> list[str]:
+    """Layers of `model` that get BN for `bn.layers` (dense, conv or all), in model order."""
+    wanted = set(hidden_dense_names(model)) if layers in ("dense", "all") else set()
+    wanted |= set(conv_names(model)) if layers in ("conv", "all") else set()
+    return [layer.name for layer in model.layers if layer.name in wanted]
+
+
+def measure_files(*, model_path, train_path, sample_dir, root, out_path, layers: str, position: str,
+                  batch_size: int, image_batch_size: int, resize: str, preprocess: str,
+                  conv_images: int | None) -> dict:
+    """The bn_stats stage: moments of every BN target, saved to `out_path`; a summary per layer.
+
+    Targets in the dense part are measured on the cached train features; targets in the conv part (conv BN)
+    need the images, streamed through the conv part.
+    """
+    from vggbn import features, images
+    from vggbn.extract import read_manifest_paths
     from vggbn.moments import save_statistics
 
-    _, dense = models.split(models.load_model_file(model_path), features.feature_cut(train_path))
-    moments = measure(dense, (x for x, _ in features.iter_batches(train_path, batch_size)))
-    save_statistics(out_path, moments)
+    model = models.load_model_file(model_path)
+    conv, dense = models.split(model, features.feature_cut(train_path))
+    moments = {}
+    if targets(dense, layers):
+        batches = (x for x, _ in features.iter_batches(train_path, batch_size))
+        moments.update(measure(dense, batches, targets(dense, layers), position))
+    if targets(conv, layers):
+        paths = read_manifest_paths(sample_dir, "train", root)[:conv_images]
+        batches = images.image_dataset(paths, size=models.input_size(model), resize=resize, preprocess=preprocess,
+                                       batch_size=image_batch_size)
+        moments.update(measure(conv, batches, targets(conv, layers), position))
+    moments = {name: moments[name] for name in targets(model, layers)}  # model order
+    save_statistics(out_path, moments, {"position": position, "layers": layers})
     return {name: {"units": m.width, "dead_units": int((m.variance == 0).sum()), "rows": m.count}
             for name, m in moments.items()}
 
 
-def insert_bn_files(*, model_path, stats_path, valid_path, out_path, batch_size: int) -> dict:
-    """The insert_bn stage: the calibrated dense-with-BN model, and its identity report on the valid features."""
-    from vggbn import features
+def insert_bn_files(*, model_path, stats_path, valid_path, sample_dir, root, dense_out, conv_out, batch_size: int,
+                    image_batch_size: int, resize: str, preprocess: str) -> dict:
+    """The insert_bn stage: the calibrated dense part and conv part, and the identity report.
+
+    `max_abs_diff` covers the dense part over all valid features and, with conv BN, the whole model over up to
+    `extract.CHECK_IMAGES` valid images (`end_to_end_*` keys); `*_before`/`*_after` are the dense part's loss and
+    accuracy on the valid features without and with BN.
+    """
+    from vggbn import features, images
+    from vggbn.extract import CHECK_IMAGES, read_manifest_paths
     from vggbn.moments import load_statistics
 
-    _, dense = models.split(models.load_model_file(model_path), features.feature_cut(valid_path))
-    with_bn = insert_bn(dense, load_statistics(stats_path))
-    report = compare(dense, with_bn, features.iter_batches(valid_path, batch_size))
-    models.save_model(with_bn, out_path)
+    model = models.load_model_file(model_path)
+    conv, dense = models.split(model, features.feature_cut(valid_path))
+    stats, attrs = load_statistics(stats_path)
+    dense_names, conv_names_ = {l.name for l in dense.layers[1:]}, {l.name for l in conv.layers[1:]}
+    dense_bn = insert_bn(dense, {k: v for k, v in stats.items() if k in dense_names}, attrs["position"])
+    conv_bn = insert_bn(conv, {k: v for k, v in stats.items() if k in conv_names_}, attrs["position"])
+    report = compare(dense, dense_bn, features.iter_batches(valid_path, batch_size))
+    if any(name in conv_names_ for name in stats):
+        paths, labels = read_manifest_paths(sample_dir, "valid", root, labels=True)
+        dataset = images.image_dataset(paths[:CHECK_IMAGES], size=models.input_size(model), resize=resize,
+                                       preprocess=preprocess, batch_size=image_batch_size,
+                                       labels=labels[:CHECK_IMAGES])
+        whole = compare(model, models.join(conv_bn, dense_bn, name="whole_bn"), dataset)
+        report.update({f"end_to_end_{key}": whole[key] for key in ("max_abs_diff", "max_abs_diff_logits", "samples")})
+        report["max_abs_diff"] = max(report["max_abs_diff"], whole["max_abs_diff"])
+        report["max_abs_diff_logits"] = max(report["max_abs_diff_logits"], whole["max_abs_diff_logits"])
+    models.save_model(dense_bn, dense_out)
+    models.save_model(conv_bn, conv_out)
+    report["bn_layers"] = sum(isinstance(l, keras.layers.BatchNormalization) for l in dense_bn.layers + conv_bn.layers)
     return report

@@ -110,10 +110,9 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
         yield from features.iter_batches(valid_path, batch_size)
 
     callbacks = [_Checkpoint(work_dir, history)]
-    live = _live(live_dir, history) if live_dir else None
+    live = live_logger(live_dir, history) if live_dir else None
     if live is not None:
-        from dvclive.keras import DVCLiveCallback
-        callbacks.append(DVCLiveCallback(live=live))
+        callbacks.append(live_callback(live))
     if initial_epoch < epochs:
         model.fit(_dataset(train_batches, row_shape), validation_data=_dataset(valid_batches, row_shape),
                   epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=math.ceil(rows / batch_size),
@@ -123,8 +122,17 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
     return model, history
 
 
-def _live(live_dir, history: list[dict]):
-    """A fresh dvclive logger in `live_dir` holding the epochs already done, as its Keras callback names them."""
+def live_callback(live) -> keras.callbacks.Callback:
+    from dvclive.keras import DVCLiveCallback
+
+    return DVCLiveCallback(live=live)
+
+
+def live_logger(live_dir, history: list[dict]):
+    """A fresh dvclive logger in `live_dir` holding the epochs already done, as its Keras callback names them.
+
+    It neither edits dvc.yaml nor saves experiments itself: the curves are declared as plots in dvc.yaml.
+    """
     import shutil
 
     from dvclive import Live

@@ -1,0 +1,202 @@
+"""List the image folder cheaply, so that DVC never has to track it: one sorted `path, size, kind` row per entry.
+
+The image folder (ImageNet layout, 1.28M files) is deliberately no DVC dependency: DVC would stat and hash every
+file on each `dvc status`. Instead the `listing` stage scans it on every `dvc repro` (a few µs per file) and writes
+a listing that is byte-identical while the folder is unchanged, so nothing downstream reruns. It records sizes,
+never modification times (those change on copy and checkout).
+
+The listing is a UTF-8 TSV::
+
+    path	size	kind
+    LOC_val_solution.csv	2630291	labels md5=4d1c...      (only when data.valid_labels is set; always first)
+    train/	0	dir
+    train/n01440764/	0	dir
+    train/n01440764/n01440764_10026.JPEG	13697	file
+    train/n01440764/alias.JPEG	13697	link
+
+`path` is relative to the data root with POSIX separators; folders end with `/`. After the optional labels row,
+rows are sorted by path (Python string order), and only `train/` and `valid/` are scanned. Kinds:
+
+- `file`: a regular file; `size` is its size in bytes.
+- `dir`: a folder (`size` 0); listed so that an empty class folder is still seen.
+- `link`: a symbolic link, never followed while scanning (a linked folder is not entered); `size` is the size of
+  what it points to when that is a regular file, else 0. The sample stage accepts a link only when it resolves to a
+  regular file inside the data root.
+- `badname`: a name that a TSV line cannot hold (a tab, a line break, or bytes that are not UTF-8); `path` shows
+  those characters as backslash escapes. The sample stage rejects such files with a reason.
+- `labels md5=<hex>`: the CSV named by data.valid_labels, with a hash of its content, so that editing the labels
+  reruns the sample stage.
+
+Names starting with `.` (`.DS_Store`, `.ipynb_checkpoints/`) are skipped with everything below them, as are
+sockets, pipes and devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+from vggbn import VggbnError
+from vggbn.atomic import atomic_path
+
+HEADER = "path\tsize\tkind"
+SPLITS = ("train", "valid")
+FILE, DIR, LINK, BADNAME, LABELS = "file", "dir", "link", "badname", "labels"
+
+# Characters a TSV row cannot hold: tab, everything str.splitlines() splits on, and the lone surrogates that stand
+# for undecodable bytes in a file name.
+_UNWRITABLE = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\ud800-\udfff]")
+
+
+class ListingError(VggbnError):
+    pass
+
+
+class Entry(NamedTuple):
+    path: str  # relative to the data root, POSIX separators; folders end with "/"
+    size: int
+    kind: str  # file, dir, link, badname, or "labels md5=<hex>"
+
+
+def _escape(name: str) -> str:
+    """`name` with characters a TSV row cannot hold written as backslash escapes (for display only)."""
+    return _UNWRITABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                           else f"\\u{ord(m.group()):04x}", name)
+
+
+def _walk(folder: str, prefix: str, bad: bool) -> Iterator[str]:
+    """TSV rows for everything below `folder` (whose rows start with `prefix`), in path order.
+
+    Each folder's entries are sorted by name, with "/" appended to folder names: a depth-first walk in that order
+    yields exactly the sorted order of the full paths, so only one folder is held in memory at a time.
+    """
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except OSError as error:
+        raise ListingError(f"{folder}: cannot read folder: {error.strerror}") from None
+    keyed = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue  # vanished while scanning
+        keyed.append((entry.name + "/" if is_dir else entry.name, is_dir, entry))
+    keyed.sort(key=lambda item: item[0])
+    rows = []
+    for key, is_dir, entry in keyed:
+        name_bad = bad or _UNWRITABLE.search(entry.name) is not None
+        path = prefix + (_escape(key) if name_bad else key)
+        if is_dir:
+            if rows:
+                yield "".join(rows)
+                rows = []
+            yield f"{path}\t0\t{DIR}\n"
+            yield from _walk(entry.path, path, name_bad)
+            continue
+        try:
+            if entry.is_symlink():
+                kind, size = LINK, _target_size(entry.path)
+            else:
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # socket, pipe, device
+                kind, size = FILE, info.st_size
+        except FileNotFoundError:
+            continue  # vanished while scanning
+        rows.append(f"{path}\t{size}\t{BADNAME if name_bad else kind}\n")
+    if rows:
+        yield "".join(rows)
+
+
+def _target_size(path: str) -> int:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return 0  # dangling, or a loop
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterator[str]:
+    """The listing's rows (TSV lines without the header), streamed in order.
+
+    Args:
+        root: the data root, holding `train/<class>/<file>` and `valid/<class>/<file>`.
+        valid_labels: None for class folders under `valid/`; or the path, relative to the root, of the CSV that
+            labels a flat `valid/` folder (it must exist; its content hash becomes the first row).
+
+    Checks the layout before yielding anything, raising ListingError naming the path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ListingError(f"{root}: data root {'is not a folder' if root.exists() else 'does not exist'}")
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            layout = (f"{root}/valid/<file> labelled by {valid_labels}" if split == "valid" and valid_labels
+                      else f"{root}/{split}/<class>/<file>")
+            raise ListingError(f"{root / split}: missing {split} folder (expected {layout})")
+    labels_row = None
+    if valid_labels is not None:
+        csv_path = root / valid_labels
+        if not csv_path.is_file():
+            raise ListingError(f"{csv_path}: data.valid_labels file does not exist")
+        try:
+            labels_row = f"{Path(valid_labels).as_posix()}\t{csv_path.stat().st_size}\t{LABELS} md5={file_md5(csv_path)}\n"
+        except OSError as error:
+            raise ListingError(f"{csv_path}: cannot read data.valid_labels: {error.strerror}") from None
+
+    def rows() -> Iterator[str]:
+        if labels_row:
+            yield labels_row
+        for split in SPLITS:  # "train/" < "valid/"
+            yield f"{split}/\t0\t{DIR}\n"
+            yield from _walk(str(root / split), f"{split}/", False)
+
+    return rows()
+
+
+def write_listing(out: str | os.PathLike, rows: Iterable[str]) -> int:
+    """Write the header and `rows` (from `scan`) to `out` atomically; return the number of rows."""
+    count = 0
+    with atomic_path(out) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as file:
+            file.write(HEADER + "\n")
+            for chunk in rows:
+                file.write(chunk)
+                count += chunk.count("\n")
+    return count
+
+
+def make_listing(*, root: str | os.PathLike, out: str | os.PathLike, valid_labels: str | None = None) -> int:
+    """The listing stage: scan `root` and write the listing to `out`; return the number of rows."""
+    return write_listing(out, scan(root, valid_labels=valid_labels))
+
+
+def read_listing(path: str | os.PathLike) -> Iterator[Entry]:
+    """The listing's rows as Entry tuples, in file order; ListingError naming the file and line if malformed."""
+    path = Path(path)
+    try:
+        file = open(path, encoding="utf-8", newline="\n")
+    except OSError as error:
+        raise ListingError(f"{path}: cannot read listing: {error.strerror}") from None
+    with file:
+        header = file.readline().rstrip("\n")
+        if header != HEADER:
+            raise ListingError(f"{path}: not a listing (expected the header {HEADER!r}, got {header[:60]!r})")
+        for number, line in enumerate(file, start=2):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != 3 or not fields[1].isdigit():
+                raise ListingError(f"{path}:{number}: malformed listing row (expected path, size, kind)")
+            yield Entry(fields[0], int(fields[1]), fields[2])
