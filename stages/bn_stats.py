@@ -13,17 +13,23 @@ def main():
     parser.add_argument("--sample", required=True, help="folder with the train.tsv manifest (for conv BN)")
     parser.add_argument("--out", required=True, help="statistics to write (HDF5, one group per layer)")
     parser.add_argument("--metrics", required=True, help="JSON with units and dead units per layer")
+    parser.add_argument("--plots", required=True, help="folder for the calibration plot: <layer>.csv per layer")
     args = parser.parse_args()
     params = stage.params()
 
-    from vggbn.atomic import write_json
-    from vggbn.surgery import measure_files
+    from vggbn.atomic import atomic_path, write_csv, write_json
+    from vggbn.surgery import calibration_table, measure_files
 
-    summary = measure_files(model_path=args.model, train_path=args.train, sample_dir=args.sample,
+    moments = measure_files(model_path=args.model, train_path=args.train, sample_dir=args.sample,
                             root=params.data.root, out_path=args.out, layers=params.bn.layers,
                             position=params.bn.position, batch_size=params.bn.batch_size,
                             image_batch_size=params.features.batch_size, resize=params.features.resize,
                             preprocess=params.model.preprocess_mode, conv_images=params.bn.conv_images)
+    summary, tables = calibration_table(moments)
+    with atomic_path(args.plots) as folder:
+        folder.mkdir()
+        for layer, rows in tables.items():
+            write_csv(folder / f"{layer}.csv", ["unit", "mean", "std", "dead"], rows)
     write_json(args.metrics, summary)
 
 

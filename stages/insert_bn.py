@@ -5,6 +5,8 @@ import argparse
 
 from vggbn import stage
 
+IDENTITY_POINTS = 5000  # enough to see a straight line; a plot of 50,000 points is slow to draw
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -15,17 +17,19 @@ def main():
     parser.add_argument("--dense-out", required=True, help="the dense part with BN (.keras)")
     parser.add_argument("--conv-out", required=True, help="the conv part, with BN when bn.layers asks (.keras)")
     parser.add_argument("--metrics", required=True, help="JSON: max_abs_diff, loss/accuracy before and after")
+    parser.add_argument("--plot", required=True, help="CSV: top-class probability before and after, per sample")
     args = parser.parse_args()
     params = stage.params()
 
-    from vggbn.atomic import write_json
+    from vggbn.atomic import write_csv, write_json
     from vggbn.surgery import insert_bn_files
 
     report = insert_bn_files(model_path=args.model, stats_path=args.stats, valid_path=args.valid,
                              sample_dir=args.sample, root=params.data.root, dense_out=args.dense_out,
                              conv_out=args.conv_out, batch_size=params.bn.batch_size,
                              image_batch_size=params.features.batch_size, resize=params.features.resize,
-                             preprocess=params.model.preprocess_mode)
+                             preprocess=params.model.preprocess_mode, points=(points := []))
+    write_csv(args.plot, ["before", "after"], points[:IDENTITY_POINTS])
     write_json(args.metrics, report)
 
 

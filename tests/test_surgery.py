@@ -39,7 +39,16 @@ def test_calibrated_bn_is_the_identity(rng, widths):
     assert report["max_abs_diff"] <= 1e-5
     assert report["max_abs_diff_logits"] <= 1e-4
     assert report["loss_before"] == pytest.approx(report["loss_after"], abs=1e-5)
-    assert report["accuracy_before"] == report["accuracy_after"]
+    assert_same_predictions(model.predict_on_batch(x), with_bn.predict_on_batch(x))
+
+
+def assert_same_predictions(before, after, margin=1e-5):
+    """Same top class wherever it is decided: dead ReLUs can collapse logits into exact ties, which any rounding
+    breaks either way."""
+    top2 = np.sort(before, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > margin
+    assert decided.mean() > 0.5  # the check is not vacuous
+    np.testing.assert_array_equal(before.argmax(axis=1)[decided], after.argmax(axis=1)[decided])
 
 
 def test_the_notebooks_calibration_is_not_the_identity(rng):

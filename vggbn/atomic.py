@@ -59,3 +59,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write a small JSON document (metrics, summaries) with sorted keys, so reruns are byte-identical."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
+    """A small CSV table for DVC plots, written atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -22,8 +22,9 @@ rows are sorted by path (Python string order), and only `train/` and `valid/` ar
 - `link`: a symbolic link, never followed while scanning (a linked folder is not entered); `size` is the size of
   what it points to when that is a regular file, else 0. The sample stage accepts a link only when it resolves to a
   regular file inside the data root.
-- `badname`: a name that a TSV line cannot hold (a tab, a line break, or bytes that are not UTF-8); `path` shows
-  those characters as backslash escapes. The sample stage rejects such files with a reason.
+- `badname`: a file or folder whose path a TSV line cannot hold (a tab, a line break, or bytes that are not UTF-8);
+  `path` shows those characters as backslash escapes. The sample stage rejects such files with a reason, and such a
+  class folder is an error.
 - `labels md5=<hex>`: the CSV named by data.valid_labels, with a hash of its content, so that editing the labels
   reruns the sample stage.
 
@@ -95,7 +96,7 @@ def _walk(folder: str, prefix: str, bad: bool) -> Iterator[str]:
             if rows:
                 yield "".join(rows)
                 rows = []
-            yield f"{path}\t0\t{DIR}\n"
+            yield f"{path}\t0\t{BADNAME if name_bad else DIR}\n"
             yield from _walk(entry.path, path, name_bad)
             continue
         try:
@@ -130,7 +131,7 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterator[str]:
-    """The listing's rows (TSV lines without the header), streamed in order.
+    """The listing's rows, streamed in order as chunks of TSV lines (no header; `write_listing` adds it).
 
     Args:
         root: the data root, holding `train/<class>/<file>` and `valid/<class>/<file>`.
@@ -153,9 +154,10 @@ def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterato
         if not csv_path.is_file():
             raise ListingError(f"{csv_path}: data.valid_labels file does not exist")
         try:
-            labels_row = f"{Path(valid_labels).as_posix()}\t{csv_path.stat().st_size}\t{LABELS} md5={file_md5(csv_path)}\n"
+            size, md5 = csv_path.stat().st_size, file_md5(csv_path)
         except OSError as error:
             raise ListingError(f"{csv_path}: cannot read data.valid_labels: {error.strerror}") from None
+        labels_row = f"{_escape(Path(valid_labels).as_posix())}\t{size}\t{LABELS} md5={md5}\n"
 
     def rows() -> Iterator[str]:
         if labels_row:

@@ -227,6 +227,16 @@ def with_compute_dtype(model: keras.Model, compute: str) -> keras.Model:
     return clone
 
 
+def output_names(class_names: list[str], num_outputs: int) -> list[str]:
+    """The class name of each model output: the folders' names, or ImageNet's WordNet ids (see label_map)."""
+    if num_outputs == len(class_names):
+        return list(class_names)
+    from vggbn.imagenet import imagenet_wnids
+
+    label_map(class_names, num_outputs)  # the same checks
+    return imagenet_wnids()
+
+
 def label_map(class_names: list[str], num_outputs: int) -> list[int]:
     """Model output index of each class folder (in sorted-folder order).
 

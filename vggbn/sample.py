@@ -20,21 +20,24 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import os
 import stat
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from vggbn import VggbnError
 from vggbn.atomic import atomic_path
-from vggbn.listing import BADNAME, DIR, LINK, LABELS, Entry, read_listing
+from vggbn.listing import BADNAME, LINK, Entry, read_listing
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +87,23 @@ def is_image_name(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _rank_key(path: str, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}\0{path}".encode("utf-8")).digest()
+
+
 def rank(paths: Iterable[str], seed: int) -> list[str]:
     """`paths` ordered by a seeded hash of each path alone, so the order of the others survives adding or
     removing one."""
-    return sorted(paths, key=lambda p: (hashlib.sha256(f"{seed}\0{p}".encode("utf-8")).digest(), p))
+    return sorted(paths, key=lambda p: (_rank_key(p, seed), p))
 
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:120]
+
+
+def _decode_problem(error: Exception) -> str:
+    return "truncated" if "truncated" in str(error).lower() else f"corrupt: {_one_line(error)}"
 
 
 def _bmp_problem(data: bytes, mode: str) -> str | None:
@@ -134,7 +145,7 @@ def check_image(path: str | os.PathLike) -> Checked:
     except UnidentifiedImageError:
         return Checked("not an image", None)
     except Exception as error:  # Pillow's plugins raise many types on a corrupt header
-        return Checked(f"corrupt header: {_one_line(error)}", None)
+        return Checked(_decode_problem(error), None)
     with image:
         fmt = _PILLOW_FORMATS.get(image.format)
         if fmt is None:
@@ -147,18 +158,22 @@ def check_image(path: str | os.PathLike) -> Checked:
             return Checked(problem, None)
         try:
             image.load()
-        except OSError as error:
-            return Checked("truncated" if "truncated" in str(error) else f"corrupt: {_one_line(error)}", None)
         except Exception as error:
-            return Checked(f"corrupt: {_one_line(error)}", None)
+            return Checked(_decode_problem(error), None)
     return Checked(None, hashlib.md5(data).hexdigest())
 
 
 class _Candidate(NamedTuple):
     path: str  # relative to the root
-    label: int | None  # None: rejected before decoding, see reason
+    label: int | None
     link: bool
-    reason: str | None = None
+    reason: str | None = None  # why it cannot be used, when that is known without reading it
+
+
+class _Layout(NamedTuple):
+    classes: list[str]  # in index order
+    candidates: dict[str, list[_Candidate]]  # split -> image files
+    class_folders: dict[str, list[str]]  # split -> folders that must hold a usable image
 
 
 def _examine(root: Path, inside: Sequence[str], candidate: _Candidate) -> Checked:
@@ -167,10 +182,8 @@ def _examine(root: Path, inside: Sequence[str], candidate: _Candidate) -> Checke
     path = root / candidate.path
     if candidate.link:
         target = os.path.realpath(path)
-        if not any(target == top or target.startswith(top + os.sep) for top in inside):
+        if not any(os.path.commonpath([top, target]) == top for top in inside):
             return Checked("symlink pointing outside the data root", None)
-        if os.path.isdir(target):
-            return Checked("symlinked folder, which is not followed", None)
         if not os.path.exists(target):
             return Checked("broken symlink", None)
     return check_image(path)
@@ -184,10 +197,7 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: in
     items, pending = iter(items), deque()
     try:
         while True:
-            while len(pending) < ahead:
-                item = next(items, None)
-                if item is None:
-                    break
+            for item in itertools.islice(items, ahead - len(pending)):
                 pending.append((item, pool.submit(fn, item)))
             if not pending:
                 return
@@ -199,8 +209,8 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: in
 
 
 def _read_valid_labels(csv_path: Path) -> dict[str, str]:
-    """ImageId -> class of a labels CSV (ImageNet Kaggle's LOC_val_solution.csv): the first token of
-    PredictionString. An id with conflicting rows maps to ""."""
+    """ImageId -> class, from a labels CSV like ImageNet Kaggle's LOC_val_solution.csv (the class is the first
+    token of PredictionString); "" for an id whose rows disagree or name no class."""
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as file:
             reader = csv.DictReader(file)
@@ -209,8 +219,9 @@ def _read_valid_labels(csv_path: Path) -> dict[str, str]:
                                   f"got {','.join(reader.fieldnames or ())}")
             labels: dict[str, str] = {}
             for row in reader:
-                image_id, tokens = row["ImageId"] or "", (row["PredictionString"] or "").split()
+                tokens = (row["PredictionString"] or "").split()
                 label = tokens[0] if tokens else ""
+                image_id = row["ImageId"] or ""
                 labels[image_id] = label if labels.get(image_id, label) == label else ""
     except OSError as error:
         raise SampleError(f"{csv_path}: cannot read data.valid_labels: {error.strerror}") from None
@@ -219,114 +230,95 @@ def _read_valid_labels(csv_path: Path) -> dict[str, str]:
     return labels
 
 
-def _class_index(root: Path, folders: list[str], class_order: Sequence[str] | None) -> tuple[list[str], dict]:
-    """Class names in index order, and folder name -> index."""
+def _class_index(root: Path, folders: list[str], class_order: Sequence[str] | None) -> list[str]:
+    """Class names in index order: the sorted train folders, or `class_order`, which must hold them all."""
     if class_order is None:
-        classes = sorted(folders)
-    else:
-        classes = list(class_order)
-        if len(set(classes)) != len(classes):
-            raise SampleError("class_order: names a class more than once")
-        known = set(classes)
-        for name in sorted(folders):
-            if name not in known:
-                raise SampleError(f"{root / 'train' / name}: class folder is not in the given class order "
-                                  f"({len(classes)} classes)")
-    return classes, {name: i for i, name in enumerate(classes)}
+        return sorted(folders)
+    classes = list(class_order)
+    if len(set(classes)) != len(classes):
+        raise SampleError("class_order: names a class more than once")
+    for name in sorted(set(folders) - set(classes)):
+        raise SampleError(f"{root / 'train' / name}: class folder is not in the given class order "
+                          f"({len(classes)} classes)")
+    return classes
 
 
-def _candidates(root: Path, entries: Iterable[Entry], valid_labels: str | None, class_order) -> tuple:
-    """Split the listing into class names, class index and per-split candidates (image files only)."""
-    folders = {"train": [], "valid": []}
-    files = {"train": [], "valid": []}
+def _layout(root: Path, entries: Iterable[Entry], valid_labels: str | None,
+            class_order: Sequence[str] | None) -> _Layout:
+    """Classes and per-split candidates (files named like images, and symlinked folders) from the listing."""
+    folders: dict[str, list[str]] = {"train": [], "valid": []}
+    files: dict[str, list[Entry]] = {"train": [], "valid": []}
     for entry in entries:
-        if entry.kind.split(" ")[0] == LABELS:
-            continue
         parts = entry.path.rstrip("/").split("/")
         if parts[0] not in files or len(parts) < 2:
-            continue
-        if entry.kind == DIR:
+            continue  # the labels row, the split folders themselves
+        if entry.path.endswith("/"):
             if len(parts) == 2:
+                if entry.kind == BADNAME and (parts[0] == "train" or valid_labels is None):
+                    raise SampleError(f"{root}/{entry.path}: class folder name holds a tab, a line break or bytes "
+                                      "that are not UTF-8")
                 folders[parts[0]].append(parts[1])
-        elif is_image_name(entry.path) or entry.kind == LINK:
+        elif entry.kind == LINK or is_image_name(entry.path):
             files[parts[0]].append(entry)
-    for split, names in folders.items():
-        if split == "train" or valid_labels is None:
-            for name in names:
-                if "\\" in name and any(e.kind == BADNAME and e.path.startswith(f"{split}/{name}/")
-                                        for e in files[split]):
-                    raise SampleError(f"{root / split / name}: class folder name holds a tab, a line break or "
-                                      "bytes that are not UTF-8")
-    classes, index = _class_index(root, folders["train"], class_order)
+    classes = _class_index(root, folders["train"], class_order)
+    index = {name: i for i, name in enumerate(classes)}
     train_folders = set(folders["train"])
+    csv_labels = None
     if valid_labels is None:
-        for name in sorted(folders["valid"]):
-            if name not in train_folders:
-                raise SampleError(f"{root / 'valid' / name}: validation class folder has no counterpart in "
-                                  f"{root / 'train'}")
-        csv_labels = None
+        for name in sorted(set(folders["valid"]) - train_folders):
+            raise SampleError(f"{root / 'valid' / name}: validation class folder has no counterpart in "
+                              f"{root / 'train'}")
     else:
         csv_labels = _read_valid_labels(root / valid_labels)
 
-    candidates = {}
-    for split, split_files in files.items():
-        found = []
-        for entry in split_files:
-            rel = entry.path[len(split) + 1:]
-            link = entry.kind == LINK
-            if link and not is_image_name(entry.path):  # a symlinked folder, or a link to some other file
-                if os.path.isdir(root / entry.path):
-                    found.append(_Candidate(entry.path, None, link, "symlinked folder, which is not followed"))
-                continue
-            if entry.kind == BADNAME:
-                found.append(_Candidate(entry.path, None, link,
-                                        "name holds a tab, a line break or bytes that are not UTF-8"))
-            elif split == "valid" and csv_labels is not None:
-                label = csv_labels.get(rel.rsplit(".", 1)[0])
-                if label is None:
-                    found.append(_Candidate(entry.path, None, link, f"no row in {valid_labels}"))
-                elif label not in train_folders:
-                    why = "conflicting rows" if label == "" else f"class {label!r} is not a train class folder"
-                    found.append(_Candidate(entry.path, None, link, f"{why} in {valid_labels}"))
-                else:
-                    found.append(_Candidate(entry.path, index[label], link))
-            elif "/" not in rel:
-                found.append(_Candidate(entry.path, None, link, "not inside a class folder"))
-            else:
-                found.append(_Candidate(entry.path, index[rel.split("/", 1)[0]], link))
-        candidates[split] = found
-    class_folders = {"train": sorted(folders["train"]),
-                     "valid": sorted(folders["valid"]) if valid_labels is None else []}
-    return classes, index, candidates, class_folders
+    def candidate(entry: Entry) -> _Candidate | None:
+        split, rel = entry.path.split("/", 1)
+        link = entry.kind == LINK
+
+        def rejected(reason: str) -> _Candidate:
+            return _Candidate(entry.path, None, link, reason)
+
+        if not is_image_name(entry.path):  # a link named otherwise: only a linked folder is worth a word
+            return rejected("symlinked folder, which is not followed") if (root / entry.path).is_dir() else None
+        if entry.kind == BADNAME:
+            return rejected("name holds a tab, a line break or bytes that are not UTF-8")
+        if split == "valid" and csv_labels is not None:
+            label = csv_labels.get(rel.rsplit(".", 1)[0])
+            if label is None:
+                return rejected(f"no row in {valid_labels}")
+            if label not in train_folders:
+                return rejected(f"class {label!r} in {valid_labels} is not a train class folder" if label
+                                else f"no class or conflicting rows in {valid_labels}")
+            return _Candidate(entry.path, index[label], link)
+        if "/" not in rel:
+            return rejected("not inside a class folder")
+        return _Candidate(entry.path, index[rel.split("/", 1)[0]], link)
+
+    candidates = {split: [c for c in map(candidate, split_files) if c is not None]
+                  for split, split_files in files.items()}
+    class_folders = {"train": sorted(train_folders), "valid": sorted(folders["valid"]) if valid_labels is None else []}
+    return _Layout(classes, candidates, class_folders)
 
 
-def _draw(split: str, ranked: list[_Candidate], want: int | None, examine: Callable, pool, ahead: int,
-          ) -> tuple[list[Row], list[tuple[str, str]], set[str]]:
-    """The first `want` usable candidates in rank order (all if None), and the rejections met on the way."""
-    want = len(ranked) if want is None else want
-    if want > len(ranked):
+def _draw(split: str, ranked: list[_Candidate], want: int | None, examine: Callable, pool: ThreadPoolExecutor,
+          ahead: int) -> tuple[list[Row], list[tuple[str, str]], set[str]]:
+    """The first `want` usable candidates in rank order (all if None), the rejections met on the way, and the
+    paths checked."""
+    if want is not None and want > len(ranked):
         raise SampleError(f"sample.{split}: {want} images requested, but {split} holds only {len(ranked)} image files")
     rows, rejected, checked = [], [], set()
-    if want == 0:
-        return rows, rejected, checked
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress is a nicety
-        tqdm = None
-    bar = tqdm(total=want, desc=f"checking {split} images", unit="img", disable=None) if tqdm else None
-    for candidate, checked_result in _in_order(pool, examine, ranked, ahead):
-        checked.add(candidate.path)
-        if checked_result.reason is None:
-            rows.append(Row(candidate.path, candidate.label, checked_result.md5))
-            if bar:
-                bar.update()
+    with tqdm(total=want or len(ranked), desc=f"checking {split} images", unit="img", disable=None) as bar, \
+            closing(_in_order(pool, examine, ranked, ahead)) as results:
+        for candidate, result in results:
+            checked.add(candidate.path)
+            if result.reason is not None:
+                rejected.append((candidate.path, result.reason))
+                continue
+            rows.append(Row(candidate.path, candidate.label, result.md5))
+            bar.update()
             if len(rows) == want:
                 break
-        else:
-            rejected.append((candidate.path, checked_result.reason))
-    if bar:
-        bar.close()
-    if len(rows) < want:
+    if want is not None and len(rows) < want:
         raise SampleError(f"sample.{split}: {want} images requested, but {split} holds only {len(rows)} usable "
                           f"images ({len(rejected)} of {len(ranked)} image files rejected)")
     log.info("%s: sampled %d images, rejected %d", split, len(rows), len(rejected))
@@ -334,76 +326,72 @@ def _draw(split: str, ranked: list[_Candidate], want: int | None, examine: Calla
 
 
 def _require_usable_image(root: Path, split: str, folders: list[str], rows: list[Row], ranked: list[_Candidate],
-                          checked: set[str], examine: Callable, pool) -> None:
-    """Error naming the first class folder of `split` with no usable image; unsampled folders are checked in rank
-    order until one usable file turns up (usually the first)."""
+                          checked: set[str], examine: Callable, pool: ThreadPoolExecutor) -> None:
+    """Error naming the first class folder with no usable image. A folder nothing was sampled from is checked in
+    rank order until a usable file turns up (usually its first); what is found there is not reported."""
     sampled = {row.path.split("/")[1] for row in rows}
-    unchecked: dict[str, list[_Candidate]] = {name: [] for name in folders if name not in sampled}
+    todo: dict[str, list[_Candidate]] = {name: [] for name in folders if name not in sampled}
     for candidate in ranked:
         parts = candidate.path.split("/")
-        if len(parts) > 2 and parts[1] in unchecked and candidate.path not in checked:
-            unchecked[parts[1]].append(candidate)
-    pending = sorted(unchecked)
-    while pending:
-        results = list(pool.map(lambda name: next((True for c in unchecked[name] if examine(c).reason is None),
-                                                  False), pending))
-        for name, usable in zip(pending, results):
-            if not usable:
-                raise SampleError(f"{root / split / name}: class folder has no usable image")
-        pending = []
+        if len(parts) > 2 and parts[1] in todo and candidate.path not in checked:
+            todo[parts[1]].append(candidate)
+    names = sorted(todo)
+    usable = pool.map(lambda name: any(examine(c).reason is None for c in todo[name]), names)
+    for name, ok in zip(names, usable, strict=True):
+        if not ok:
+            raise SampleError(f"{root / split / name}: class folder has no usable image")
 
 
 def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: int | None = None,
                  valid: int | None = None, seed: int = 0, strict: bool = False, valid_labels: str | None = None,
                  class_order: Sequence[str] | None = None, workers: int | None = None) -> Sample:
-    """Sample and check images from a listing (see `vggbn.listing`).
+    """Sample and check images named by a listing (see `vggbn.listing`).
 
     Args:
         entries: the listing's rows, e.g. `read_listing("data/listing.tsv")`.
         root: the data root the listing's paths are relative to.
-        train, valid: how many images to sample from each split; None: all usable ones. More than the split
+        train, valid: how many images to sample from each split; None: every usable one. More than the split
             holds is an error naming the key (`sample.train`).
         seed: seed of the hash ranking.
         strict: True: any rejected file is an error instead of being replaced by the next in rank.
         valid_labels: None when `valid/` holds class folders; else the CSV (relative to the root) that labels a flat
-            `valid/` folder: ImageId,PredictionString, the first token of PredictionString being the class.
+            `valid/` folder: ImageId,PredictionString, the first token of PredictionString being the class, and
+            `valid/<ImageId>.<extension>` the image.
         class_order: None: class index = position in the sorted train class folder names (Keras' order);
-            else the list of all class names in index order (e.g. ImageNet's WordNet ids), which every train
-            folder must be in.
+            else all class names in index order (e.g. ImageNet's WordNet ids), which must hold every train folder.
         workers: threads decoding images (Pillow releases the GIL); None: one per CPU, at least 4.
 
-    Raises SampleError naming the path or key on a layout problem, a class folder without a usable image, or too
-    few usable images.
+    Raises SampleError naming the path or key on a layout problem, a class folder without a usable image, too
+    few usable images, or (strict) any rejection.
     """
     root = Path(root)
-    classes, _, candidates, class_folders = _candidates(root, entries, valid_labels, class_order)
-    inside = sorted({os.path.realpath(root), *(os.path.realpath(root / split) for split in ("train", "valid"))})
+    layout = _layout(root, entries, valid_labels, class_order)
+    inside = sorted({os.path.realpath(root), *(os.path.realpath(root / split) for split in layout.candidates)})
 
     def examine(candidate: _Candidate) -> Checked:
         return _examine(root, inside, candidate)
 
     workers = workers or max(4, os.cpu_count() or 1)
+    Image.init()  # load Pillow's format plugins once, before threads race to
     drawn, rejected = {}, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_image rejects those images
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for split, want in (("train", train), ("valid", valid)):
-                ranked = rank_candidates(candidates[split], seed)
+                if not layout.candidates[split]:
+                    raise SampleError(f"{root / split}: no image files (named {', '.join(IMAGE_EXTENSIONS)})")
+                ranked = sorted(layout.candidates[split], key=lambda c: (_rank_key(c.path, seed), c.path))
                 rows, split_rejected, checked = _draw(split, ranked, want, examine, pool, ahead=4 * workers)
-                _require_usable_image(root, split, class_folders[split], rows, ranked, checked, examine, pool)
+                _require_usable_image(root, split, layout.class_folders[split], rows, ranked, checked, examine, pool)
                 drawn[split] = sorted(rows)
                 rejected += split_rejected
     rejected.sort()
     if strict and rejected:
         shown = "; ".join(f"{path} ({reason})" for path, reason in rejected[:STRICT_SHOWN])
         more = f"; and {len(rejected) - STRICT_SHOWN} more" if len(rejected) > STRICT_SHOWN else ""
-        raise SampleError(f"sample.strict: {len(rejected)} unusable image{'s' * (len(rejected) != 1)}: {shown}{more}")
-    return Sample(classes=classes, train=drawn["train"], valid=drawn["valid"], rejected=rejected)
-
-
-def rank_candidates(candidates: list[_Candidate], seed: int) -> list[_Candidate]:
-    by_path = {c.path: c for c in candidates}
-    return [by_path[p] for p in rank(by_path, seed)]
+        raise SampleError(f"sample.strict: {len(rejected)} unusable image{'s' * (len(rejected) != 1)} in {root}: "
+                          f"{shown}{more}")
+    return Sample(classes=layout.classes, train=drawn["train"], valid=drawn["valid"], rejected=rejected)
 
 
 def write_sample(out: str | os.PathLike, sample: Sample) -> None:

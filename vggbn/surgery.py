@@ -134,8 +134,12 @@ def with_logits(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, [x, logits])
 
 
-def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy."""
+def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+            points: list | None = None) -> dict:
+    """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy.
+
+    `points`, if given, receives (probability before, probability after) of each sample's top class before.
+    """
     before, after = with_logits(before), with_logits(after)
     scores = {"before": Score(), "after": Score()}
     worst_p = worst_logit = 0.0
@@ -146,6 +150,10 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
         worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max()))
         scores["before"].add(p_before, labels)
         scores["after"].add(p_after, labels)
+        if points is not None:
+            top = p_before.argmax(axis=1)
+            rows = np.arange(len(top))
+            points.extend(zip(p_before[rows, top].tolist(), p_after[rows, top].tolist()))
     report = {"max_abs_diff": worst_p, "max_abs_diff_logits": worst_logit, "samples": scores["before"].count}
     for side, score in scores.items():
         result = score.result()
@@ -163,7 +171,7 @@ def targets(model: keras.Model, layers: str) -> list[str]:
 def measure_files(*, model_path, train_path, sample_dir, root, out_path, layers: str, position: str,
                   batch_size: int, image_batch_size: int, resize: str, preprocess: str,
                   conv_images: int | None) -> dict:
-    """The bn_stats stage: moments of every BN target, saved to `out_path`; a summary per layer.
+    """The bn_stats stage: moments of every BN target (returned, and saved to `out_path`).
 
     Targets in the dense part are measured on the cached train features; targets in the conv part (conv BN)
     need the images, streamed through the conv part.
@@ -185,17 +193,28 @@ def measure_files(*, model_path, train_path, sample_dir, root, out_path, layers:
         moments.update(measure(conv, batches, targets(conv, layers), position))
     moments = {name: moments[name] for name in targets(model, layers)}  # model order
     save_statistics(out_path, moments, {"position": position, "layers": layers})
-    return {name: {"units": m.width, "dead_units": int((m.variance == 0).sum()), "rows": m.count}
-            for name, m in moments.items()}
+    return moments
+
+
+def calibration_table(moments: dict) -> tuple[dict, dict[str, list]]:
+    """Per layer: a summary (units, dead units: variance zero, e.g. never firing after the ReLU, rows measured)
+    and rows (unit, mean, std, dead) for the calibration plot."""
+    summary, tables = {}, {}
+    for name, m in moments.items():
+        dead = m.variance == 0
+        summary[name] = {"units": m.width, "dead_units": int(dead.sum()), "rows": m.count}
+        tables[name] = [(unit, float(mu), float(sd), int(d))
+                        for unit, (mu, sd, d) in enumerate(zip(m.mean, np.sqrt(m.variance), dead))]
+    return summary, tables
 
 
 def insert_bn_files(*, model_path, stats_path, valid_path, sample_dir, root, dense_out, conv_out, batch_size: int,
-                    image_batch_size: int, resize: str, preprocess: str) -> dict:
+                    image_batch_size: int, resize: str, preprocess: str, points: list | None = None) -> dict:
     """The insert_bn stage: the calibrated dense part and conv part, and the identity report.
 
     `max_abs_diff` covers the dense part over all valid features and, with conv BN, the whole model over up to
     `extract.CHECK_IMAGES` valid images (`end_to_end_*` keys); `*_before`/`*_after` are the dense part's loss and
-    accuracy on the valid features without and with BN.
+    accuracy on the valid features without and with BN. `points` receives the identity plot's points.
     """
     from vggbn import features, images
     from vggbn.extract import CHECK_IMAGES, read_manifest_paths
@@ -207,7 +226,7 @@ def insert_bn_files(*, model_path, stats_path, valid_path, sample_dir, root, den
     dense_names, conv_names_ = {l.name for l in dense.layers[1:]}, {l.name for l in conv.layers[1:]}
     dense_bn = insert_bn(dense, {k: v for k, v in stats.items() if k in dense_names}, attrs["position"])
     conv_bn = insert_bn(conv, {k: v for k, v in stats.items() if k in conv_names_}, attrs["position"])
-    report = compare(dense, dense_bn, features.iter_batches(valid_path, batch_size))
+    report = compare(dense, dense_bn, features.iter_batches(valid_path, batch_size), points)
     if any(name in conv_names_ for name in stats):
         paths, labels = read_manifest_paths(sample_dir, "valid", root, labels=True)
         dataset = images.image_dataset(paths[:CHECK_IMAGES], size=models.input_size(model), resize=resize,
