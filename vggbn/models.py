@@ -183,12 +183,18 @@ def save_model(model: keras.Model, path: str | Path) -> None:
 
     Keras stamps `.keras` files with the save time (`date_saved`, and a zip entry time). Same weights then give
     different bytes, and DVC reruns every stage downstream of a stage that reran with the same result. We fix
-    both stamps, so the file is a function of the model alone.
+    both stamps, so the file is a function of the model alone. A trained model is saved without its optimizer
+    state (Adam's two slots per weight would triple VGG16's dense part); checkpoints keep it, elsewhere.
     """
     import json
     import zipfile
 
     from vggbn.atomic import atomic_path
+
+    if getattr(model, "optimizer", None) is not None:
+        bare = model.__class__.from_config(model.get_config())
+        bare.set_weights(model.get_weights())
+        model = bare
 
     with atomic_path(path) as tmp:
         staged = tmp.with_name(tmp.name + ".staged.keras")
@@ -207,22 +213,30 @@ def save_model(model: keras.Model, path: str | Path) -> None:
 
 
 def with_compute_dtype(model: keras.Model, compute: str) -> keras.Model:
-    """`model` computing in `compute` ('float32' or 'bfloat16', as Keras mixed precision: bf16 math, fp32 weights).
+    """`model` computing in `compute`: 'float32', or 'bfloat16' as Keras mixed precision (bf16 math, fp32 weights).
 
     A loaded model keeps the dtype policy it was saved with, so setting a global policy is not enough: the layers
-    are rebuilt with the mixed policy and given the same weights.
+    are rebuilt with the policy and given the same weights. The last layer stays float32, as Keras advises for
+    a softmax output. Returns `model` itself when nothing changes.
     """
-    if compute == "float32":
-        return model
-    if compute != "bfloat16":
+    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+    if compute not in policies:
         raise ValueError(f"Expected `compute` to be one of float32, bfloat16. Received: compute={compute}")
+    last = model.layers[-1]
 
-    def mixed(layer):
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer.__class__.from_config(layer.get_config())
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
+    def wanted(layer):
+        return "float32" if layer is last else policies[compute]
 
-    clone = keras.models.clone_model(model, clone_function=mixed)
+    if all(layer.dtype_policy.name == wanted(layer) for layer in model.layers[1:]):
+        return model
+
+    def rebuilt(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config = {**config, "dtype": wanted(layer)}
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=rebuilt)
     clone.set_weights(model.get_weights())
     return clone
 

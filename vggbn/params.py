@@ -132,6 +132,7 @@ class FinetuneParams:
     dropout: float = _param(0.5, _dropout, "rate of the dense part's Dropout layers while fine-tuning")
     seed: int = _param(0, _at_least(0), "seed of shuffling, dropout and initialization")
     shuffle_buffer: int = _param(4096, _at_least(1), "rows held for shuffling while streaming from HDF5")
+    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype of the training math (bfloat16: Keras mixed precision)")
 
 
 @dataclass(frozen=True)

@@ -81,13 +81,15 @@ def _resume(work_dir: Path, recipe: dict):
 
 def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int, batch_size: int,
              lr: float, dropout: float, seed: int, shuffle_buffer: int, work_dir: str | Path,
-             recipe: dict, live_dir: str | Path | None = None) -> tuple[keras.Model, list[dict]]:
+             recipe: dict, live_dir: str | Path | None = None, compute: str = "float32",
+             ) -> tuple[keras.Model, list[dict]]:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
     a run resumed from its checkpoint after epoch k sees the same batches as one that never stopped.
     `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe.
     Per-epoch curves go to `live_dir` through dvclive's Keras callback, replayed from the checkpoint on resume.
+    `compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
     Returns the trained model and every epoch's logs (loss, accuracy, val_loss, val_accuracy).
     """
     work_dir = Path(work_dir)
@@ -96,7 +98,7 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
     if resumed:
         model, history = resumed
     else:
-        model, history = with_dropout(model, dropout), []
+        model, history = models.with_compute_dtype(with_dropout(model, dropout), compute), []
         compile_for_training(model, lr)
     initial_epoch = len(history)
     with features.open_features(train_path) as file:
@@ -119,7 +121,7 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
                   callbacks=callbacks, verbose=2)
     if live is not None:
         live.end()
-    return model, history
+    return models.with_compute_dtype(model, "float32"), history
 
 
 def live_callback(live) -> keras.callbacks.Callback:
@@ -154,7 +156,7 @@ def finetune_files(*, model_path, train_path, valid_path, work_dir, live_dir, pa
     model, history = finetune(models.load_model_file(model_path), train_path=train_path, valid_path=valid_path,
                               epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                               dropout=params.dropout, seed=params.seed, shuffle_buffer=params.shuffle_buffer,
-                              work_dir=work_dir, recipe=recipe, live_dir=live_dir)
+                              work_dir=work_dir, recipe=recipe, live_dir=live_dir, compute=params.compute)
     last = history[-1]
     metrics = {"train_loss": last["loss"], "train_accuracy": last["accuracy"], "valid_loss": last["val_loss"],
                "valid_accuracy": last["val_accuracy"], "epochs": len(history)}
