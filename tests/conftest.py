@@ -25,3 +25,23 @@ def mini_vgg():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+ALL_STAGES = ["demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features", "bn_stats",
+              "insert_bn", "finetune", "combine"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """(project copy on which `dvc repro` has run once with dvc.lock committed, stages that ran).
+
+    Shared by every end-to-end test: one demo repro per test session. Tests that change the project work on
+    their own copy (`cp -a`), never on this one.
+    """
+    from project import copy_project, repro, run
+
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    ran = repro(project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "dvc repro"], project)
+    return project, ran

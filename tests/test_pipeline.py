@@ -6,23 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from project import copy_project, metrics, repro, run, set_param
+from project import metrics, repro, run, set_param
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = ["demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features", "bn_stats",
-              "insert_bn", "finetune", "combine"]
-
-
-@pytest.fixture(scope="session")
-def pipeline(tmp_path_factory):
-    """A project copy on which `dvc repro` has run once, with dvc.lock committed."""
-    project = copy_project(tmp_path_factory.mktemp("project"))
-    ran = repro(project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "dvc repro"], project)
-    return project, ran
-
+from conftest import ALL_STAGES
 
 def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
     project, ran = pipeline
