@@ -12,12 +12,17 @@ from vggbn import stage
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="listing to write (TSV: path, size, kind)")
+    parser.add_argument("--folder", choices=("data", "transfer"), default="data",
+                        help="which folder: data.root (the pipeline's images) or transfer.root (the new task's)")
     args = parser.parse_args()
-    data_params = stage.params().data
+    params = stage.params()
 
     from vggbn.listing import make_listing
 
-    make_listing(root=data_params.root, out=args.out, valid_labels=data_params.valid_labels)
+    if args.folder == "data":
+        make_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)
+    else:
+        make_listing(root=params.transfer.root, out=args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def rng():
 
 
 ALL_STAGES = ["demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features", "bn_stats",
-              "insert_bn", "finetune", "combine"]
+              "insert_bn", "finetune", "combine", "transfer_listing", "transfer"]
+ALWAYS_CHANGED = ["listing", "transfer_listing"]
 
 
 @pytest.fixture(scope="session")

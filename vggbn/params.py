@@ -60,6 +60,11 @@ def _dropout(value):
         return "a number >= 0 and < 1"
 
 
+def _digit(value):
+    if not 0 <= value <= 9:
+        return "a digit from 0 to 9"
+
+
 def _non_empty(value):
     if not value.strip():
         return "a non-empty string"
@@ -84,6 +89,8 @@ class DemoParams:
     epochs: int = _param(12, _at_least(1), "epochs to train the demo classifier")
     batch_size: int = _param(64, _at_least(1), "batch size to train the demo classifier")
     lr: float = _param(0.001, _positive, "Adam learning rate of the demo classifier")
+    classes: tuple[int, ...] = _param((0, 1, 2, 3, 4, 5, 6), _digit, "digits the demo classifier learns; the others make the transfer task")
+    transfer_train: int = _param(20, _at_least(1), "train images per held-back digit in the transfer folder")
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,16 @@ class FinetuneParams:
 
 
 @dataclass(frozen=True)
+class TransferParams:
+    root: str = _param("data/transfer", _non_empty, "image folder of the new task (ImageNet layout), e.g. your cats and dogs")
+    train: str = _param("dense", _choice(*TRANSFER_TRAIN), "head: train only the new softmax layer; dense: all dense layers")
+    lrs: tuple[float, ...] = _param((1e-4, 1e-3, 1e-2), _positive, "learning rates compared with and without BN")
+    seeds: tuple[int, ...] = _param((0, 1), _at_least(0), "seeds each learning rate is trained with")
+    epochs: int = _param(10, _at_least(1), "epochs per training run")
+    batch_size: int = _param(16, _at_least(1), "batch size")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     demo: DemoParams = field(default_factory=DemoParams)
@@ -144,6 +161,7 @@ class Params:
     features: FeaturesParams = field(default_factory=FeaturesParams)
     bn: BnParams = field(default_factory=BnParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    transfer: TransferParams = field(default_factory=TransferParams)
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -163,7 +181,15 @@ def _describe(value) -> str:
 
 
 def _coerce(key: str, value, annotation, check, source: str):
-    """Check `value` against the field's type and constraint; return it (ints widen to floats)."""
+    """Check `value` against the field's type and constraint; return it (ints widen to floats).
+
+    A tuple[T, ...] field takes a non-empty YAML list whose items are each checked as a T.
+    """
+    if typing.get_origin(annotation) is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if not isinstance(value, list) or not value:
+            raise ParamsError(f"{source}: {key}: expected a non-empty list, got {_describe(value)}")
+        return tuple(_coerce(f"{key}[{i}]", item, item_type, check, source) for i, item in enumerate(value))
     optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
     base = next(a for a in typing.get_args(annotation) if a is not type(None)) if optional else annotation
     if value is None:
@@ -209,6 +235,10 @@ def _build(cls, raw, prefix: str, source: str):
 
 
 def _check_combinations(params: Params, source: str) -> None:
+    digits = params.demo.classes
+    if len(set(digits)) != len(digits) or not 2 <= len(digits) <= 8:
+        raise ParamsError(f"{source}: demo.classes: expected 2 to 8 distinct digits (the others, at least 2, make "
+                          f"the transfer task), got {list(digits)}")
     model = params.model
     if model.source in ("demo", "vgg16"):
         if model.preprocess is not None:
@@ -247,5 +277,6 @@ def documented_params() -> list[tuple[str, object, str]]:
     for section in fields(Params):
         cls = typing.get_type_hints(Params)[section.name]
         for f in fields(cls):
-            rows.append((f"{section.name}.{f.name}", f.default, f.metadata["doc"]))
+            default = list(f.default) if isinstance(f.default, tuple) else f.default
+            rows.append((f"{section.name}.{f.name}", default, f.metadata["doc"]))
     return rows

@@ -59,6 +59,17 @@ class _Checkpoint(keras.callbacks.Callback):
         os.replace(self.work_dir / "epoch.json.tmp", self.work_dir / "epoch.json")
 
 
+class _History(keras.callbacks.Callback):
+    """Collects each epoch's logs, as _Checkpoint does, for runs without checkpoints."""
+
+    def __init__(self, history: list[dict]):
+        super().__init__()
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append(_floats(logs))
+
+
 def _floats(logs) -> dict:
     return {key: float(value) for key, value in (logs or {}).items()}
 
@@ -80,25 +91,26 @@ def _resume(work_dir: Path, recipe: dict):
 
 
 def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int, batch_size: int,
-             lr: float, dropout: float, seed: int, shuffle_buffer: int, work_dir: str | Path,
-             recipe: dict, live_dir: str | Path | None = None, compute: str = "float32",
+             lr: float, dropout: float | None, seed: int, shuffle_buffer: int, work_dir: str | Path | None = None,
+             recipe: dict | None = None, live_dir: str | Path | None = None, compute: str = "float32",
              ) -> tuple[keras.Model, list[dict]]:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
     a run resumed from its checkpoint after epoch k sees the same batches as one that never stopped.
-    `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe.
+    `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe;
+    without a `work_dir`, nothing is checkpointed (short runs). `dropout` None keeps the model's rates.
     Per-epoch curves go to `live_dir` through dvclive's Keras callback, replayed from the checkpoint on resume.
     `compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
     Returns the trained model and every epoch's logs (loss, accuracy, val_loss, val_accuracy).
     """
-    work_dir = Path(work_dir)
     seed_everything(seed)
-    resumed = _resume(work_dir, recipe)
+    resumed = _resume(Path(work_dir), recipe) if work_dir else None
     if resumed:
         model, history = resumed
     else:
-        model, history = models.with_compute_dtype(with_dropout(model, dropout), compute), []
+        model = with_dropout(model, dropout) if dropout is not None else model
+        model, history = models.with_compute_dtype(model, compute), []
         compile_for_training(model, lr)
     initial_epoch = len(history)
     with features.open_features(train_path) as file:
@@ -111,7 +123,7 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
     def valid_batches():
         yield from features.iter_batches(valid_path, batch_size)
 
-    callbacks = [_Checkpoint(work_dir, history)]
+    callbacks = [_Checkpoint(Path(work_dir), history)] if work_dir else [_History(history)]
     live = live_logger(live_dir, history) if live_dir else None
     if live is not None:
         callbacks.append(live_callback(live))
