@@ -139,3 +139,19 @@ def test_surgery_refuses_a_model_that_is_not_a_chain():
     model = keras.Model(inputs, outputs, name="skippy")
     with pytest.raises(models.ModelError, match="not a chain of layers at 'skip'"):
         surgery.insert_bn(model, {"a": (np.zeros(4), np.ones(4))})
+
+
+@pytest.mark.slow
+def test_bn_everywhere_in_full_size_vgg16_is_the_identity(rng):
+    """VGG16 at 224x224 (random weights: ImageNet's cannot be downloaded here), BN after all 13 convs and fc1, fc2
+    (every placement is covered on the mini VGG above; this is the one at full size)."""
+    position = "after_activation"
+    vgg = models.vgg16("none")
+    images = rng.uniform(0, 255, size=(3, 224, 224, 3)).astype(np.float32) - 120
+    names = surgery.targets(vgg, "all")
+    assert len(names) == 15
+    stats = surgery.measure(vgg, [images[:2], images[2:]], names, position)
+    with_bn = surgery.insert_bn(vgg, {n: (m.mean, m.variance) for n, m in stats.items()}, position)
+    report = surgery.compare(vgg, with_bn, [(images, np.zeros(3, dtype=int))])
+    # Random weights give near-uniform probabilities (max p about 0.002), which hide errors: check the logits too.
+    assert report["max_abs_diff"] <= 1e-5 and report["max_abs_diff_logits"] <= 1e-4
