@@ -80,3 +80,14 @@ def test_saved_models_are_byte_reproducible_and_load_safely(mini_vgg, tmp_path, 
     loaded = models.load_model_file(tmp_path / "a.keras")
     x = rng.uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_on_batch(x), mini_vgg.predict_on_batch(x))
+
+
+def test_layer_names_known_without_tensorflow_match_the_models(mini_vgg, tmp_path):
+    from vggbn.layer_names import DEMO_LAYERS, VGG16_LAYERS, layer_names
+
+    # The input layer's name is numbered per process by Keras (input_layer_4); no one cuts there.
+    assert [layer.name for layer in models.vgg16("none").layers][1:] == VGG16_LAYERS[1:]
+    assert [layer.name for layer in models.build_demo_classifier().layers][1:] == DEMO_LAYERS[1:]
+    models.save_model(mini_vgg, tmp_path / "mini.keras")
+    assert layer_names(str(tmp_path / "mini.keras")) == [layer.name for layer in mini_vgg.layers]
+    assert layer_names(str(tmp_path / "missing.keras")) is None

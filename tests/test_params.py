@@ -81,3 +81,15 @@ def test_readme_documents_every_param_with_its_default():
     readme = (ROOT / "README.md").read_text()
     for key, default, doc in documented_params():
         assert f"| `{key}` | `{json.dumps(default)}` | {doc} |" in readme, f"README's params table lacks {key}"
+
+
+def test_an_unknown_cut_layer_fails_the_first_stage_at_once(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["features"]["cut"] = "block3_pol"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, str(ROOT / "stages/listing.py"), "--out", "listing.tsv"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: params.yaml: features.cut: model.source=demo has no layer 'block3_pol' "
+                                    "(did you mean block3_pool?)")
+    assert not (tmp_path / "listing.tsv").exists()

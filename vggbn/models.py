@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 
 from vggbn import VggbnError
+from vggbn.layer_names import DEMO_FILTERS
 
 # Layers that may make up a classifier's head after the flatten or global pooling.
 HEAD_LAYERS = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Activation, keras.layers.Softmax,
@@ -23,7 +24,7 @@ class ModelError(VggbnError):
     pass
 
 
-def build_demo_classifier(*, input_size: int = 32, num_classes: int = 10, filters: tuple[int, ...] = (16, 32, 64),
+def build_demo_classifier(*, input_size: int = 32, num_classes: int = 10, filters: tuple[int, ...] = DEMO_FILTERS,
                           dense_units: int = 128, dropout: float = 0.5, seed: int = 0) -> keras.Model:
     """A small VGG16-shaped classifier without BatchNormalization.
 
