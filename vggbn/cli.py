@@ -11,7 +11,6 @@ Problems with the user's inputs end as one line, `error: ...`, on stderr with ex
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import math
@@ -22,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from vggbn import VggbnError
+from vggbn.listing import file_md5
 
 DEFAULT_MODEL = "models/combined.keras"
 DEFAULT_PARAMS = "params.yaml"
@@ -290,14 +290,6 @@ def _read_metrics(folder: str) -> dict:
     return found
 
 
-def _md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _lock_check(paths: list[str]) -> dict[str, str]:
     """For each file that dvc.lock records as a stage output: 'matches' or 'differs' (a file of another run)."""
     import yaml
@@ -315,7 +307,7 @@ def _lock_check(paths: list[str]) -> dict[str, str]:
     for path in paths:
         key = os.path.normpath(os.path.relpath(path)) if os.path.isabs(path) else os.path.normpath(path)
         if key in recorded and Path(path).is_file():
-            status[path] = "matches" if _md5(path) == recorded[key] else "differs"
+            status[path] = "matches" if file_md5(path) == recorded[key] else "differs"
     return status
 
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from vggbn import features, images, models
+from vggbn.listing import file_md5
 
 CHECK_IMAGES = 256  # images on which the split is checked against the whole model, a bounded cost at any scale
 
@@ -20,6 +21,8 @@ def extract_split(*, conv: keras.Model, model_md5: str, root: str | Path, paths:
     """Write `out_path` with the conv part's output for each manifest row (paths relative to `root`).
 
     With `flip`, every image also gets a row for its horizontally flipped copy (after all unflipped rows).
+    A chunk (the unit of work a killed run resumes from, and of the HDF5 file's layout) holds at most `batch_size`
+    rows, and at most about 1 MiB (`features.chunk_rows_for`): a kill loses at most one batch of work.
     """
     root = Path(root)
     cut = conv.layers[-1].name
@@ -28,6 +31,7 @@ def extract_split(*, conv: keras.Model, model_md5: str, root: str | Path, paths:
               "compute": compute}
     count = len(paths)
     copies = 2 if flip else 1
+    row_shape = tuple(conv.output.shape[1:])
     computing = models.with_compute_dtype(conv, compute)
 
     def extract(rows: Sequence[int]):
@@ -43,8 +47,10 @@ def extract_split(*, conv: keras.Model, model_md5: str, root: str | Path, paths:
     return features.build_feature_file(
         out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
         flipped=[False] * count + [True] * count * (copies - 1), extract=extract,
-        row_shape=tuple(conv.output.shape[1:]), dtype=dtype, work_dir=work_dir, feature_recipe=recipe,
-        attrs={"cut": cut})
+        row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
+        chunk_rows=min(batch_size, features.chunk_rows_for(row_shape, dtype)))
+
+
 def check_split(*, model: keras.Model, cut: str | None, root: str | Path, feature_path: str | Path, resize: str,
                 preprocess: str, batch_size: int, limit: int = CHECK_IMAGES) -> dict:
     """Largest difference between the whole model on the images and the dense part on their cached features.
@@ -80,7 +86,7 @@ def conv_features(*, model_path: str | Path, sample_dir: str | Path, root: str |
     metrics = {}
     for split in ("train", "valid"):
         manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
-        stats = extract_split(conv=conv, model_md5=features.file_md5(model_path), root=root, paths=manifest.paths,
+        stats = extract_split(conv=conv, model_md5=file_md5(model_path), root=root, paths=manifest.paths,
                               labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
                               out_path=out_paths[split], work_dir=Path(work_dir) / split, batch_size=batch_size,
                               resize=resize, preprocess=preprocess, dtype=dtype, compute=compute,

@@ -10,7 +10,6 @@ path, content hash and flip are unchanged are copied from it instead of recomput
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,14 +32,6 @@ STRING = h5py.string_dtype("utf-8")
 
 class FeatureFileError(VggbnError):
     pass
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def chunk_rows_for(row_shape: Sequence[int], dtype) -> int:

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from vggbn import features, models
 from vggbn.atomic import atomic_path
+from vggbn.listing import file_md5
 from vggbn.scoring import Score
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,44 @@ def _dataset(generator, row_shape) -> tf.data.Dataset:
 
 
 class _Checkpoint(keras.callbacks.Callback):
-    """Saves model and optimizer after each epoch, atomically, with the epoch number beside it."""
+    """Saves model and optimizer after each epoch, atomically, with the epoch number beside it.
+
+    `epoch.json` names the checkpoint file of its epoch and holds the dropout RNG states, which `model.save` does
+    not keep: a kill between writing the two files leaves the previous epoch's pair, and a resumed run draws the
+    same dropout masks as one that never stopped.
+    """
 
     def __init__(self, work_dir: Path, history: list[dict]):
         super().__init__()
         self.work_dir, self.history = work_dir, history
 
     def on_epoch_end(self, epoch, logs=None):
-        with atomic_path(self.work_dir / "checkpoint.keras") as tmp:
+        name = f"checkpoint-{epoch:04d}.keras"
+        with atomic_path(self.work_dir / name) as tmp:
             self.model.save(tmp)
         self.history.append(_floats(logs))
-        (self.work_dir / "epoch.json.tmp").write_text(json.dumps({"epoch": epoch, "history": self.history}))
+        state = {"epoch": epoch, "checkpoint": name, "rng": _rng_states(self.model), "history": self.history}
+        (self.work_dir / "epoch.json.tmp").write_text(json.dumps(state))
         os.replace(self.work_dir / "epoch.json.tmp", self.work_dir / "epoch.json")
+        for old in self.work_dir.glob("checkpoint*.keras"):
+            if old.name != name:
+                old.unlink()
+
+
+def _seed_generators(model: keras.Model) -> dict[str, list]:
+    """layer name -> the layer's SeedGenerators (Dropout's masks come from them), in attribute order."""
+    return {layer.name: [value for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
+            for layer in model.layers}
+
+
+def _rng_states(model: keras.Model) -> dict[str, list]:
+    return {name: [g.state.numpy().tolist() for g in gens] for name, gens in _seed_generators(model).items() if gens}
+
+
+def _restore_rng_states(model: keras.Model, states: dict[str, list]) -> None:
+    for name, gens in _seed_generators(model).items():
+        for generator, state in zip(gens, states.get(name, []), strict=True):
+            generator.state.assign(state)
 
 
 class _History(keras.callbacks.Callback):
@@ -76,14 +103,16 @@ def _floats(logs) -> dict:
 
 def _resume(work_dir: Path, recipe: dict):
     """(model, per-epoch logs so far) from an interrupted run of the same recipe, else None."""
-    stamp, checkpoint, epoch_file = work_dir / "recipe.json", work_dir / "checkpoint.keras", work_dir / "epoch.json"
+    stamp, epoch_file = work_dir / "recipe.json", work_dir / "epoch.json"
     text = json.dumps(recipe, sort_keys=True)
-    if stamp.exists() and stamp.read_text() == text and checkpoint.exists() and epoch_file.exists():
-        state = json.loads(epoch_file.read_text())
+    state = json.loads(epoch_file.read_text()) if epoch_file.exists() else {}
+    checkpoint = work_dir / state.get("checkpoint", "none")
+    if stamp.exists() and stamp.read_text() == text and "rng" in state and checkpoint.exists():
         model = keras.saving.load_model(checkpoint, safe_mode=True)
+        _restore_rng_states(model, state["rng"])
         log.info("resuming from the checkpoint after epoch %d", state["epoch"] + 1)
         return model, state["history"]
-    for stale in (checkpoint, epoch_file):
+    for stale in (*work_dir.glob("checkpoint*.keras"), epoch_file):
         stale.unlink(missing_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(text)
@@ -163,8 +192,8 @@ def live_logger(live_dir, history: list[dict]):
 
 def finetune_files(*, model_path, train_path, valid_path, work_dir, live_dir, params) -> tuple[keras.Model, dict]:
     """The finetune stage: the trained model and the last epoch's train and valid loss and accuracy."""
-    recipe = {"model": features.file_md5(model_path), "train": features.file_md5(train_path),
-              "valid": features.file_md5(valid_path), "params": dataclasses.asdict(params)}
+    recipe = {"model": file_md5(model_path), "train": file_md5(train_path), "valid": file_md5(valid_path),
+              "params": dataclasses.asdict(params)}
     model, history = finetune(models.load_model_file(model_path), train_path=train_path, valid_path=valid_path,
                               epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                               dropout=params.dropout, seed=params.seed, shuffle_buffer=params.shuffle_buffer,

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from vggbn import extract, features, models, train
-from vggbn.listing import read_listing
+from vggbn.listing import file_md5, read_listing
 from vggbn.sample import build_sample
 
 
@@ -92,7 +92,7 @@ def transfer(*, pretrained_path, finetuned_path, cut_from, listing, root, out_pa
              params, image_batch_size: int, resize: str, preprocess: str) -> dict:
     """The transfer stage: new-task features, then the with/without-BN comparison (`params`: TransferParams)."""
     conv, original_dense = models.split(models.load_model_file(pretrained_path), features.feature_cut(cut_from))
-    classes = transfer_features(conv=conv, model_md5=features.file_md5(pretrained_path), listing=listing,
+    classes = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing,
                                 root=root, out_paths=out_paths, work_dir=work_dir, batch_size=image_batch_size,
                                 resize=resize, preprocess=preprocess)
     starts = {"with_bn": models.load_model_file(finetuned_path), "without_bn": original_dense}
