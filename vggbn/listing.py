@@ -186,19 +186,27 @@ def make_listing(*, root: str | os.PathLike, out: str | os.PathLike, valid_label
     return write_listing(out, scan(root, valid_labels=valid_labels))
 
 
-def read_listing(path: str | os.PathLike) -> Iterator[Entry]:
-    """The listing's rows as Entry tuples, in file order; ListingError naming the file and line if malformed."""
+def read_tsv(path: str | os.PathLike, *, header: str, what: str, error: type[VggbnError]) -> Iterator[list[str]]:
+    """Rows of a three-column TSV whose middle column is a count (a listing, a manifest), after checking the
+    header; `error` naming the file, and the line if a row is malformed."""
     path = Path(path)
     try:
         file = open(path, encoding="utf-8", newline="\n")
-    except OSError as error:
-        raise ListingError(f"{path}: cannot read listing: {error.strerror}") from None
+    except OSError as problem:
+        raise error(f"{path}: cannot read {what}: {problem.strerror}") from None
     with file:
-        header = file.readline().rstrip("\n")
-        if header != HEADER:
-            raise ListingError(f"{path}: not a listing (expected the header {HEADER!r}, got {header[:60]!r})")
+        found = file.readline().rstrip("\n")
+        if found != header:
+            raise error(f"{path}: not a {what} (expected the header {header!r}, got {found[:60]!r})")
+        columns = header.replace("\t", ", ")
         for number, line in enumerate(file, start=2):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 3 or not fields[1].isdigit():
-                raise ListingError(f"{path}:{number}: malformed listing row (expected path, size, kind)")
-            yield Entry(fields[0], int(fields[1]), fields[2])
+                raise error(f"{path}:{number}: malformed {what} row (expected {columns})")
+            yield fields
+
+
+def read_listing(path: str | os.PathLike) -> Iterator[Entry]:
+    """The listing's rows as Entry tuples, in file order; ListingError naming the file and line if malformed."""
+    for path_, size, kind in read_tsv(path, header=HEADER, what="listing", error=ListingError):
+        yield Entry(path_, int(size), kind)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from vggbn import VggbnError
 from vggbn.atomic import atomic_path
-from vggbn.listing import BADNAME, LINK, Entry, read_listing
+from vggbn.listing import BADNAME, LINK, Entry, read_listing, read_tsv
 
 log = logging.getLogger(__name__)
 
@@ -422,20 +422,9 @@ def make_sample(*, listing: str | os.PathLike, out: str | os.PathLike, root: str
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """A manifest written by `write_sample`: paths (relative to the data root), class indices and md5s."""
-    path = Path(path)
     manifest = Manifest([], [], [])
-    try:
-        with open(path, encoding="utf-8", newline="\n") as file:
-            header = file.readline().rstrip("\n")
-            if header != MANIFEST_HEADER:
-                raise SampleError(f"{path}: not a sample manifest (expected the header {MANIFEST_HEADER!r})")
-            for number, line in enumerate(file, start=2):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != 3 or not fields[1].isdigit():
-                    raise SampleError(f"{path}:{number}: malformed manifest row (expected path, label, md5)")
-                manifest.paths.append(fields[0])
-                manifest.labels.append(int(fields[1]))
-                manifest.md5s.append(fields[2])
-    except OSError as error:
-        raise SampleError(f"{path}: cannot read manifest: {error.strerror}") from None
+    for path_, label, md5 in read_tsv(path, header=MANIFEST_HEADER, what="sample manifest", error=SampleError):
+        manifest.paths.append(path_)
+        manifest.labels.append(int(label))
+        manifest.md5s.append(md5)
     return manifest
