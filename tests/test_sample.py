@@ -355,3 +355,19 @@ def test_stage_script(root, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == "error: sample.train: 500 images requested, but train holds only " \
                                              "23 image files"
+
+
+def test_read_manifest_names_the_file_and_the_line(tmp_path):
+    from vggbn.sample import SampleError, read_manifest
+
+    good = tmp_path / "train.tsv"
+    good.write_text("path\tlabel\tmd5\ntrain/a b/ü.JPEG\t3\tabc\n", encoding="utf-8")
+    assert read_manifest(good) == (["train/a b/ü.JPEG"], [3], ["abc"])
+    (tmp_path / "bad.tsv").write_text("path\tlabel\tmd5\ntrain/x.png\tthree\tabc\n")
+    with pytest.raises(SampleError, match=r"bad.tsv:2: malformed sample manifest row \(expected path, label, md5\)"):
+        read_manifest(tmp_path / "bad.tsv")
+    (tmp_path / "other.tsv").write_text("path\tsize\tkind\n")
+    with pytest.raises(SampleError, match=r"other.tsv: not a sample manifest"):
+        read_manifest(tmp_path / "other.tsv")
+    with pytest.raises(SampleError, match=r"gone.tsv: cannot read sample manifest"):
+        read_manifest(tmp_path / "gone.tsv")
