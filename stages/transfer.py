@@ -2,6 +2,7 @@
 fine-tuned dense part with BN and, side by side, the original dense part without BN, over learning rates."""
 
 import argparse
+import math
 
 from vggbn import stage
 
@@ -31,8 +32,9 @@ def main():
     with atomic_path(args.plots) as folder:
         folder.mkdir()
         for start in ("with_bn", "without_bn"):
-            rows = [(float(lr), result["accuracy"]) for lr, result in report[start]["per_lr"].items()]
-            write_csv(folder / f"{start}.csv", ["lr", "accuracy"], rows)
+            rows = [(float(lr), math.log10(float(lr)), result["accuracy"])
+                    for lr, result in report[start]["per_lr"].items()]
+            write_csv(folder / f"{start}.csv", ["lr", "log10_lr", "accuracy"], rows)
     write_json(args.metrics, report)
 
 

@@ -15,7 +15,8 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "GIT_
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    """Run a command in a project copy; its stages import that copy's `vggbn`, not the editable install's."""
+    result = subprocess.run(args, cwd=cwd, env={**ENV, "PYTHONPATH": str(cwd)}, capture_output=True, text=True)
     if check and result.returncode:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-4000:]}")
