@@ -69,10 +69,15 @@ def load_model_file(path: str | Path) -> keras.Model:
 
 
 def vgg16(weights: str | None) -> keras.Model:
-    """`keras.applications.VGG16` with its dense head; weights: 'imagenet' (downloaded by Keras), 'none', or a file."""
+    """`keras.applications.VGG16` with its dense head; weights: 'imagenet' (downloaded by Keras), 'none', or a file.
+
+    'none' gives random weights from a fixed seed, the same on every run: the same params give the same model, so
+    rerunning the stage that builds it does not rerun everything downstream.
+    """
     if weights in (None, "imagenet"):
         return keras.applications.VGG16(weights="imagenet")
     if weights == "none":
+        keras.utils.set_random_seed(0)
         return keras.applications.VGG16(weights=None)
     if not Path(weights).is_file():
         raise ModelError(f"model.weights: weights file {weights} not found (expected imagenet, none or a file)")
@@ -184,8 +189,9 @@ def save_model(model: keras.Model, path: str | Path) -> None:
 
     Keras stamps `.keras` files with the save time (`date_saved`, and a zip entry time). Same weights then give
     different bytes, and DVC reruns every stage downstream of a stage that reran with the same result. We fix
-    both stamps, so the file is a function of the model alone. A trained model is saved without its optimizer
-    state (Adam's two slots per weight would triple VGG16's dense part); checkpoints keep it, elsewhere.
+    both stamps, and renumber the memory addresses Keras writes as `shared_object_id`, so the file is a function of
+    the model alone. A trained model is saved without its optimizer state (Adam's two slots per weight would
+    triple VGG16's dense part); checkpoints keep it, elsewhere.
     """
     import json
     import zipfile
@@ -206,11 +212,36 @@ def save_model(model: keras.Model, path: str | Path) -> None:
                     data = source.read(info)
                     if info.filename == "metadata.json":
                         data = json.dumps({**json.loads(data), "date_saved": "reproducible"}).encode()
+                    elif info.filename == "config.json":
+                        data = json.dumps(_stable_shared_ids(json.loads(data))).encode()
                     entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
                     entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
                     target.writestr(entry, data)
         finally:
             staged.unlink(missing_ok=True)
+
+
+def _stable_shared_ids(config):
+    """`config` with each distinct `shared_object_id` replaced by 1, 2, ... in order of appearance.
+
+    Keras marks an object serialized twice in one save with `shared_object_id: id(obj)`, a memory address that
+    differs from run to run (and may be a reused address of a temporary object). Loading only matches equal ids,
+    so numbering them in order keeps what is shared and makes the bytes reproducible.
+    """
+    numbers: dict[int, int] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "shared_object_id" in node:
+                node["shared_object_id"] = numbers.setdefault(node["shared_object_id"], len(numbers) + 1)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return config
 
 
 def with_compute_dtype(model: keras.Model, compute: str) -> keras.Model:

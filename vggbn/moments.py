@@ -6,6 +6,8 @@ variance lives in. numpy only, no TensorFlow.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -54,15 +56,32 @@ class Moments:
         return self.m2 / self.count
 
 
+def _ordered_untimed(plist_class):
+    """An HDF5 creation property list keeping the creation order of links and attributes (h5py's `track_order`)
+    but no timestamps, which HDF5 otherwise writes into such groups: same statistics, same bytes."""
+    import h5py
+
+    plist = h5py.h5p.create(plist_class)
+    order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
+    plist.set_link_creation_order(order)
+    plist.set_attr_creation_order(order)
+    plist.set_obj_track_times(False)
+    return plist
+
+
 def save_statistics(path, moments: dict[str, Moments], attrs: dict | None = None) -> None:
-    """One HDF5 group per layer: float64 `mean` and `variance`, and the row count as an attribute."""
+    """One HDF5 group per layer, in layer order: float64 `mean` and `variance`, and the row count as an attribute.
+
+    The file is byte-reproducible, so rerunning the stage with the same result reruns nothing downstream.
+    """
     import h5py
 
     from vggbn.atomic import atomic_path
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as file:
+    with atomic_path(path) as tmp, h5py.File(h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC,
+                                                            fcpl=_ordered_untimed(h5py.h5p.FILE_CREATE))) as file:
         for name, m in moments.items():
-            group = file.create_group(name)
+            group = h5py.Group(h5py.h5g.create(file.id, name.encode(), gcpl=_ordered_untimed(h5py.h5p.GROUP_CREATE)))
             group.create_dataset("mean", data=m.mean)
             group.create_dataset("variance", data=m.variance)
             group.attrs["count"] = m.count
