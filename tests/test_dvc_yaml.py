@@ -55,7 +55,7 @@ def outs_of(stage):
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_deps_list_every_library_module_it_imports(name):
     stage = STAGES[name]
-    script = re.search(r"stages/\w+\.py", stage["cmd"]).group(0)
+    script = "stages/{}.py".format(re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1))
     needed = closure(ROOT / script) | {script}
     missing = needed - deps_of(stage)
     assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in its deps"
@@ -67,7 +67,8 @@ def test_stage_deps_list_every_library_module_it_imports(name):
 def test_every_path_in_the_command_is_declared(name):
     stage = STAGES[name]
     args = stage["cmd"].split()
-    paths = [a for a in args[2:] if not a.startswith("--") and "/" in a]  # option values that are paths
+    paths = [a for a in args[3:] if not a.startswith("--") and "/" in a]  # option values that are paths
+    assert args[:2] == ["python", "-m"], f"stage {name}: run stages as `python -m stages.<name>`"
     declared = deps_of(stage) | outs_of(stage)
     undeclared = [p for p in paths if p not in declared and not p.startswith("data/.work/")]
     assert not undeclared, f"stage {name} passes {undeclared} but declares them neither as deps nor outs"

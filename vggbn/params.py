@@ -116,7 +116,7 @@ class SampleParams:
 @dataclass(frozen=True)
 class FeaturesParams:
     cut: typing.Optional[str] = _param(None, None, "layer whose output is cached; null: the last one before the dense head")
-    batch_size: int = _param(64, _at_least(1), "images per batch through the conv part")
+    batch_size: int = _param(64, _at_least(1), "images per batch through the conv part; a resumable chunk holds at most one batch")
     resize: str = _param("squash", _choice(*RESIZE_MODES), "how images reach the model's input size")
     dtype: str = _param("float32", _choice(*DTYPES), "dtype the features are stored in (float16 halves the file)")
     compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype the conv part computes in (bfloat16: Keras mixed precision)")
