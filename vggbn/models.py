@@ -299,7 +299,7 @@ def label_map(class_names: list[str], num_outputs: int) -> list[int]:
         index = {wnid: i for i, wnid in enumerate(wnids)}
         return [index[name] for name in class_names]
     raise ModelError(f"the image folder has {len(class_names)} classes but the model has {num_outputs} outputs "
-                     "(and the folders are not ImageNet WordNet ids for a 1000-class model)")
+                     "(folders named by ImageNet WordNet ids may instead go with a 1000-output model)")
 
 
 def _inbound_layer_names(node) -> list[str]:

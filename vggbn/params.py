@@ -96,7 +96,7 @@ class DemoParams:
 @dataclass(frozen=True)
 class ModelParams:
     source: str = _param("demo", _non_empty, "demo, vgg16, or a path to a .keras/.h5 classifier")
-    weights: typing.Optional[str] = _param(None, None, "vgg16 only: imagenet (default), none, or a weights file")
+    weights: typing.Optional[str] = _param(None, None, "vgg16 only: imagenet (default), none (random, fixed seed), or a weights file")
     preprocess: typing.Optional[str] = _param(None, None, "model files only: caffe, tf, torch or none")
 
     @property
