@@ -14,11 +14,16 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "GIT_
        "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in a project copy; its stages import that copy's `vggbn`, not the editable install's."""
-    result = subprocess.run(args, cwd=cwd, env={**ENV, "PYTHONPATH": str(cwd)}, capture_output=True, text=True)
+def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in a project copy; on failure raise with its output, so a test's error says what DVC said.
+
+    Its stages import that copy's `vggbn`, not the editable install's.
+    """
+    result = subprocess.run(args, cwd=cwd, env={**(env or ENV), "PYTHONPATH": str(cwd)}, capture_output=True,
+                            text=True, timeout=timeout)
     if check and result.returncode:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-4000:]}")
     return result
 

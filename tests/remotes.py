@@ -21,26 +21,18 @@ from pathlib import Path
 
 import pytest
 
+from project import run
+
 SSHD = Path("/usr/sbin/sshd")
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 ENV.pop("SSH_AUTH_SOCK", None)  # an agent could log in with some other key and hide a wrong `keyfile`
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a command; on failure raise with its output, so a test's error says what DVC said."""
-    result = subprocess.run(args, check=False, cwd=cwd, env=env or ENV, capture_output=True, text=True,
-                            timeout=120)
-    if result.returncode:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
 def configure_local_remote(repo_dir: Path, remote_path: Path, name: str = "local",
                            env: dict[str, str] | None = None) -> None:
     """Make a folder on this machine the default remote (`-f`: a clone may already have it in .dvc/config)."""
-    run(["dvc", "remote", "add", "-d", "-f", name, str(Path(remote_path).resolve())], repo_dir, env)
+    run(["dvc", "remote", "add", "-d", "-f", name, str(Path(remote_path).resolve())], repo_dir, env=env)
 
 
 @dataclass
@@ -58,9 +50,9 @@ class SSHServer:
 
     def configure_dvc_remote(self, repo_dir: Path, remote_path: Path, name: str = "ssh") -> None:
         """The URL is shareable (.dvc/config, committed); who logs in with which key is per user (--local)."""
-        run(["dvc", "remote", "add", "-d", "-f", name, self.url(remote_path)], repo_dir, self.env)
-        run(["dvc", "remote", "modify", "--local", name, "user", self.user], repo_dir, self.env)
-        run(["dvc", "remote", "modify", "--local", name, "keyfile", str(self.key)], repo_dir, self.env)
+        run(["dvc", "remote", "add", "-d", "-f", name, self.url(remote_path)], repo_dir, env=self.env)
+        run(["dvc", "remote", "modify", "--local", name, "user", self.user], repo_dir, env=self.env)
+        run(["dvc", "remote", "modify", "--local", name, "keyfile", str(self.key)], repo_dir, env=self.env)
 
 
 def _free_port() -> int:

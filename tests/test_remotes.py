@@ -28,27 +28,27 @@ def round_trip(tmp_path, configure, env, remote_name):
     """Push from one repo, pull in a fresh git clone, and compare bytes; `configure(repo)` sets the remote."""
     repo, clone, remote = tmp_path / "repo", tmp_path / "clone", tmp_path / "remote"
     data = make_project(repo)
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run(["dvc", "init", "-q"], repo, env)
-    run(["dvc", "add", "-q", "blob.bin", "images"], repo, env)
+    run(["git", "init", "-q", "-b", "main"], repo, env=env)
+    run(["dvc", "init", "-q"], repo, env=env)
+    run(["dvc", "add", "-q", "blob.bin", "images"], repo, env=env)
     configure(repo)
-    run(["git", "add", "-A"], repo, env)  # the .dvc files and the remote's URL; --local settings stay untracked
-    run(["git", "commit", "-qm", "data"], repo, env)
+    run(["git", "add", "-A"], repo, env=env)  # the .dvc files and the remote's URL; --local settings stay untracked
+    run(["git", "commit", "-qm", "data"], repo, env=env)
 
     # Before the push the remote lacks the data: shows `dvc status -c` really compares against it.
-    assert "are in sync" not in run(["dvc", "status", "-c"], repo, env).stdout
-    run(["dvc", "push"], repo, env)
+    assert "are in sync" not in run(["dvc", "status", "-c"], repo, env=env).stdout
+    run(["dvc", "push"], repo, env=env)
     assert list((remote / "files" / "md5").rglob("*")), "push left the remote folder empty"
-    assert f"Cache and remote '{remote_name}' are in sync" in run(["dvc", "status", "-c"], repo, env).stdout
+    assert f"Cache and remote '{remote_name}' are in sync" in run(["dvc", "status", "-c"], repo, env=env).stdout
 
-    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env=env)
     assert not (clone / "blob.bin").exists()  # git carries only the .dvc pointers
     configure(clone)
-    run(["dvc", "pull"], clone, env)
+    run(["dvc", "pull"], clone, env=env)
     assert {name: (clone / name).read_bytes() for name in data} == data
     assert sorted(p.relative_to(clone / "images").as_posix() for p in (clone / "images").rglob("*.bin")) == \
         sorted(name.removeprefix("images/") for name in data if name.startswith("images/"))
-    assert f"Cache and remote '{remote_name}' are in sync" in run(["dvc", "status", "-c"], clone, env).stdout
+    assert f"Cache and remote '{remote_name}' are in sync" in run(["dvc", "status", "-c"], clone, env=env).stdout
 
 
 def test_local_folder_remote_round_trip(tmp_path):
