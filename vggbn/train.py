@@ -42,7 +42,11 @@ def compile_for_training(model: keras.Model, lr: float) -> None:
 
 def _dataset(generator, row_shape) -> tf.data.Dataset:
     signature = (tf.TensorSpec((None, *row_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
-    return tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2)
+    # No tf.data autotune thread: deleting a finished iterator (Keras makes a new validation one each epoch) waits
+    # for it, and it can miss the cancellation and sleep out its period, up to a minute (see images.image_dataset).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2).with_options(options)
 
 
 class _Checkpoint(keras.callbacks.Callback):
