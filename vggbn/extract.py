@@ -83,10 +83,11 @@ def conv_features(*, model_path: str | Path, sample_dir: str | Path, root: str |
     model = models.load_model_file(model_path)
     conv, _ = models.split(model, cut)
     to_output = models.label_map(read_classes(sample_dir), model.output_shape[-1])
+    model_md5 = file_md5(model_path)  # once: VGG16's file is 528 MB
     metrics = {}
     for split in ("train", "valid"):
         manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
-        stats = extract_split(conv=conv, model_md5=file_md5(model_path), root=root, paths=manifest.paths,
+        stats = extract_split(conv=conv, model_md5=model_md5, root=root, paths=manifest.paths,
                               labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
                               out_path=out_paths[split], work_dir=Path(work_dir) / split, batch_size=batch_size,
                               resize=resize, preprocess=preprocess, dtype=dtype, compute=compute,

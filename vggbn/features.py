@@ -40,10 +40,8 @@ def chunk_rows_for(row_shape: Sequence[int], dtype) -> int:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".partial-{path.name}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def _prepare_work(work_dir: Path, recipe: dict) -> None:

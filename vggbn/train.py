@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from itertools import count
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from vggbn import features, models
-from vggbn.atomic import atomic_path
+from vggbn.atomic import atomic_path, write_json
 from vggbn.listing import file_md5
 from vggbn.scoring import Score
 
@@ -67,8 +66,7 @@ class _Checkpoint(keras.callbacks.Callback):
             self.model.save(tmp)
         self.history.append(_floats(logs))
         state = {"epoch": epoch, "checkpoint": name, "rng": _rng_states(self.model), "history": self.history}
-        (self.work_dir / "epoch.json.tmp").write_text(json.dumps(state))
-        os.replace(self.work_dir / "epoch.json.tmp", self.work_dir / "epoch.json")
+        write_json(self.work_dir / "epoch.json", state)
         for old in self.work_dir.glob("checkpoint*.keras"):
             if old.name != name:
                 old.unlink()
