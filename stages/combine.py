@@ -1,32 +1,25 @@
 """Stage combine: join the conv part and the fine-tuned dense part; evaluate both models on the valid images."""
 
-import argparse
-
 from vggbn import stage
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pretrained", required=True, help="the pretrained classifier (.keras)")
-    parser.add_argument("--conv", required=True, help="the conv part from insert_bn (.keras)")
-    parser.add_argument("--dense", required=True, help="the fine-tuned dense part (.keras)")
-    parser.add_argument("--sample", required=True, help="folder with the valid.tsv manifest")
-    parser.add_argument("--out", required=True, help="the combined model (.keras)")
-    parser.add_argument("--weights", required=True, help="its weights alone (.weights.h5)")
-    parser.add_argument("--metrics", required=True, help="JSON: loss and accuracy, combined and original")
-    parser.add_argument("--confusion", required=True, help="CSV: actual and predicted class of each valid image")
-    args = parser.parse_args()
+    args = stage.arguments(__doc__, pretrained="the pretrained classifier (.keras)",
+                           conv="the conv part from insert_bn (.keras)", dense="the fine-tuned dense part (.keras)",
+                           sample="folder with the valid.tsv manifest", out="the combined model (.keras)",
+                           weights="its weights alone (.weights.h5)",
+                           metrics="JSON: loss and accuracy, combined and original",
+                           confusion="CSV: actual and predicted class of each valid image")
     params = stage.params()
 
-    from vggbn.atomic import write_csv, write_json
-    from vggbn.combine import combine
+    from vggbn.combine import run_combine
+    from vggbn.files import write_result
+    from vggbn.images import ImageInput
 
-    metrics = combine(pretrained_path=args.pretrained, conv_path=args.conv, dense_path=args.dense,
-                      sample_dir=args.sample, root=params.data.root, out_path=args.out, weights_path=args.weights,
-                      batch_size=params.features.batch_size, resize=params.features.resize,
-                      preprocess=params.model.preprocess_mode, confusion=(confusion := []))
-    write_csv(args.confusion, ["actual", "predicted"], confusion)
-    write_json(args.metrics, metrics)
+    result = run_combine(pretrained_path=args.pretrained, conv_path=args.conv, dense_path=args.dense,
+                         sample_dir=args.sample, inputs=ImageInput.from_params(params), out_path=args.out,
+                         weights_path=args.weights)
+    write_result(result, metrics=args.metrics, plots={"confusion": args.confusion})
 
 
 if __name__ == "__main__":

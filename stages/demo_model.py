@@ -1,28 +1,19 @@
 """Stage demo_model: train the demo's small VGG-style classifier (no batch normalization) on the demo folder."""
 
-import argparse
-
 from vggbn import stage
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", required=True, help="the demo image folder")
-    parser.add_argument("--out", required=True, help="the trained classifier (.keras)")
-    parser.add_argument("--live", required=True, help="dvclive folder for the per-epoch curves")
-    parser.add_argument("--metrics", required=True, help="JSON with the valid accuracy")
-    args = parser.parse_args()
-    demo_params = stage.params().demo
+    args = stage.arguments(__doc__, data="the demo image folder", out="the trained classifier (.keras)",
+                           live="dvclive folder for the per-epoch curves", metrics="JSON with the valid accuracy")
+    demo = stage.params().demo
 
-    from vggbn.atomic import write_json
-    from vggbn.demo_model import train_demo_classifier
-    from vggbn.models import save_model
+    from vggbn.demo_model import run_demo_model
+    from vggbn.files import write_result
 
-    model, metrics = train_demo_classifier(args.data, size=demo_params.size, epochs=demo_params.epochs,
-                                           batch_size=demo_params.batch_size, lr=demo_params.lr,
-                                           seed=demo_params.seed, live_dir=args.live)
-    save_model(model, args.out)
-    write_json(args.metrics, metrics)
+    result = run_demo_model(root=args.data, out_path=args.out, size=demo.size, epochs=demo.epochs,
+                            batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, live_dir=args.live)
+    write_result(result, metrics=args.metrics)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ def main():
     args = parser.parse_args()
     params = stage.params()
 
-    from vggbn.listing import make_listing
+    from vggbn.listing import run_listing
 
     if args.folder == "data":
-        make_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)
+        run_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)
     else:
-        make_listing(root=params.transfer.root, out=args.out)
+        run_listing(root=params.transfer.root, out=args.out)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,16 @@
 """Stage pretrained: materialize the classifier that model.source names (demo, vgg16 or a file) as one .keras file."""
 
-import argparse
-
 from vggbn import stage
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--demo-model", required=True, help="the demo classifier, used when model.source is demo")
-    parser.add_argument("--out", required=True, help="the pretrained classifier every later stage reads (.keras)")
-    args = parser.parse_args()
-    model_params = stage.params().model
+    args = stage.arguments(__doc__, demo_model="the demo classifier, used when model.source is demo",
+                           out="the pretrained classifier every later stage reads (.keras)")
+    model = stage.params().model
 
-    from vggbn.models import pretrained_classifier, save_model
+    from vggbn.models import run_pretrained
 
-    model = pretrained_classifier(source=model_params.source, weights=model_params.weights, demo_path=args.demo_model)
-    save_model(model, args.out)
+    run_pretrained(source=model.source, weights=model.weights, demo_path=args.demo_model, out_path=args.out)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,21 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def copy_of(project: Path, dest: Path) -> Path:
+    """A copy of a project folder (its git repo, DVC cache and outputs included) at `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", f"{project}/.", str(dest)], project)
+    return dest
+
+
+def stages_ran(output: str) -> list[str]:
+    """The stages `dvc repro` or `dvc exp run` printed as running, in order."""
+    return re.findall(r"Running stage '([\w@.-]+)'", output)
+
+
 def repro(cwd: Path, *args: str) -> list[str]:
     """`dvc repro`; returns the names of the stages that ran, in order."""
-    output = run(["dvc", "repro", *args], cwd).stdout
-    return re.findall(r"Running stage '([\w@.-]+)'", output)
+    return stages_ran(run(["dvc", "repro", *args], cwd).stdout)
 
 
 def metrics(cwd: Path, name: str) -> dict:

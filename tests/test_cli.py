@@ -185,7 +185,8 @@ def bn_project(root, position, dead_unit=True):
     """models/bn.keras (the tiny model with calibrated BN), data/bn_stats.h5 and metrics/*.json under `root`."""
     from vggbn import surgery
     from vggbn.models import save_model
-    from vggbn.moments import Moments, save_statistics
+    from vggbn.calibration import save_statistics
+    from vggbn.moments import Moments
 
     rng = np.random.default_rng(1)
     moments = {}

@@ -1,5 +1,5 @@
-"""dvc.yaml stays honest: each stage lists the library modules its script imports (directly or not) and every
-path its command names, and reads only params that exist."""
+"""dvc.yaml stays honest: each stage lists the library modules its script imports (directly or not) that can change
+its result, and every path its command names, and reads only params that exist."""
 
 import ast
 import re
@@ -12,6 +12,17 @@ from vggbn.params import documented_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+# Modules that can only accept or refuse a stage's inputs, never change its result. No stage lists them as deps, so
+# adding a param or rewording a message reruns nothing (param values are tracked by each stage's `params:`).
+# Keep this list short: anything that computes, formats or names an output belongs in the deps.
+NOT_DEPS = {
+    "vggbn/__init__.py": "the error type and the version string",
+    "vggbn/params.py": "the params schema and its validation (every key is set in params.yaml: see below)",
+    "vggbn/stage.py": "the stage runner: command line, params loading, logging, one-line errors",
+    "vggbn/layer_names.py": "layer names known without TensorFlow, to refuse a bad features.cut early",
+    "vggbn/atomic.py": "write under a temporary name, then rename: decides no byte of any output",
+}
 
 
 def vggbn_imports(path: Path) -> set[str]:
@@ -56,7 +67,7 @@ def outs_of(stage):
 def test_stage_deps_list_every_library_module_it_imports(name):
     stage = STAGES[name]
     script = "stages/{}.py".format(re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1))
-    needed = closure(ROOT / script) | {script}
+    needed = (closure(ROOT / script) - set(NOT_DEPS)) | {script}
     missing = needed - deps_of(stage)
     assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in its deps"
     extra = {d for d in deps_of(stage) if d.startswith("vggbn/")} - needed
@@ -80,3 +91,45 @@ def test_declared_params_exist(name):
     sections = {key.split(".")[0] for key in known}
     for param in STAGES[name].get("params", []):
         assert param in known or param in sections, f"stage {name} declares unknown param {param}"
+
+
+def test_params_yaml_sets_every_param():
+    """Defaults in params.py never decide a result: DVC tracks the values params.yaml holds, and params.py is no dep."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = [key for key, _, _ in documented_params() if key.split(".")[1] not in (raw.get(key.split(".")[0]) or {})]
+    assert not missing, f"params.yaml does not set {missing}"
+
+
+def readme_metric_keys() -> dict[str, set[str]]:
+    """metrics file -> the keys the README's Metrics table names for it (`{a,b}_{c,d}` expanded)."""
+    import itertools
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Metrics"):].split("\n\n")[1]
+    named, current = {}, None
+    for row in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        current = cells[0].strip("`") or current
+        for token in re.findall(r"`([^`]+)`", cells[1]):
+            parts = [part.split(",") for part in re.split(r"[{}]", token) if part]
+            named.setdefault(current, set()).update("".join(p) for p in itertools.product(*parts))
+    return named
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "metrics").glob("*.json")))
+def test_readme_names_every_metric_the_code_writes(path):
+    import json
+
+    named = readme_metric_keys().get(path, set())
+    unnamed = []
+
+    def walk(node, parent):
+        for key, value in node.items():
+            dynamic = (path.endswith("bn_stats.json") and parent is None) or parent == "per_lr"  # layer names, lrs
+            if not dynamic and key not in named:
+                unnamed.append(key)
+            if isinstance(value, dict):
+                walk(value, key)
+
+    walk(json.loads((ROOT / path).read_text()), None)
+    assert not unnamed, f"README's Metrics table does not name {path}'s keys {unnamed}"

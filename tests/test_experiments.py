@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 pytest.register_assert_rewrite("remotes")  # before its import, so loading it as a plugin below does not warn
-from project import ENV, metrics, run, set_param
+from project import ENV, copy_of, metrics, run, set_param, stages_ran
 from remotes import configure_local_remote
 
 pytest_plugins = ["remotes"]  # the `sshd` fixture
@@ -33,14 +33,7 @@ def dvc(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedP
 
 
 def ran_stages(output: str) -> list[str]:
-    return sorted(re.findall(r"Running stage '([\w@.-]+)'", output))
-
-
-def copy_of(pipeline, dest: Path) -> Path:
-    project, _ = pipeline
-    dest.mkdir(parents=True, exist_ok=True)
-    run(["cp", "-a", f"{project}/.", str(dest)], project)
-    return dest
+    return sorted(stages_ran(output))
 
 
 def dvc_yaml(cwd: Path) -> dict:
@@ -103,7 +96,7 @@ def wait_for_queue_workers(cwd: Path, timeout: float = 120) -> str:
 
 
 def test_experiments_run_queue_show_and_apply(pipeline, tmp_path):
-    project = copy_of(pipeline, tmp_path / "project")
+    project = copy_of(pipeline[0], tmp_path / "project")
     baseline = {name: metrics(project, name) for name in ("insert_bn", "finetune", "combine")}
 
     runs = {"lr-3e-4": 0.0003, "lr-1e-3": 0.001}
@@ -162,7 +155,7 @@ def plot_id_for(cwd: Path, source: str) -> str:
 
 
 def test_plots_show_every_curve_and_picture_with_data(pipeline, tmp_path):
-    project = copy_of(pipeline, tmp_path / "project")
+    project = copy_of(pipeline[0], tmp_path / "project")
     shown = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
 
     def values(plot_id: str) -> list[dict]:
@@ -214,7 +207,7 @@ def test_plots_show_every_curve_and_picture_with_data(pipeline, tmp_path):
 
 def round_trip(pipeline, tmp_path, configure, env):
     """Push the pipeline's outputs, pull them into a fresh git clone: nothing there needs computing again."""
-    repo, clone = copy_of(pipeline, tmp_path / "repo"), tmp_path / "clone"
+    repo, clone = copy_of(pipeline[0], tmp_path / "repo"), tmp_path / "clone"
     configure(repo)
     run(["git", "add", "-A"], repo, env=env)  # the remote's URL; --local settings stay untracked
     run(["git", "commit", "-qm", "remote"], repo, env=env)
@@ -278,7 +271,7 @@ def assert_outputs_linked(cwd: Path) -> None:
 
 
 def test_linked_cache_outputs_are_never_written_in_place(pipeline, tmp_path):
-    project = copy_of(pipeline, tmp_path / "project")
+    project = copy_of(pipeline[0], tmp_path / "project")
     dvc(project, "config", "cache.type", "hardlink,symlink")
     dvc(project, "checkout", "--relink")  # every cached output becomes the cache's read-only file
     assert ran_stages(dvc(project, "repro").stdout) == always_changed(project)

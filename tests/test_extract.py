@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from vggbn import extract, images, models
+from vggbn.images import ImageInput
 
 
 @pytest.fixture
@@ -24,9 +25,9 @@ def photo_folder(tmp_path, rng):
 def extract_to(tmp_path, mini_vgg, root, paths, **options):
     conv, _ = models.split(mini_vgg)
     out = tmp_path / f"features-{len(list(tmp_path.glob('features-*')))}.h5"
-    extract.extract_split(conv=conv, model_md5="m", root=root, paths=paths, labels=[0, 1] * 3,
-                          md5s=[f"h{i}" for i in range(6)], out_path=out, work_dir=tmp_path / "work" / out.stem,
-                          batch_size=4, resize="squash", preprocess="caffe", **options)
+    extract.extract_split(conv=conv, model_md5="m", inputs=ImageInput(str(root), 4, "squash", "caffe"), paths=paths,
+                          labels=[0, 1] * 3, md5s=[f"h{i}" for i in range(6)], out_path=out,
+                          work_dir=tmp_path / "work" / out.stem, **options)
     return conv, out
 
 
@@ -68,6 +69,6 @@ def test_float16_storage_and_bfloat16_compute_stay_close(tmp_path, mini_vgg, pho
 def test_split_check_is_exact_in_float32(tmp_path, mini_vgg, photo_folder):
     root, paths = photo_folder
     _, out = extract_to(tmp_path, mini_vgg, root, paths)
-    check = extract.check_split(model=mini_vgg, cut=None, root=root, feature_path=out, resize="squash",
-                                preprocess="caffe", batch_size=4)
+    check = extract.check_split(model=mini_vgg, cut=None, inputs=ImageInput(str(root), 4, "squash", "caffe"),
+                                feature_path=out)
     assert check["split_checked_images"] == 6 and check["split_max_abs_diff"] <= 1e-6

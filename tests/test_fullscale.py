@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 import pytest
 from conftest import ALWAYS_CHANGED
-from project import metrics, repro, run, set_param
+from project import copy_of, metrics, repro, run, set_param
 
-from vggbn.listing import file_md5
+from vggbn.files import file_md5
 
 pytestmark = pytest.mark.slow
 
@@ -68,18 +68,12 @@ def project_copy(pipeline, dest: Path, photo_root: str | Path, **params) -> Path
 
     The transfer stage runs on the same photos (the demo's digits would cost VGG16 ~75 s of conv features).
     """
-    project, _ = pipeline
-    run(["cp", "-a", f"{project}/.", str(dest)], project)
+    copy_of(pipeline[0], dest)
     settings = {"data.root": str(photo_root), "finetune.epochs": 1, "finetune.batch_size": 4,
                 "transfer.root": str(photo_root), "transfer.train": "head", "transfer.lrs": [0.001],
                 "transfer.seeds": [0], "transfer.epochs": 1, "transfer.batch_size": 4, **params}
     for key, value in settings.items():
         set_param(dest, key, value)
-    return dest
-
-
-def copy_of(project: Path, dest: Path) -> Path:
-    run(["cp", "-a", f"{project}/.", str(dest)], project)
     return dest
 
 

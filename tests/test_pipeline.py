@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from project import metrics, repro, run, set_param
+from project import copy_of, metrics, repro, run, set_param
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_second_repro_runs_only_the_listings(pipeline):
 
 def test_changing_the_learning_rate_reruns_only_finetune_and_what_uses_its_model(pipeline, tmp_path):
     project, _ = pipeline
-    run(["cp", "-a", f"{project}/.", str(tmp_path)], project)
+    copy_of(project, tmp_path)
     set_param(tmp_path, "finetune.lr", 0.0003)
     assert sorted(repro(tmp_path)) == sorted(["finetune", "combine", "transfer"] + ALWAYS_CHANGED)
     assert json.loads((tmp_path / "metrics/finetune.json").read_text()) != metrics(project, "finetune")
@@ -62,3 +62,25 @@ def test_combined_model_holds_the_fine_tuned_dense_layers(pipeline):
             np.testing.assert_array_equal(a, b)
     reloaded = keras.Model(combined.input, combined.output)
     reloaded.load_weights(project / "models/combined.weights.h5")
+
+
+def test_a_new_finetune_param_reruns_finetune_only_and_a_reworded_message_nothing(pipeline, tmp_path):
+    """params.py is no stage's dependency: a new key in one section reruns the stages that read that section (and
+    what their changed outputs feed), and a reworded validation message reruns nothing."""
+    project = copy_of(pipeline[0], tmp_path)
+    params_py = project / "vggbn/params.py"
+    source = params_py.read_text()
+    anchor = '    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype of the training math'
+    assert source.count(anchor) == 1
+    params_py.write_text(source.replace(anchor, '    note: str = _param("", None, "a free-text note on the run")\n'
+                                                + anchor))
+    params_yaml = project / "params.yaml"
+    params_yaml.write_text(params_yaml.read_text().replace("  shuffle_buffer:", '  note: ""\n  shuffle_buffer:', 1))
+    ran = repro(project)
+    assert "finetune" in ran and set(ran) <= {"finetune", "combine", "transfer", *ALWAYS_CHANGED}, ran
+    assert metrics(project, "finetune") == metrics(pipeline[0], "finetune")
+
+    reworded = params_py.read_text().replace("expected a non-empty list", "expected a list of at least one item")
+    assert reworded != params_py.read_text()
+    params_py.write_text(reworded)
+    assert sorted(repro(project)) == ALWAYS_CHANGED

@@ -35,7 +35,7 @@ def test_calibrated_bn_is_the_identity(rng, widths):
     with_bn = surgery.insert_bn(model, stats)
     assert [layer.name for layer in with_bn.layers if isinstance(layer, keras.layers.BatchNormalization)] == [
         f"fc{i}_bn" for i in range(1, len(widths) - 1)]
-    report = surgery.compare(model, with_bn, [(x, np.zeros(len(x), dtype=int))])
+    report, _ = surgery.compare(model, with_bn, [(x, np.zeros(len(x), dtype=int))])
     assert report["max_abs_diff"] <= 1e-5
     assert report["max_abs_diff_logits"] <= 1e-4
     assert report["loss_before"] == pytest.approx(report["loss_after"], abs=1e-5)
@@ -59,7 +59,7 @@ def test_the_notebooks_calibration_is_not_the_identity(rng):
     with_bn = surgery.insert_bn(model, stats)
     mean, var = stats["fc1"]
     with_bn.get_layer("fc1_bn").set_weights([var, mean, mean, var])
-    report = surgery.compare(model, with_bn, [(x, np.zeros(len(x), dtype=int))])
+    report, _ = surgery.compare(model, with_bn, [(x, np.zeros(len(x), dtype=int))])
     assert report["max_abs_diff_logits"] > 1e-2
 
 
@@ -120,7 +120,7 @@ def test_every_placement_is_the_identity_on_a_mini_vgg(mini_vgg, rng, where, pos
     if position == "before_activation":
         assert with_bn.get_layer(names[where][0]).get_config()["activation"] == "linear"
         assert with_bn.get_layer(f"{names[where][0]}_act").get_config()["activation"] == "relu"
-    report = surgery.compare(mini_vgg, with_bn, [(x, np.zeros(len(x), dtype=int))])
+    report, _ = surgery.compare(mini_vgg, with_bn, [(x, np.zeros(len(x), dtype=int))])
     assert report["max_abs_diff"] <= 1e-5 and report["max_abs_diff_logits"] <= 1e-4
 
 
@@ -152,6 +152,6 @@ def test_bn_everywhere_in_full_size_vgg16_is_the_identity(rng):
     assert len(names) == 15
     stats = surgery.measure(vgg, [images[:2], images[2:]], names, position)
     with_bn = surgery.insert_bn(vgg, {n: (m.mean, m.variance) for n, m in stats.items()}, position)
-    report = surgery.compare(vgg, with_bn, [(images, np.zeros(3, dtype=int))])
+    report, _ = surgery.compare(vgg, with_bn, [(images, np.zeros(3, dtype=int))])
     # Random weights give near-uniform probabilities (max p about 0.002), which hide errors: check the logits too.
     assert report["max_abs_diff"] <= 1e-5 and report["max_abs_diff_logits"] <= 1e-4

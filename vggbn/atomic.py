@@ -1,12 +1,12 @@
 """Write outputs under a temporary name in the same folder and rename them when complete.
 
 A killed stage then never leaves a file that looks finished: at worst a `.partial-*` sibling, which the next
-write of the same output removes.
+write of the same output removes. This module decides no byte of any output (see `vggbn.files` for that), so it is
+no stage's DVC dependency.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -49,25 +49,3 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write a small JSON document (metrics, summaries) with sorted keys, so reruns are byte-identical."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
-    """A small CSV table for DVC plots, written atomically."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from vggbn import VggbnError
-from vggbn.listing import file_md5
+from vggbn.files import file_md5
+from vggbn.stage import exit_status
 
 DEFAULT_MODEL = "models/combined.keras"
 DEFAULT_PARAMS = "params.yaml"
@@ -89,20 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vggbn` command; returns the exit status (0, or 2 after an `error:` line)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def command():
         if args.command == "predict":
             predict(args)
         else:
             info(args)
         sys.stdout.flush()
-    except VggbnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+    try:
+        return exit_status(command)
     except BrokenPipeError:  # `vggbn predict ... | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    return 0
 
 
 # --- checks that need no TensorFlow, and TensorFlow's import ---------------------------------------------------
@@ -139,14 +140,12 @@ def _load_params(path: str):
 
 
 def _read_classes(path: str) -> list[str] | None:
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        if path != DEFAULT_CLASSES:
-            raise CliError(f"{path}: class names file not found") from None
+    """The class names file's names; None where the default file is missing (outputs are named by index)."""
+    from vggbn.manifest import read_classes
+
+    if path == DEFAULT_CLASSES and not os.path.lexists(path):
         return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise CliError(f"{path}: cannot read class names: {error}") from None
+    return read_classes(path)
 
 
 def class_labels(classes: list[str] | None, num_outputs: int, classes_path: str) -> list[tuple[str, str | None]]:
@@ -226,9 +225,9 @@ def predict(args) -> None:
         raise CliError(f"{args.model}: expected one output of class probabilities, got {shape}")
     labels = class_labels(classes, shape[-1], args.classes)
     k = min(args.top, len(labels))
-    resize, preprocess = params.features.resize, params.model.preprocess_mode
-    dataset = images.image_dataset(args.images, size=size, resize=resize, preprocess=preprocess,
-                                   batch_size=params.features.batch_size)
+    inputs = images.ImageInput.from_params(params, root="")
+    resize, preprocess = inputs.resize, inputs.preprocess
+    dataset = inputs.dataset(args.images, size)
     width = max(len(_label(c, n)) for c, n in labels)
     results, done = [], 0
     try:
@@ -356,7 +355,7 @@ def describe_model(path: str, stats_path: str, metrics_dir: str) -> dict:
     import keras
 
     from vggbn import models
-    from vggbn.moments import load_statistics
+    from vggbn.calibration import load_statistics
 
     model = models.load_model_file(path)
     stats, attrs = None, {}

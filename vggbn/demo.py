@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from vggbn.atomic import atomic_path
+from vggbn.files import StageResult
 
 def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 8x8 digits (ships with the package) as uint8 RGB images of size x size, and labels."""
@@ -35,13 +36,13 @@ def _write_split_folders(out: Path, images: np.ndarray, labels: np.ndarray, spli
                 Image.fromarray(images[index]).save(tmp / split / str(labels[index]) / f"{index:04d}.png")
 
 
-def write_digits_folders(demo_out: str | Path, transfer_out: str | Path, *, size: int, valid_fraction: float,
-                         seed: int, classes: Sequence[int], transfer_train: int) -> dict:
+def run_demo_data(*, demo_out: str | Path, transfer_out: str | Path, size: int, valid_fraction: float, seed: int,
+                  classes: Sequence[int], transfer_train: int) -> StageResult:
     """Two ImageNet-layout folders from the digits: the demo's "ImageNet" and a transfer task.
 
     `demo_out` holds the digits in `classes`, split train/valid with a seeded split stratified by digit. The
     held-back digits make `transfer_out`, the new task to transfer to from few examples: `transfer_train` train
-    images per digit (seeded), the rest for validation. Returns the counts.
+    images per digit (seeded), the rest for validation. The demo_data stage; its metrics are the counts.
     """
     from sklearn.model_selection import train_test_split
 
@@ -57,6 +58,6 @@ def write_digits_folders(demo_out: str | Path, transfer_out: str | Path, *, size
         transfer["train"] += members[:transfer_train].tolist()
         transfer["valid"] += members[transfer_train:].tolist()
     _write_split_folders(Path(transfer_out), images, labels, transfer)
-    return {"train_images": len(train), "valid_images": len(valid), "classes": len(classes),
-            "transfer_train_images": len(transfer["train"]), "transfer_valid_images": len(transfer["valid"]),
-            "transfer_classes": len(held_back)}
+    return StageResult({"train_images": len(train), "valid_images": len(valid), "classes": len(classes),
+                        "transfer_train_images": len(transfer["train"]),
+                        "transfer_valid_images": len(transfer["valid"]), "transfer_classes": len(held_back)})

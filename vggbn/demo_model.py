@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggbn import images, models, train
+from vggbn import images, models
+from vggbn.files import StageResult
+from vggbn.training import compile_for_training, live_callback, live_logger, seed_everything
 
 DEMO_PREPROCESS = "caffe"  # the same preprocessing as VGG16, so the demo exercises the same path
 DEMO_RESIZE = "squash"
@@ -24,26 +26,26 @@ def _load_split(root: Path, split: str, classes: list[str], size: int) -> tuple[
     return batch, np.asarray(labels, dtype=np.int32)
 
 
-def train_demo_classifier(root: str | Path, *, size: int, epochs: int, batch_size: int, lr: float, seed: int,
-                          live_dir: str | Path | None = None):
-    """Train the demo VGG-style classifier on `root`'s train split; returns (model, metrics).
-
-    Per-epoch curves go to `live_dir` through dvclive's Keras callback.
+def run_demo_model(*, root: str | Path, out_path: str | Path, size: int, epochs: int, batch_size: int, lr: float,
+                   seed: int, live_dir: str | Path | None = None) -> StageResult:
+    """The demo_model stage: train the demo VGG-style classifier on `root`'s train split and save it to `out_path`;
+    its valid loss and accuracy. Per-epoch curves go to `live_dir` through dvclive's Keras callback.
     """
     root = Path(root)
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     x_train, y_train = _load_split(root, "train", classes, size)
     x_valid, y_valid = _load_split(root, "valid", classes, size)
-    train.seed_everything(seed)
+    seed_everything(seed)
     model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
-    train.compile_for_training(model, lr)
-    live = train.live_logger(live_dir, []) if live_dir else None
-    callbacks = [train.live_callback(live)] if live else []
+    compile_for_training(model, lr)
+    live = live_logger(live_dir, []) if live_dir else None
+    callbacks = [live_callback(live)] if live else []
     model.fit(x_train, y_train, validation_data=(x_valid, y_valid), epochs=epochs, batch_size=batch_size,
               shuffle=True, callbacks=callbacks, verbose=2)
     if live:
         live.end()
     valid_loss, valid_accuracy = model.evaluate(x_valid, y_valid, batch_size=batch_size, verbose=0)
-    metrics = {"valid_loss": float(valid_loss), "valid_accuracy": float(valid_accuracy),
-               "train_images": int(len(y_train)), "valid_images": int(len(y_valid)), "params": model.count_params()}
-    return model, metrics
+    models.save_model(model, out_path)
+    return StageResult({"valid_loss": float(valid_loss), "valid_accuracy": float(valid_accuracy),
+                        "train_images": int(len(y_train)), "valid_images": int(len(y_valid)),
+                        "params": model.count_params()})

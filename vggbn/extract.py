@@ -1,4 +1,5 @@
-"""Run the conv part of a classifier over sampled images and cache its output in a feature file."""
+"""Run the conv part of a classifier over sampled images and cache its output in a feature file; the
+conv_features stage."""
 
 from __future__ import annotations
 
@@ -8,27 +9,25 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import features, images, models
-from vggbn.listing import file_md5
+from vggbn import features, models
+from vggbn.files import StageResult, file_md5
+from vggbn.images import CHECK_IMAGES, ImageInput
+from vggbn.manifest import read_classes, read_split
 
-CHECK_IMAGES = 256  # images on which the split is checked against the whole model, a bounded cost at any scale
 
-
-def extract_split(*, conv: keras.Model, model_md5: str, root: str | Path, paths: Sequence[str],
+def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, paths: Sequence[str],
                   labels: Sequence[int], md5s: Sequence[str], out_path: str | Path, work_dir: str | Path,
-                  batch_size: int, resize: str, preprocess: str, dtype: str = "float32", compute: str = "float32",
-                  flip: bool = False) -> dict:
-    """Write `out_path` with the conv part's output for each manifest row (paths relative to `root`).
+                  dtype: str = "float32", compute: str = "float32", flip: bool = False) -> dict:
+    """Write `out_path` with the conv part's output for each manifest row (paths relative to `inputs.root`).
 
     With `flip`, every image also gets a row for its horizontally flipped copy (after all unflipped rows).
-    A chunk (the unit of work a killed run resumes from, and of the HDF5 file's layout) holds at most `batch_size`
-    rows, and at most about 1 MiB (`features.chunk_rows_for`): a kill loses at most one batch of work.
+    A chunk (the unit of work a killed run resumes from, and of the HDF5 file's layout) holds at most
+    `inputs.batch_size` rows, and at most about 1 MiB (`features.chunk_rows_for`): a kill loses at most one batch.
     """
-    root = Path(root)
     cut = conv.layers[-1].name
     size = models.input_size(conv)
-    recipe = {"model_md5": model_md5, "cut": cut, "size": list(size), "resize": resize, "preprocess": preprocess,
-              "compute": compute}
+    recipe = {"model_md5": model_md5, "cut": cut, "size": list(size), "resize": inputs.resize,
+              "preprocess": inputs.preprocess, "compute": compute}
     count = len(paths)
     copies = 2 if flip else 1
     row_shape = tuple(conv.output.shape[1:])
@@ -39,31 +38,29 @@ def extract_split(*, conv: keras.Model, model_md5: str, root: str | Path, paths:
             part = [row % count for row in rows if (row >= count) == flipped]
             if not part:
                 continue
-            dataset = images.image_dataset([str(root / paths[i]) for i in part], size=size, resize=resize,
-                                           preprocess=preprocess, batch_size=batch_size, flip=flipped)
-            for batch in dataset:
+            for batch in inputs.dataset([paths[i] for i in part], size, flip=flipped):
                 yield np.asarray(computing.predict_on_batch(batch), dtype=np.float32)
 
     return features.build_feature_file(
         out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
         flipped=[False] * count + [True] * count * (copies - 1), extract=extract,
         row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
-        chunk_rows=min(batch_size, features.chunk_rows_for(row_shape, dtype)))
+        chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)))
 
 
-def check_split(*, model: keras.Model, cut: str | None, root: str | Path, feature_path: str | Path, resize: str,
-                preprocess: str, batch_size: int, limit: int = CHECK_IMAGES) -> dict:
+def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feature_path: str | Path,
+                limit: int = CHECK_IMAGES) -> dict:
     """Largest difference between the whole model on the images and the dense part on their cached features.
 
     This proves the cached features and the split are right (the 2017 notebook checked it by hand).
     """
     _, dense = models.split(model, cut)
+    batch_size = inputs.batch_size
     with features.open_features(feature_path) as file:
         count = min(limit, file["features"].shape[0])
         cached = file["features"][:count].astype(np.float32)
         rel_paths = file["paths"].asstr()[:count]
-    dataset = images.image_dataset([str(Path(root) / p) for p in rel_paths], size=models.input_size(model),
-                                   resize=resize, preprocess=preprocess, batch_size=batch_size)
+    dataset = inputs.dataset(list(rel_paths), models.input_size(model))
     whole = np.concatenate([model.predict_on_batch(batch) for batch in dataset]) if count else np.zeros((0,))
     from_cache = np.concatenate([dense.predict_on_batch(cached[i:i + batch_size])
                                  for i in range(0, count, batch_size)]) if count else np.zeros((0,))
@@ -71,42 +68,22 @@ def check_split(*, model: keras.Model, cut: str | None, root: str | Path, featur
     return {"split_max_abs_diff": worst, "split_checked_images": int(count)}
 
 
-def conv_features(*, model_path: str | Path, sample_dir: str | Path, root: str | Path, out_paths: dict[str, str],
-                  work_dir: str | Path, cut: str | None, batch_size: int, resize: str, preprocess: str,
-                  dtype: str = "float32", compute: str = "float32", flip: bool = False) -> dict:
-    """The conv_features stage: a feature file per split (`out_paths`: split -> path), and the split check.
-
-    Labels in the files are the model's output indices (see `models.label_map`).
-    """
-    from vggbn.sample import read_manifest
-
+def run_conv_features(*, model_path: str | Path, sample_dir: str | Path, inputs: ImageInput,
+                      out_paths: dict[str, str], work_dir: str | Path, cut: str | None, dtype: str = "float32",
+                      compute: str = "float32", flip: bool = False) -> StageResult:
+    """The conv_features stage: a feature file per split (`out_paths`: split -> path); row counts and the split
+    check. Labels in the files are the model's output indices (see `models.label_map`)."""
     model = models.load_model_file(model_path)
     conv, _ = models.split(model, cut)
     to_output = models.label_map(read_classes(sample_dir), model.output_shape[-1])
     model_md5 = file_md5(model_path)  # once: VGG16's file is 528 MB
     metrics = {}
     for split in ("train", "valid"):
-        manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
-        stats = extract_split(conv=conv, model_md5=model_md5, root=root, paths=manifest.paths,
+        manifest = read_split(sample_dir, split)
+        stats = extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=manifest.paths,
                               labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
-                              out_path=out_paths[split], work_dir=Path(work_dir) / split, batch_size=batch_size,
-                              resize=resize, preprocess=preprocess, dtype=dtype, compute=compute,
-                              flip=flip and split == "train")
+                              out_path=out_paths[split], work_dir=Path(work_dir) / split, dtype=dtype,
+                              compute=compute, flip=flip and split == "train")
         metrics.update({f"{split}_{key}": value for key, value in stats.items()})
-    metrics.update(check_split(model=model, cut=cut, root=root, feature_path=out_paths["valid"],
-                               resize=resize, preprocess=preprocess, batch_size=batch_size))
-    return metrics
-
-
-def read_classes(sample_dir: str | Path) -> list[str]:
-    """Class folder names in index order, as `sample` wrote them."""
-    return (Path(sample_dir) / "classes.txt").read_text(encoding="utf-8").splitlines()
-
-
-def read_manifest_paths(sample_dir: str | Path, split: str, root: str | Path, labels: bool = False):
-    """Image paths of a split's manifest, joined to the data root (and its labels, in folder-index order)."""
-    from vggbn.sample import read_manifest
-
-    manifest = read_manifest(Path(sample_dir) / f"{split}.tsv")
-    paths = [str(Path(root) / p) for p in manifest.paths]
-    return (paths, list(manifest.labels)) if labels else paths
+    metrics.update(check_split(model=model, cut=cut, inputs=inputs, feature_path=out_paths["valid"]))
+    return StageResult(metrics)

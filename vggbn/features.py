@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from vggbn import VggbnError
 from vggbn.atomic import atomic_path
+from vggbn.files import prepare_work
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,6 @@ def chunk_rows_for(row_shape: Sequence[int], dtype) -> int:
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
-
-
-def _prepare_work(work_dir: Path, recipe: dict) -> None:
-    """Keep the chunks of an interrupted run of the same recipe; discard anything else."""
-    stamp = work_dir / "recipe.json"
-    text = json.dumps(recipe, sort_keys=True)
-    if work_dir.exists() and (not stamp.exists() or stamp.read_text() != text):
-        for child in work_dir.glob("chunk-*"):
-            child.unlink()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(text)
 
 
 class _Previous:
@@ -106,8 +96,8 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
         raise ValueError("paths, labels, md5s and flipped must have one entry per row")
     chunk_rows = chunk_rows or chunk_rows_for(row_shape, dtype)
     manifest_key = [list(paths), [int(x) for x in labels], list(md5s), flipped]
-    _prepare_work(work_dir, {"feature_recipe": feature_recipe, "manifest": manifest_key, "dtype": dtype,
-                             "chunk_rows": chunk_rows})
+    prepare_work(work_dir, {"feature_recipe": feature_recipe, "manifest": manifest_key, "dtype": dtype,
+                            "chunk_rows": chunk_rows}, stale=("chunk-*",))
     previous = _Previous(work_dir / "previous.h5", feature_recipe)
     chunks = [(start, min(start + chunk_rows, count)) for start in range(0, count, chunk_rows)]
     pending = [(i, span) for i, span in enumerate(chunks) if not (work_dir / f"chunk-{i:06d}.npy").exists()]

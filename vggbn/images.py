@@ -7,16 +7,20 @@ with the model. Pixel values stay in 0-255 until `preprocess`, which applies the
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from vggbn.params import PREPROCESS_MODES, RESIZE_MODES
+from vggbn.tfdata import without_autotune
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode 'caffe'
 TORCH_MEAN = (0.485, 0.456, 0.406)  # mode 'torch', on RGB scaled to [0, 1]
 TORCH_STD = (0.229, 0.224, 0.225)
+DEFAULT_PREPROCESS = "caffe"  # the demo and VGG16 use Keras' VGG16 preprocessing (BGR, ImageNet mean)
+CHECK_IMAGES = 256  # images on which end-to-end checks compare whole models: a bounded cost at any scale
 
 
 def _check_choice(name: str, value, allowed: Sequence[str]) -> None:
@@ -146,11 +150,7 @@ def image_dataset(paths: Sequence[str | os.PathLike], size: tuple[int, int], res
             raise ValueError(f"Expected one label per path. Received: {len(labels)} labels for {len(paths)} paths")
         dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(
             lambda path, label: (load(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # No autotuning thread: deleting a finished iterator waits for it, and it can miss the cancellation and sleep
-    # out its period (seconds, growing to a minute). Parallel decoding stays min(16, cores), prefetching adaptive.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return without_autotune(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def load_batch(paths: Sequence[str | os.PathLike], size: tuple[int, int], resize: str, preprocess: str, *,
@@ -160,3 +160,31 @@ def load_batch(paths: Sequence[str | os.PathLike], size: tuple[int, int], resize
     batches = [batch.numpy() for batch in image_dataset(paths, size=(height, width), resize=resize,
                                                          preprocess=preprocess, batch_size=batch_size, flip=flip)]
     return np.concatenate(batches) if batches else np.zeros((0, height, width, 3), np.float32)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """How image files reach a model: the folder their paths are relative to, the batch size, and the resize and
+    preprocessing modes. Built once from the params and passed whole to every stage that reads images."""
+    root: str
+    batch_size: int
+    resize: str
+    preprocess: str
+
+    @classmethod
+    def from_params(cls, params, root: str | None = None) -> "ImageInput":
+        """From `data.root` (or `root`), `features.batch_size`, `features.resize` and `model.preprocess` (null: the
+        demo's and VGG16's own, caffe)."""
+        preprocess = params.model.preprocess if params.model.preprocess is not None else DEFAULT_PREPROCESS
+        return cls(root=params.data.root if root is None else root, batch_size=params.features.batch_size,
+                   resize=params.features.resize, preprocess=preprocess)
+
+    def files(self, paths: Sequence[str]) -> list[str]:
+        """`paths` (relative to the root, or absolute) as paths to open."""
+        return [os.path.join(self.root, p) for p in paths]
+
+    def dataset(self, paths: Sequence[str], size: tuple[int, int], *, flip: bool = False,
+                labels: Sequence | None = None) -> tf.data.Dataset:
+        """`image_dataset` over `paths` relative to the root, with these settings."""
+        return image_dataset(self.files(paths), size=size, resize=self.resize, preprocess=self.preprocess,
+                             batch_size=self.batch_size, flip=flip, labels=labels)

@@ -7,7 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
-DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks (models.build_demo_classifier's default)
+DEMO_BLOCKS = 3  # conv blocks of the demo classifier (models.DEMO_FILTERS; tests/test_models.py checks the names)
 
 
 def _vgg_layers(blocks: list[int]) -> list[str]:
@@ -18,7 +18,7 @@ def _vgg_layers(blocks: list[int]) -> list[str]:
 
 
 VGG16_LAYERS = _vgg_layers([2, 2, 3, 3, 3]) + ["flatten", "fc1", "fc2", "predictions"]
-DEMO_LAYERS = _vgg_layers([2] * len(DEMO_FILTERS)) + ["flatten", "fc1", "fc1_dropout", "fc2", "fc2_dropout",
+DEMO_LAYERS = _vgg_layers([2] * DEMO_BLOCKS) + ["flatten", "fc1", "fc1_dropout", "fc2", "fc2_dropout",
                                                       "predictions"]
 
 

@@ -34,7 +34,6 @@ sockets, pipes and devices.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -43,6 +42,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 from vggbn import VggbnError
 from vggbn.atomic import atomic_path
+from vggbn.files import StageResult, file_md5, read_tsv
 
 HEADER = "path\tsize\tkind"
 SPLITS = ("train", "valid")
@@ -122,14 +122,6 @@ def _target_size(path: str) -> int:
     return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
-def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as file:
-        while block := file.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterator[str]:
     """The listing's rows, streamed in order as chunks of TSV lines (no header; `write_listing` adds it).
 
@@ -181,29 +173,9 @@ def write_listing(out: str | os.PathLike, rows: Iterable[str]) -> int:
     return count
 
 
-def make_listing(*, root: str | os.PathLike, out: str | os.PathLike, valid_labels: str | None = None) -> int:
-    """The listing stage: scan `root` and write the listing to `out`; return the number of rows."""
-    return write_listing(out, scan(root, valid_labels=valid_labels))
-
-
-def read_tsv(path: str | os.PathLike, *, header: str, what: str, error: type[VggbnError]) -> Iterator[list[str]]:
-    """Rows of a three-column TSV whose middle column is a count (a listing, a manifest), after checking the
-    header; `error` naming the file, and the line if a row is malformed."""
-    path = Path(path)
-    try:
-        file = open(path, encoding="utf-8", newline="\n")
-    except OSError as problem:
-        raise error(f"{path}: cannot read {what}: {problem.strerror}") from None
-    with file:
-        found = file.readline().rstrip("\n")
-        if found != header:
-            raise error(f"{path}: not a {what} (expected the header {header!r}, got {found[:60]!r})")
-        columns = header.replace("\t", ", ")
-        for number, line in enumerate(file, start=2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 3 or not fields[1].isdigit():
-                raise error(f"{path}:{number}: malformed {what} row (expected {columns})")
-            yield fields
+def run_listing(*, root: str | os.PathLike, out: str | os.PathLike, valid_labels: str | None = None) -> StageResult:
+    """The listing stage: scan `root` and write the listing to `out`; the number of rows."""
+    return StageResult({"rows": write_listing(out, scan(root, valid_labels=valid_labels))})
 
 
 def read_listing(path: str | os.PathLike) -> Iterator[Entry]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import keras
 
 from vggbn import VggbnError
-from vggbn.layer_names import DEMO_FILTERS
+from vggbn.files import StageResult
+
+DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks; vggbn.layer_names.DEMO_LAYERS names their layers
 
 # Layers that may make up a classifier's head after the flatten or global pooling.
 HEAD_LAYERS = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Activation, keras.layers.Softmax,
@@ -179,6 +181,13 @@ def pretrained_classifier(*, source: str, weights: str | None, demo_path: str | 
     head_start(model)
     input_size(model)
     return model
+
+
+def run_pretrained(*, source: str, weights: str | None, demo_path: str | Path, out_path: str | Path) -> StageResult:
+    """The pretrained stage: the classifier `source` names, saved to `out_path`; its size."""
+    model = pretrained_classifier(source=source, weights=weights, demo_path=demo_path)
+    save_model(model, out_path)
+    return StageResult({"params": model.count_params(), "layers": len(model.layers)})
 
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)

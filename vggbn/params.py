@@ -99,11 +99,6 @@ class ModelParams:
     weights: typing.Optional[str] = _param(None, None, "vgg16 only: imagenet (default), none (random, fixed seed), or a weights file")
     preprocess: typing.Optional[str] = _param(None, None, "model files only: caffe, tf, torch or none")
 
-    @property
-    def preprocess_mode(self) -> str:
-        """The demo and VGG16 use Keras' VGG16 preprocessing (caffe: BGR, ImageNet mean); a file states its own."""
-        return self.preprocess if self.preprocess is not None else "caffe"
-
 
 @dataclass(frozen=True)
 class SampleParams:

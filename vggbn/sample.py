@@ -4,13 +4,7 @@ The sample never copies images: its manifests name them by path relative to the 
 seeded hash of their path, and the first usable ones in rank order are taken, so adding or removing a few files
 changes the sample by about as many entries, and a rejected file is replaced by the next one in rank.
 
-Output folder:
-
-- `train.tsv`, `valid.tsv`: header `path, label, md5`; label is the class index, md5 the hash of the file's bytes
-  (later stages reuse cached features by path and hash). Sorted by path.
-- `classes.txt`: one class name per line; the line number (from 0) is the class index.
-- `rejected.tsv`: header `path, reason`: the candidates, in rank order up to the last one sampled, that cannot be
-  used. Sorted by path.
+The output folder's format (manifests, class names, rejections) is `vggbn.manifest`'s.
 
 Nothing here imports TensorFlow; images are checked with Pillow, accepting what `tf.io.decode_image` reads.
 """
@@ -28,59 +22,27 @@ import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from vggbn import VggbnError
-from vggbn.atomic import atomic_path
-from vggbn.listing import BADNAME, LINK, Entry, read_listing, read_tsv
+from vggbn.files import StageResult
+from vggbn.listing import BADNAME, LINK, Entry, read_listing
+from vggbn.manifest import Row, Sample, SampleError, write_sample
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image is given, by name
 FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what it decodes, as Pillow names the detected format
 _PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF"}  # MPO: a camera JPEG
-MANIFEST_HEADER = "path\tlabel\tmd5"
-REJECTED_HEADER = "path\treason"
 STRICT_SHOWN = 5  # rejections named in the strict-mode error before "and N more"
-
-
-class SampleError(VggbnError):
-    pass
 
 
 class Checked(NamedTuple):
     reason: str | None  # why the file cannot be used; None if it can
     md5: str | None  # hex digest of the bytes that were decoded, when usable
-
-
-class Row(NamedTuple):
-    path: str
-    label: int
-    md5: str
-
-
-class Manifest(NamedTuple):
-    paths: list[str]
-    labels: list[int]
-    md5s: list[str]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """What `build_sample` found: manifests sorted by path, class names in index order, rejections sorted by path."""
-    classes: list[str]
-    train: list[Row]
-    valid: list[Row]
-    rejected: list[tuple[str, str]]
-
-    @property
-    def metrics(self) -> dict:
-        return {"train_images": len(self.train), "valid_images": len(self.valid), "rejected": len(self.rejected)}
 
 
 def is_image_name(path: str) -> bool:
@@ -394,37 +356,11 @@ def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: in
     return Sample(classes=layout.classes, train=drawn["train"], valid=drawn["valid"], rejected=rejected)
 
 
-def write_sample(out: str | os.PathLike, sample: Sample) -> None:
-    """Write the sample folder (train.tsv, valid.tsv, classes.txt, rejected.tsv) atomically."""
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        for split, rows in (("train", sample.train), ("valid", sample.valid)):
-            _write_lines(tmp / f"{split}.tsv", [MANIFEST_HEADER, *(f"{r.path}\t{r.label}\t{r.md5}" for r in rows)])
-        _write_lines(tmp / "classes.txt", sample.classes)
-        _write_lines(tmp / "rejected.tsv", [REJECTED_HEADER, *(f"{p}\t{reason}" for p, reason in sample.rejected)])
-
-
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as file:
-        for line in lines:
-            file.write(line + "\n")
-
-
-def make_sample(*, listing: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike,
-                train: int | None, valid: int | None, seed: int, strict: bool, valid_labels: str | None,
-                class_order: Sequence[str] | None = None) -> dict:
-    """The sample stage: read the listing, build the sample, write the folder `out`; return the metrics."""
+def run_sample(*, listing: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike,
+               train: int | None, valid: int | None, seed: int, strict: bool, valid_labels: str | None,
+               class_order: Sequence[str] | None = None) -> StageResult:
+    """The sample stage: read the listing, build the sample, write the folder `out`; the image counts."""
     sample = build_sample(entries=read_listing(listing), root=root, train=train, valid=valid, seed=seed,
                           strict=strict, valid_labels=valid_labels, class_order=class_order)
     write_sample(out, sample)
-    return sample.metrics
-
-
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """A manifest written by `write_sample`: paths (relative to the data root), class indices and md5s."""
-    manifest = Manifest([], [], [])
-    for path_, label, md5 in read_tsv(path, header=MANIFEST_HEADER, what="sample manifest", error=SampleError):
-        manifest.paths.append(path_)
-        manifest.labels.append(int(label))
-        manifest.md5s.append(md5)
-    return manifest
+    return StageResult(sample.metrics)

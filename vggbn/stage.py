@@ -1,7 +1,13 @@
-"""What every stage script shares: logging, validated params, and one-line errors instead of tracebacks."""
+"""What every stage script shares: its command-line paths, validated params, logging, and one-line errors
+instead of tracebacks.
+
+Nothing here can change a stage's result, only accept or refuse its inputs, so this module is no stage's DVC
+dependency (tests/test_dvc_yaml.py keeps the allow-list).
+"""
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
 import os
@@ -13,6 +19,14 @@ from vggbn.layer_names import layer_names
 from vggbn.params import Params, ParamsError, load_params
 
 PARAMS_FILE = "params.yaml"
+
+
+def arguments(description: str, **options: str) -> argparse.Namespace:
+    """Parse the stage's command line: one required `--some-name` option per keyword `some_name=help`."""
+    parser = argparse.ArgumentParser(description=description)
+    for name, help_text in options.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text)
+    return parser.parse_args()
 
 
 def params() -> Params:
@@ -33,12 +47,18 @@ def check_cut(loaded: Params) -> None:
                           f"{cut!r}{hint}; its layers: {', '.join(names)}")
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's main(); report a VggbnError as one line on stderr and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter; real errors still raise
+def exit_status(main: Callable[[], None]) -> int:
+    """Run `main`; 0, or 2 after reporting a VggbnError as one line on stderr (no traceback)."""
     try:
         main()
     except VggbnError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's main() and exit with its status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter; real errors still raise
+    sys.exit(exit_status(main))

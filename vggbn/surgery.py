@@ -135,14 +135,14 @@ def with_logits(model: keras.Model) -> keras.Model:
 
 
 def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-            points: list | None = None) -> dict:
-    """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy.
-
-    `points`, if given, receives (probability before, probability after) of each sample's top class before.
+            max_points: int = 0) -> tuple[dict, list[tuple[float, float]]]:
+    """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy,
+    and for the first `max_points` samples (probability before, probability after) of the top class before.
     """
     before, after = with_logits(before), with_logits(after)
     scores = {"before": Score(), "after": Score()}
     worst_p = worst_logit = 0.0
+    points = []
     for features, labels in batches:
         p_before, logits_before = before.predict_on_batch(features)
         p_after, logits_after = after.predict_on_batch(features)
@@ -150,7 +150,7 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
         worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max()))
         scores["before"].add(p_before, labels)
         scores["after"].add(p_after, labels)
-        if points is not None:
+        if len(points) < max_points:
             top = p_before.argmax(axis=1)
             rows = np.arange(len(top))
             points.extend(zip(p_before[rows, top].tolist(), p_after[rows, top].tolist()))
@@ -158,7 +158,7 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
     for side, score in scores.items():
         result = score.result()
         report.update({f"loss_{side}": result["loss"], f"accuracy_{side}": result["accuracy"]})
-    return report
+    return report, points[:max_points]
 
 
 def targets(model: keras.Model, layers: str) -> list[str]:
@@ -166,77 +166,3 @@ def targets(model: keras.Model, layers: str) -> list[str]:
     wanted = set(hidden_dense_names(model)) if layers in ("dense", "all") else set()
     wanted |= set(conv_names(model)) if layers in ("conv", "all") else set()
     return [layer.name for layer in model.layers if layer.name in wanted]
-
-
-def measure_files(*, model_path, train_path, sample_dir, root, out_path, layers: str, position: str,
-                  batch_size: int, image_batch_size: int, resize: str, preprocess: str,
-                  conv_images: int | None) -> dict:
-    """The bn_stats stage: moments of every BN target (returned, and saved to `out_path`).
-
-    Targets in the dense part are measured on the cached train features; targets in the conv part (conv BN)
-    need the images, streamed through the conv part.
-    """
-    from vggbn import features, images
-    from vggbn.extract import read_manifest_paths
-    from vggbn.moments import save_statistics
-
-    model = models.load_model_file(model_path)
-    conv, dense = models.split(model, features.feature_cut(train_path))
-    moments = {}
-    if targets(dense, layers):
-        batches = (x for x, _ in features.iter_batches(train_path, batch_size))
-        moments.update(measure(dense, batches, targets(dense, layers), position))
-    if targets(conv, layers):
-        paths = read_manifest_paths(sample_dir, "train", root)[:conv_images]
-        batches = images.image_dataset(paths, size=models.input_size(model), resize=resize, preprocess=preprocess,
-                                       batch_size=image_batch_size)
-        moments.update(measure(conv, batches, targets(conv, layers), position))
-    moments = {name: moments[name] for name in targets(model, layers)}  # model order
-    save_statistics(out_path, moments, {"position": position, "layers": layers})
-    return moments
-
-
-def calibration_table(moments: dict) -> tuple[dict, dict[str, list]]:
-    """Per layer: a summary (units, dead units: variance zero, e.g. never firing after the ReLU, rows measured)
-    and rows (unit, mean, std, dead) for the calibration plot."""
-    summary, tables = {}, {}
-    for name, m in moments.items():
-        dead = m.variance == 0
-        summary[name] = {"units": m.width, "dead_units": int(dead.sum()), "rows": m.count}
-        tables[name] = [(unit, float(mu), float(sd), int(d))
-                        for unit, (mu, sd, d) in enumerate(zip(m.mean, np.sqrt(m.variance), dead))]
-    return summary, tables
-
-
-def insert_bn_files(*, model_path, stats_path, valid_path, sample_dir, root, dense_out, conv_out, batch_size: int,
-                    image_batch_size: int, resize: str, preprocess: str, points: list | None = None) -> dict:
-    """The insert_bn stage: the calibrated dense part and conv part, and the identity report.
-
-    `max_abs_diff` covers the dense part over all valid features and, with conv BN, the whole model over up to
-    `extract.CHECK_IMAGES` valid images (`end_to_end_*` keys); `*_before`/`*_after` are the dense part's loss and
-    accuracy on the valid features without and with BN. `points` receives the identity plot's points.
-    """
-    from vggbn import features, images
-    from vggbn.extract import CHECK_IMAGES, read_manifest_paths
-    from vggbn.moments import load_statistics
-
-    model = models.load_model_file(model_path)
-    conv, dense = models.split(model, features.feature_cut(valid_path))
-    stats, attrs = load_statistics(stats_path)
-    dense_names, conv_names_ = {l.name for l in dense.layers[1:]}, {l.name for l in conv.layers[1:]}
-    dense_bn = insert_bn(dense, {k: v for k, v in stats.items() if k in dense_names}, attrs["position"])
-    conv_bn = insert_bn(conv, {k: v for k, v in stats.items() if k in conv_names_}, attrs["position"])
-    report = compare(dense, dense_bn, features.iter_batches(valid_path, batch_size), points)
-    if any(name in conv_names_ for name in stats):
-        paths, labels = read_manifest_paths(sample_dir, "valid", root, labels=True)
-        dataset = images.image_dataset(paths[:CHECK_IMAGES], size=models.input_size(model), resize=resize,
-                                       preprocess=preprocess, batch_size=image_batch_size,
-                                       labels=labels[:CHECK_IMAGES])
-        whole = compare(model, models.join(conv_bn, dense_bn, name="whole_bn"), dataset)
-        report.update({f"end_to_end_{key}": whole[key] for key in ("max_abs_diff", "max_abs_diff_logits", "samples")})
-        report["max_abs_diff"] = max(report["max_abs_diff"], whole["max_abs_diff"])
-        report["max_abs_diff_logits"] = max(report["max_abs_diff_logits"], whole["max_abs_diff_logits"])
-    models.save_model(dense_bn, dense_out)
-    models.save_model(conv_bn, conv_out)
-    report["bn_layers"] = sum(isinstance(l, keras.layers.BatchNormalization) for l in dense_bn.layers + conv_bn.layers)
-    return report

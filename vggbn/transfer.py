@@ -14,8 +14,11 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import extract, features, models, train
-from vggbn.listing import file_md5, read_listing
+from vggbn import extract, features, models
+from vggbn.files import StageResult, Table, file_md5
+from vggbn.finetune import evaluate, train_on_features
+from vggbn.images import ImageInput
+from vggbn.listing import read_listing
 from vggbn.sample import build_sample
 
 
@@ -57,10 +60,10 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
             runs = []
             for seed in seeds:
                 model = new_task_model(dense, num_classes, train_mode=train_mode, seed=seed)
-                model, _ = train.finetune(model, train_path=train_path, valid_path=valid_path, epochs=epochs,
-                                          batch_size=batch_size, lr=lr, dropout=None, seed=seed,
-                                          shuffle_buffer=4096)
-                runs.append(train.evaluate(model, valid_path, batch_size))
+                model, _ = train_on_features(model, train_path=train_path, valid_path=valid_path, epochs=epochs,
+                                             batch_size=batch_size, lr=lr, dropout=None, seed=seed,
+                                             shuffle_buffer=4096)
+                runs.append(evaluate(model, valid_path, batch_size))
             accuracies = [run["accuracy"] for run in runs]
             per_lr[f"{lr:g}"] = {"accuracy": float(np.mean(accuracies)), "accuracy_min": min(accuracies),
                                  "accuracy_max": max(accuracies),
@@ -72,33 +75,38 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
     return report
 
 
-def transfer_features(*, conv: keras.Model, model_md5: str, listing: str | Path, root: str | Path,
-                      out_paths: dict[str, str], work_dir: str | Path, batch_size: int, resize: str,
-                      preprocess: str) -> list[str]:
-    """Conv features of every usable image of the new task's folder, through the conv_features code path.
-
-    Returns the new task's class names (sorted folder names) in index order.
+def transfer_features(*, conv: keras.Model, model_md5: str, listing: str | Path, inputs: ImageInput,
+                      out_paths: dict[str, str], work_dir: str | Path) -> list[str]:
+    """Conv features of every usable image of the new task's folder (`inputs.root`), through the conv_features
+    code path. Returns the new task's class names (sorted folder names) in index order.
     """
-    sample = build_sample(entries=read_listing(listing), root=root)
+    sample = build_sample(entries=read_listing(listing), root=inputs.root)
     for split, rows in (("train", sample.train), ("valid", sample.valid)):
-        extract.extract_split(conv=conv, model_md5=model_md5, root=root, paths=[r.path for r in rows],
+        extract.extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=[r.path for r in rows],
                               labels=[r.label for r in rows], md5s=[r.md5 for r in rows],
-                              out_path=out_paths[split], work_dir=Path(work_dir) / split, batch_size=batch_size,
-                              resize=resize, preprocess=preprocess)
+                              out_path=out_paths[split], work_dir=Path(work_dir) / split)
     return sample.classes
 
 
-def transfer(*, pretrained_path, finetuned_path, cut_from, listing, root, out_paths: dict[str, str], work_dir,
-             params, image_batch_size: int, resize: str, preprocess: str) -> dict:
-    """The transfer stage: new-task features, then the with/without-BN comparison (`params`: TransferParams)."""
+def accuracy_tables(report: dict) -> dict[str, Table]:
+    """Per start, the transfer plot's table: valid accuracy against the learning rate (and its log10)."""
+    return {start: Table(("lr", "log10_lr", "accuracy"),
+                         [(float(lr), math.log10(float(lr)), result["accuracy"])
+                          for lr, result in report[start]["per_lr"].items()])
+            for start in ("with_bn", "without_bn")}
+
+
+def run_transfer(*, pretrained_path, finetuned_path, cut_from, listing, inputs: ImageInput,
+                 out_paths: dict[str, str], work_dir, params) -> StageResult:
+    """The transfer stage (`params`: TransferParams; `inputs.root` is the new task's folder): new-task features,
+    then the with/without-BN comparison; plot `transfer`: accuracy against learning rate per start."""
     conv, original_dense = models.split(models.load_model_file(pretrained_path), features.feature_cut(cut_from))
-    classes = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing,
-                                root=root, out_paths=out_paths, work_dir=work_dir, batch_size=image_batch_size,
-                                resize=resize, preprocess=preprocess)
+    classes = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing, inputs=inputs,
+                                out_paths=out_paths, work_dir=work_dir)
     starts = {"with_bn": models.load_model_file(finetuned_path), "without_bn": original_dense}
     report = compare_transfer(starts, train_path=out_paths["train"], valid_path=out_paths["valid"],
                               num_classes=len(classes), train_mode=params.train, lrs=params.lrs,
                               seeds=params.seeds, epochs=params.epochs, batch_size=params.batch_size)
     report["classes"] = classes
     report["train_mode"] = params.train
-    return report
+    return StageResult(report, {"transfer": accuracy_tables(report)})

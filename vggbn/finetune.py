@@ -1,4 +1,4 @@
-"""Fine-tune a dense part on cached features streamed from HDF5, resumable from per-epoch checkpoints."""
+"""Train a dense part on cached features streamed from HDF5, resumable from per-epoch checkpoints; the finetune stage."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ import keras
 import tensorflow as tf
 
 from vggbn import features, models
-from vggbn.atomic import atomic_path, write_json
-from vggbn.listing import file_md5
+from vggbn.atomic import atomic_path
+from vggbn.files import StageResult, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
+from vggbn.tfdata import without_autotune
+from vggbn.training import History, compile_for_training, floats, live_callback, live_logger, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Same params, same weights: seeded Python/numpy/TF RNGs and deterministic TF kernels."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 def with_dropout(model: keras.Model, rate: float) -> keras.Model:
@@ -33,19 +29,9 @@ def with_dropout(model: keras.Model, rate: float) -> keras.Model:
     return models.copy_chain(model, name=model.name, configure=set_rate)
 
 
-def compile_for_training(model: keras.Model, lr: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-
-
 def _dataset(generator, row_shape) -> tf.data.Dataset:
     signature = (tf.TensorSpec((None, *row_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
-    # No tf.data autotune thread: deleting a finished iterator (Keras makes a new validation one each epoch) waits
-    # for it, and it can miss the cancellation and sleep out its period, up to a minute (see images.image_dataset).
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2).with_options(options)
+    return without_autotune(tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2))
 
 
 class _Checkpoint(keras.callbacks.Callback):
@@ -64,7 +50,7 @@ class _Checkpoint(keras.callbacks.Callback):
         name = f"checkpoint-{epoch:04d}.keras"
         with atomic_path(self.work_dir / name) as tmp:
             self.model.save(tmp)
-        self.history.append(_floats(logs))
+        self.history.append(floats(logs))
         state = {"epoch": epoch, "checkpoint": name, "rng": _rng_states(self.model), "history": self.history}
         write_json(self.work_dir / "epoch.json", state)
         for old in self.work_dir.glob("checkpoint*.keras"):
@@ -88,43 +74,28 @@ def _restore_rng_states(model: keras.Model, states: dict[str, list]) -> None:
             generator.state.assign(state)
 
 
-class _History(keras.callbacks.Callback):
-    """Collects each epoch's logs, as _Checkpoint does, for runs without checkpoints."""
-
-    def __init__(self, history: list[dict]):
-        super().__init__()
-        self.history = history
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.history.append(_floats(logs))
-
-
-def _floats(logs) -> dict:
-    return {key: float(value) for key, value in (logs or {}).items()}
+CHECKPOINT_FILES = ("checkpoint*.keras", "epoch.json")
 
 
 def _resume(work_dir: Path, recipe: dict):
     """(model, per-epoch logs so far) from an interrupted run of the same recipe, else None."""
-    stamp, epoch_file = work_dir / "recipe.json", work_dir / "epoch.json"
-    text = json.dumps(recipe, sort_keys=True)
+    if not prepare_work(work_dir, recipe, stale=CHECKPOINT_FILES):
+        return None
+    epoch_file = work_dir / "epoch.json"
     state = json.loads(epoch_file.read_text()) if epoch_file.exists() else {}
     checkpoint = work_dir / state.get("checkpoint", "none")
-    if stamp.exists() and stamp.read_text() == text and "rng" in state and checkpoint.exists():
-        model = keras.saving.load_model(checkpoint, safe_mode=True)
-        _restore_rng_states(model, state["rng"])
-        log.info("resuming from the checkpoint after epoch %d", state["epoch"] + 1)
-        return model, state["history"]
-    for stale in (*work_dir.glob("checkpoint*.keras"), epoch_file):
-        stale.unlink(missing_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(text)
-    return None
+    if "rng" not in state or not checkpoint.exists():
+        return None
+    model = keras.saving.load_model(checkpoint, safe_mode=True)
+    _restore_rng_states(model, state["rng"])
+    log.info("resuming from the checkpoint after epoch %d", state["epoch"] + 1)
+    return model, state["history"]
 
 
-def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int, batch_size: int,
-             lr: float, dropout: float | None, seed: int, shuffle_buffer: int, work_dir: str | Path | None = None,
-             recipe: dict | None = None, live_dir: str | Path | None = None, compute: str = "float32",
-             ) -> tuple[keras.Model, list[dict]]:
+def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int,
+                      batch_size: int, lr: float, dropout: float | None, seed: int, shuffle_buffer: int,
+                      work_dir: str | Path | None = None, recipe: dict | None = None,
+                      live_dir: str | Path | None = None, compute: str = "float32") -> tuple[keras.Model, list[dict]]:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
@@ -154,7 +125,7 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
     def valid_batches():
         yield from features.iter_batches(valid_path, batch_size)
 
-    callbacks = [_Checkpoint(Path(work_dir), history)] if work_dir else [_History(history)]
+    callbacks = [_Checkpoint(Path(work_dir), history)] if work_dir else [History(history)]
     live = live_logger(live_dir, history) if live_dir else None
     if live is not None:
         callbacks.append(live_callback(live))
@@ -167,48 +138,26 @@ def finetune(model: keras.Model, *, train_path: str | Path, valid_path: str | Pa
     return models.with_compute_dtype(model, "float32"), history
 
 
-def live_callback(live) -> keras.callbacks.Callback:
-    from dvclive.keras import DVCLiveCallback
-
-    return DVCLiveCallback(live=live)
-
-
-def live_logger(live_dir, history: list[dict]):
-    """A fresh dvclive logger in `live_dir` holding the epochs already done, as its Keras callback names them.
-
-    It neither edits dvc.yaml nor saves experiments itself: the curves are declared as plots in dvc.yaml.
-    """
-    import shutil
-
-    from dvclive import Live
-    from dvclive.utils import standardize_metric_name
-
-    shutil.rmtree(live_dir, ignore_errors=True)
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-    for logs in history:
-        for name, value in logs.items():
-            live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
-        live.next_step()
-    return live
-
-
-def finetune_files(*, model_path, train_path, valid_path, work_dir, live_dir, params) -> tuple[keras.Model, dict]:
-    """The finetune stage: the trained model and the last epoch's train and valid loss and accuracy."""
-    recipe = {"model": file_md5(model_path), "train": file_md5(train_path), "valid": file_md5(valid_path),
-              "params": dataclasses.asdict(params)}
-    model, history = finetune(models.load_model_file(model_path), train_path=train_path, valid_path=valid_path,
-                              epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                              dropout=params.dropout, seed=params.seed, shuffle_buffer=params.shuffle_buffer,
-                              work_dir=work_dir, recipe=recipe, live_dir=live_dir, compute=params.compute)
-    last = history[-1]
-    metrics = {"train_loss": last["loss"], "train_accuracy": last["accuracy"], "valid_loss": last["val_loss"],
-               "valid_accuracy": last["val_accuracy"], "epochs": len(history)}
-    return model, metrics
-
-
 def evaluate(model: keras.Model, path: str | Path, batch_size: int) -> dict:
     """Loss and accuracy of a compiled-or-not classifier over a feature file, streamed in file order."""
     score = Score()
     for x, y in features.iter_batches(path, batch_size):
         score.add(model.predict_on_batch(x), y)
     return score.result()
+
+
+def run_finetune(*, model_path, train_path, valid_path, out_path, work_dir, live_dir, params) -> StageResult:
+    """The finetune stage (`params`: FinetuneParams): the trained dense part saved to `out_path`; the last
+    epoch's train and valid loss and accuracy."""
+    recipe = {"model": file_md5(model_path), "train": file_md5(train_path), "valid": file_md5(valid_path),
+              "params": dataclasses.asdict(params)}
+    model, history = train_on_features(
+        models.load_model_file(model_path), train_path=train_path, valid_path=valid_path, epochs=params.epochs,
+        batch_size=params.batch_size, lr=params.lr, dropout=params.dropout, seed=params.seed,
+        shuffle_buffer=params.shuffle_buffer, work_dir=work_dir, recipe=recipe, live_dir=live_dir,
+        compute=params.compute)
+    models.save_model(model, out_path)
+    last = history[-1]
+    return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],
+                        "valid_loss": last["val_loss"], "valid_accuracy": last["val_accuracy"],
+                        "epochs": len(history)})
