@@ -2,10 +2,11 @@
 the same arrays in memory, and its training GFLOP/s against a large matmul, all measured side by side in one run.
 
 The model: `models.split(models.vgg16("none"))`'s dense part (25088 -> 4096 -> 4096 -> 1000, random weights)
-with calibrated BN from `surgery.insert_bn` (synthetic statistics), compiled by `train.compile_for_training`
-(Adam), trained under `train.seed_everything` as `train.finetune` does. Streamed: `features.shuffled_batches` over
-a file written by `features.build_feature_file`, through `train._dataset` (the tf.data wrapper `train.finetune`
-fits on: one generator running over all epochs, `steps_per_epoch` per epoch). In memory: `model.fit(x, y)` on
+with calibrated BN from `surgery.insert_bn` (synthetic statistics), compiled by `training.compile_for_training`
+(Adam), trained under `training.seed_everything` as `finetune.train_on_features` does. Streamed:
+`features.shuffled_batches` over a file written by `features.build_feature_file`, through `finetune._dataset` (the
+tf.data wrapper `finetune.train_on_features` fits on: one generator running over all epochs, `steps_per_epoch` per
+epoch). In memory: `model.fit(x, y)` on
 the same rows. Each configuration is compiled once and warmed up (tracing, Adam's slots), then the
 configurations alternate for `--rounds` rounds of a 2-epoch fit each; only the second epoch of each fit is timed
 (steady state).
@@ -25,17 +26,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import tempfile
-import time
 from itertools import count
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's vggbn, whatever is installed
-
-CORES = len(os.sched_getaffinity(0))
+from common import (CORES, Rates, best_rates, matmul_gflops, print_figures, print_load, print_util_min, serial_bound,
+                    util_min, write_features)
 
 
 def dense_bn_model():
@@ -57,56 +53,21 @@ def matmul_params(model) -> int:
     return sum(int(math.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, keras.layers.Dense))
 
 
-def write_features(path: Path, work: Path, rows: int, row_shape, seed: int = 0) -> None:
-    """A feature file of `rows` random post-ReLU-like rows and labels, through `features.build_feature_file`."""
-    import numpy as np
-
-    from vggbn import features
-
-    rng = np.random.default_rng(seed)
-
-    def extract(indices):
-        for start in range(0, len(indices), 256):
-            size = len(indices[start:start + 256])
-            yield np.maximum(rng.standard_normal((size, *row_shape), dtype=np.float32), 0)
-
-    features.build_feature_file(path, paths=[f"img{i}" for i in range(rows)],
-                                labels=rng.integers(0, 1000, rows).tolist(), md5s=["-"] * rows, extract=extract,
-                                row_shape=row_shape, dtype="float32", work_dir=work, feature_recipe={"bench": 1})
-
-
-def epoch_timer():
-    """A Keras callback keeping the wall and CPU seconds (all of this process's threads) of every epoch."""
+def epoch_timer(rates: Rates, amount: float, epoch: int):
+    """A Keras callback recording `amount` over the wall and CPU seconds (all of this process's threads) of epoch
+    `epoch` (0-based) of a fit into `rates`."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.wall, self.cpu = [], []
+        def on_epoch_begin(self, index, logs=None):
+            if index == epoch:
+                rates.start()
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.wall.append(time.perf_counter() - self.start[0])
-            self.cpu.append(time.process_time() - self.start[1])
+        def on_epoch_end(self, index, logs=None):
+            if index == epoch:
+                rates.stop(amount)
 
     return EpochTimer()
-
-
-def matmul_gflops(dtype, n: int, calls: int) -> tuple[float, float]:
-    """(wall, CPU x cores) GFLOP/s (2 n^3 per call) of `calls` eager tf.linalg.matmul calls on n x n matrices."""
-    import tensorflow as tf
-
-    a = tf.cast(tf.random.stateless_normal((n, n), seed=(1, 2)), dtype)
-    b = tf.cast(tf.random.stateless_normal((n, n), seed=(3, 4)), dtype)
-    tf.linalg.matmul(a, b).numpy()  # warm-up
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(calls):
-        tf.linalg.matmul(a, b)[0, 0].numpy()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    gflop = calls * 2 * n ** 3 / 1e9
-    return gflop / wall, gflop / cpu * CORES
 
 
 def main():
@@ -123,12 +84,12 @@ def main():
     import h5py
     import tensorflow as tf
 
-    from vggbn import features, models, train
+    from vggbn import features, finetune, models, training
 
-    # Keras warns that fit's default shuffle=True does not apply to a dataset: train.finetune fits the same way.
+    # Keras warns that fit's default shuffle=True does not apply to a dataset: train_on_features fits the same way.
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {CORES} cores (other processes slow the wall figures)")
-    train.seed_everything(0)  # as train.finetune does: seeded RNGs and deterministic kernels, for both paths
+    print_load()
+    training.seed_everything(0)  # as train_on_features does: seeded RNGs and deterministic kernels, for both paths
     base = dense_bn_model()
     row_shape = tuple(base.input_shape[1:])
     params = matmul_params(base)
@@ -141,7 +102,7 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         path = Path(tmp) / "train.h5"
-        write_features(path, Path(tmp) / "work", args.rows, row_shape)
+        write_features(path, Path(tmp) / "work", args.rows, row_shape, classes=1000, seed=0, block=256)
         with h5py.File(path, "r") as file:
             x, y = file["features"][:], file["labels"][:]
             chunks = file["features"].chunks
@@ -149,62 +110,51 @@ def main():
               f"batch {args.batch_size}, {steps} steps per epoch, shuffle buffer {args.shuffle_buffer} rows")
 
         def streamed(seed):
-            def batches():  # what train.finetune's train_batches does
+            def batches():  # what train_on_features's train_batches does
                 for epoch in count():
                     yield from features.shuffled_batches(path, args.batch_size, args.shuffle_buffer,
                                                          seed=seed * 100_003 + epoch)
-            return train._dataset(batches, row_shape)
+            return finetune._dataset(batches, row_shape)
 
         configs = {}
         for compute in ("float32", "bfloat16"):
             for source in ("memory", "stream"):
                 model = models.with_compute_dtype(models.copy_chain(base, name=base.name), compute)
-                train.compile_for_training(model, 1e-4)
+                training.compile_for_training(model, 1e-4)
                 configs[source, compute] = model
         seeds = count()
 
-        def fit(source, compute, epochs, steps_per_epoch=steps):
-            model, timer = configs[source, compute], epoch_timer()
+        def fit(source, compute, epochs, steps_per_epoch=steps, callbacks=()):
+            model, callbacks = configs[source, compute], list(callbacks)
             if source == "memory":
                 n = steps_per_epoch * args.batch_size
-                model.fit(x[:n], y[:n], batch_size=args.batch_size, epochs=epochs, shuffle=True, callbacks=[timer],
+                model.fit(x[:n], y[:n], batch_size=args.batch_size, epochs=epochs, shuffle=True, callbacks=callbacks,
                           verbose=0)
             else:
-                model.fit(streamed(next(seeds)), epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[timer],
+                model.fit(streamed(next(seeds)), epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                           verbose=0)
-            return timer
 
         print("warm-up: 2 steps of each configuration (traces the train step, creates Adam's slots)")
         for source, compute in configs:
             fit(source, compute, 1, steps_per_epoch=2)
 
         # The data path's own capacity: the streamed dataset iterated without a model, for 3 epochs.
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in streamed(next(seeds)).take(3 * steps):
-            pass
-        data_wall = 3 * args.rows / (time.perf_counter() - start)
-        data_cpu = 3 * args.rows / (time.process_time() - cpu_start) * CORES
-        print(f"the streamed dataset alone (features.shuffled_batches through train._dataset, no model): "
-              f"{data_wall:.0f} samples/s wall, {data_cpu:.0f} cpu")
+        data = Rates()
+        data.time(lambda: [None for _ in streamed(next(seeds)).take(3 * steps)], 3 * args.rows)
+        print(f"the streamed dataset alone (features.shuffled_batches through finetune._dataset, no model): "
+              f"{data.best():.0f} samples/s wall, {data.best('cpu'):.0f} cpu")
 
-        wall, cpu, util = ({key: [] for key in [*configs, "matmul"]} for _ in range(3))
+        rates = {key: Rates() for key in [*configs, "matmul"]}
         for round_ in range(args.rounds):
             for key in configs:
-                timer = fit(*key, epochs=2)
-                wall[key].append(args.rows / timer.wall[1])
-                cpu[key].append(args.rows / timer.cpu[1] * CORES)
-                util[key].append(timer.cpu[1] / timer.wall[1] / CORES)
-            gflops_wall, gflops_cpu = matmul_gflops(tf.float32, args.matmul_n, 3)
-            wall["matmul"].append(gflops_wall)
-            cpu["matmul"].append(gflops_cpu)
-            util["matmul"].append(gflops_wall / gflops_cpu)
+                fit(*key, epochs=2, callbacks=[epoch_timer(rates[key], args.rows, epoch=1)])  # steady state
+            rates["matmul"].record(*matmul_gflops(tf.float32, args.matmul_n, 3))
             print(f"round {round_ + 1} (samples/s; matmul GFLOP/s): " + ", ".join(
-                f"{' '.join(key) if isinstance(key, tuple) else key} {wall[key][-1]:.1f} (cpu {cpu[key][-1]:.1f}, "
-                f"util {util[key][-1]:.2f})" for key in wall), flush=True)
+                f"{' '.join(key) if isinstance(key, tuple) else key} {rate.last(1)}" for key, rate in rates.items()),
+                flush=True)
 
     figures = {}
-    for kind, rates, suffix in (("wall", wall, ""), ("cpu", cpu, "_cpu")):
-        best = {key: max(values) for key, values in rates.items()}
+    for suffix, best in best_rates(rates).items():
         train_gflops = best["stream", "float32"] * flops_per_sample / 1e9
         figures.update({
             f"stream_over_memory{suffix}": best["stream", "float32"] / best["memory", "float32"],
@@ -215,16 +165,14 @@ def main():
             / best["matmul"],
             f"bf16_stream_over_memory{suffix}": best["stream", "bfloat16"] / best["memory", "bfloat16"],
         })
-    # Contention-proof lower bound for a machine of our own: the stream's extra CPU work run serially, on one core.
-    figures["stream_over_memory_bound"] = 1 / (1 + CORES * (1 / figures["stream_over_memory_cpu"] - 1))
+    figures["stream_over_memory_bound"] = serial_bound(figures["stream_over_memory_cpu"])
     for source in ("stream", "memory"):
         for compute, short in (("float32", "fp32"), ("bfloat16", "bf16")):
-            figures[f"{source}_{short}_samples_s"] = max(wall[source, compute])
-            figures[f"{source}_{short}_samples_s_cpu"] = max(cpu[source, compute])
-    figures.update({"stream_data_only_samples_s": data_wall, "stream_data_only_samples_s_cpu": data_cpu})
-    figures.update({"util_min": min(values[wall[key].index(max(wall[key]))] for key, values in util.items()),
-                    "batch_size": args.batch_size, "rows": args.rows, "cores": CORES})
-    print(f"stream_over_memory = samples/s streamed from HDF5 (features.shuffled_batches through train._dataset) / "
+            figures[f"{source}_{short}_samples_s"] = rates[source, compute].best()
+            figures[f"{source}_{short}_samples_s_cpu"] = rates[source, compute].best("cpu")
+    figures.update({"stream_data_only_samples_s": data.best(), "stream_data_only_samples_s_cpu": data.best("cpu")})
+    figures.update({"util_min": util_min(rates), "batch_size": args.batch_size, "rows": args.rows, "cores": CORES})
+    print(f"stream_over_memory = samples/s streamed from HDF5 (features.shuffled_batches through finetune._dataset) / "
           f"samples/s of model.fit(x, y) on the same rows in memory, fp32, batch {args.batch_size}, steady-state "
           f"epoch, best of {args.rounds} alternating rounds each: wall {figures['stream_over_memory']:.3f}, "
           f"cpu {figures['stream_over_memory_cpu']:.3f}; bound {figures['stream_over_memory_bound']:.3f}: the worst "
@@ -237,10 +185,8 @@ def main():
           f"{figures['train_gflops_over_matmul_cpu']:.3f} (target >= 0.7)")
     print(f"bf16 (models.with_compute_dtype(model, 'bfloat16') before compiling): streamed "
           f"{figures['stream_bf16_samples_s']:.1f} samples/s wall, {figures['stream_bf16_samples_s_cpu']:.1f} cpu")
-    print(f"util_min = {figures['util_min']:.2f}: the smallest share of the {CORES} cores this process got in a best "
-          "wall round (below ~0.9 other load distorted the wall figures; the cpu figures stand instead)")
-    print(" ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
-                   for key, value in figures.items()))
+    print_util_min(figures["util_min"])
+    print_figures(figures)
 
 
 if __name__ == "__main__":

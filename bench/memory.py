@@ -4,9 +4,9 @@ Each run is its own subprocess (this script with `--child`), and its peak RSS is
 `os.wait4` reports for exactly that child. The conv_features run is `vggbn.extract.extract_split` over JPEG files
 on disk (decode, resize, preprocess, the conv part, the chunked HDF5 file) with a demo-sized VGG
 (`models.build_demo_classifier`, 64x64, cut at its last pool: 64 kB per feature row). The finetune run is
-`vggbn.train.finetune` (one epoch, streamed from HDF5 in shuffled batches, validated after the epoch) of that
-model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory flat:
-a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
+`vggbn.finetune.train_on_features` (one epoch, streamed from HDF5 in shuffled batches, validated after the epoch)
+of that model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory
+flat: a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
 
     python3 bench/memory.py [--n 1000] [--finetune-n 2000]
 """
@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's vggbn, whatever is installed
+from common import print_figures, write_features, write_jpegs
 
 INPUT_SIZE, FILTERS = 64, (32, 64)  # block2_pool: 16 x 16 x 64 float32 = 64 kB per feature row
 SHUFFLE_BUFFER = 512  # rows; below N, as finetune.shuffle_buffer (4096) is below any real train set
@@ -34,65 +33,29 @@ def demo_model():
     return models.build_demo_classifier(input_size=INPUT_SIZE, num_classes=10, filters=FILTERS, dense_units=128)
 
 
-def write_jpegs(root: Path, count: int) -> list[str]:
-    """`count` JPEGs of 96x72 pixels: scaled-down random crops of scikit-learn's bundled photos."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images().images
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        top, left = rng.integers(0, photo.shape[0] - 240 + 1), rng.integers(0, photo.shape[1] - 320 + 1)
-        image = Image.fromarray(np.ascontiguousarray(photo[top:top + 240, left:left + 320])).resize((96, 72))
-        path = Path("train") / f"c{i % 10}" / f"img{i:06d}.JPEG"
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        image.save(root / path, format="JPEG", quality=90)
-        paths.append(str(path))
-    return paths
-
-
 def child_conv(root: Path, count: int, out: Path) -> None:
     from vggbn import extract, models
+    from vggbn.images import ImageInput
 
     conv, _ = models.split(demo_model())
     paths = sorted(str(p.relative_to(root)) for p in (root / "train").glob("*/*.JPEG"))[:count]
-    stats = extract.extract_split(conv=conv, model_md5="bench", root=root, paths=paths,
-                                  labels=[int(Path(p).parent.name[1:]) for p in paths], md5s=["-"] * count,
-                                  out_path=out / "train.h5", work_dir=out / "work", batch_size=64, resize="squash",
-                                  preprocess="caffe")
+    stats = extract.extract_split(conv=conv, model_md5="bench",
+                                  inputs=ImageInput(root=str(root), batch_size=64, resize="squash", preprocess="caffe"),
+                                  paths=paths, labels=[int(Path(p).parent.name[1:]) for p in paths],
+                                  md5s=["-"] * count, out_path=out / "train.h5", work_dir=out / "work")
     assert stats["computed"] == count, stats
 
 
 def child_finetune(train_path: Path, valid_path: Path) -> None:
     import numpy as np
 
-    from vggbn import models, surgery, train
+    from vggbn import finetune, models, surgery
 
     _, dense = models.split(demo_model())
     rng = np.random.default_rng(0)
     stats = {name: (rng.uniform(0, 1, 128), rng.uniform(0.5, 2, 128)) for name in surgery.hidden_dense_names(dense)}
-    train.finetune(surgery.insert_bn(dense, stats), train_path=train_path, valid_path=valid_path, epochs=1,
-                   batch_size=64, lr=1e-4, dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER)
-
-
-def write_features(path: Path, work: Path, rows: int, row_shape) -> None:
-    import numpy as np
-
-    from vggbn import features
-
-    rng = np.random.default_rng(rows)
-
-    def extract(indices):
-        for start in range(0, len(indices), 500):
-            size = len(indices[start:start + 500])
-            yield np.maximum(rng.standard_normal((size, *row_shape), dtype=np.float32), 0)
-
-    features.build_feature_file(path, paths=[f"img{i}" for i in range(rows)],
-                                labels=rng.integers(0, 10, rows).tolist(), md5s=["-"] * rows, extract=extract,
-                                row_shape=row_shape, dtype="float32", work_dir=work, feature_recipe={"bench": 1})
+    finetune.train_on_features(surgery.insert_bn(dense, stats), train_path=train_path, valid_path=valid_path,
+                               epochs=1, batch_size=64, lr=1e-4, dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER)
 
 
 def peak_rss(args: list[str]) -> tuple[float, float]:
@@ -116,7 +79,7 @@ def main():
         import warnings
 
         # Keras: fit's default shuffle=True does not apply to a dataset, and a validation generator of unknown
-        # length "ran out of data" when it ends: both expected with train.finetune's streamed datasets.
+        # length "ran out of data" when it ends: both expected with train_on_features's streamed datasets.
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed|Your input ran out of data")
         kind, *rest = args.child
         if kind == "conv":
@@ -131,7 +94,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         tmp = Path(tmp)
         n = args.n
-        write_jpegs(tmp / "images", 4 * n)
+        write_jpegs(tmp / "images", 4 * n, crop=(320, 240), size=(96, 72), classes=10, mirror=False)
         rss = {}
         for count in (n, 4 * n):
             rss[count], seconds = peak_rss(["conv", str(tmp / "images"), str(count), str(tmp / f"conv{count}")])
@@ -145,12 +108,13 @@ def main():
 
         m = args.finetune_n
         valid = tmp / "valid.h5"
-        write_features(valid, tmp / "work-valid", 256, row_shape)
+        write_features(valid, tmp / "work-valid", 256, row_shape, classes=10, seed=256, block=500)
         for count in (m, 4 * m):
-            write_features(tmp / f"train{count}.h5", tmp / f"work{count}", count, row_shape)
+            write_features(tmp / f"train{count}.h5", tmp / f"work{count}", count, row_shape, classes=10, seed=count,
+                           block=500)
             rss[count], seconds = peak_rss(["finetune", str(tmp / f"train{count}.h5"), str(valid)])
-            print(f"finetune (train.finetune, 1 epoch, batch 64, shuffle buffer {SHUFFLE_BUFFER} rows): {count} "
-                  f"feature rows ({count * row_mb:.0f} MB file): peak RSS {rss[count]:.0f} MB, {seconds:.1f} s",
+            print(f"finetune (finetune.train_on_features, 1 epoch, batch 64, shuffle buffer {SHUFFLE_BUFFER} rows): "
+                  f"{count} feature rows ({count * row_mb:.0f} MB file): peak RSS {rss[count]:.0f} MB, {seconds:.1f} s",
                   flush=True)
         figures["finetune_rss_ratio_4n"] = rss[4 * m] / rss[m]
         figures["finetune_rss_n_mb"], figures["finetune_rss_4n_mb"] = rss[m], rss[4 * m]
@@ -159,8 +123,7 @@ def main():
     figures.update({"n": n, "finetune_n": m})
     print("rss_ratio_4n = peak RSS (os.wait4's ru_maxrss of the child) on 4N images / on N images (target <= 1.15); "
           "finetune_rss_ratio_4n the same on 4N / N cached rows (target <= 1.15)")
-    print(" ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
-                   for key, value in figures.items()))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -105,16 +105,21 @@ def assert_same_weights(a: Path, b: Path) -> None:
 # --- kills ---
 
 
-def test_conv_features_killed_mid_chunk_resumes_and_equals_an_uninterrupted_run(pipeline, tmp_path):
+def test_conv_features_killed_mid_chunk_resumes_and_equals_an_uninterrupted_run(pipeline, tmp_path,
+                                                                               tmp_path_factory):
     project, _ = pipeline
     rows = metrics(project, "sample")["train_images"]
     with h5py.File(project / "data/features/train.h5") as file:
         row_shape = file["features"].shape[1:]
-    copy = copy_of(project, tmp_path)
     batch = 4  # chunks hold at most features.batch_size rows: 253 train chunks, so the kill lands mid-split
-    set_param(copy, "features.batch_size", batch)
-    run(["rm", "-rf", "data/.work/conv_features"], copy)  # no previous run's rows to reuse: every row is computed
-    assert repro(copy, "sample") == ["listing"]  # demo data, model and sample are in place; conv_features is next
+    # The reference runs uninterrupted at the same batch size: oneDNN's conv kernels may round differently for
+    # another batch size, so features computed at batch 64 need not equal these in the last bit.
+    copy, reference = copy_of(project, tmp_path), copy_of(project, tmp_path_factory.mktemp("reference"))
+    for project_copy in (copy, reference):
+        set_param(project_copy, "features.batch_size", batch)
+        run(["rm", "-rf", "data/.work/conv_features"], project_copy)  # no previous rows to reuse: all computed
+        assert repro(project_copy, "sample") == ["listing"]  # demo data, model and sample are in place
+    assert repro(reference, "conv_features") == ["listing", "conv_features"]
     chunks = copy / "data/.work/conv_features/train"
     log = tmp_path / "killed.log"
     with background_repro(copy, "conv_features", log=log) as proc:
@@ -134,8 +139,8 @@ def test_conv_features_killed_mid_chunk_resumes_and_equals_an_uninterrupted_run(
     assert stats["train_resumed"] == batch * len(done) > 0
     assert stats["train_computed"] == rows - batch * len(done) and stats["train_reused"] == 0
     assert stats["split_max_abs_diff"] <= 1e-5
-    for split in ("train", "valid"):  # the fixture's features were computed in one go, at batch 64
-        assert_same_h5(copy / f"data/features/{split}.h5", project / f"data/features/{split}.h5")
+    for split in ("train", "valid"):
+        assert_same_h5(copy / f"data/features/{split}.h5", reference / f"data/features/{split}.h5")
     with h5py.File(copy / "data/features/train.h5") as file:
         assert file["features"].chunks[0] == batch
     assert list(chunks.glob("chunk-*")) == []  # chunks are dropped once the file is assembled
