@@ -50,7 +50,7 @@ def test_plots_template_names_the_template_in_the_local_config_but_not_over_the_
     (in_tmp / "plots_template/offline.html").write_text("<html>{plot_divs}</html>")  # present: not rewritten
     code, out, _ = run(capsys, "plots-template")
     assert code == 0 and "offline.html: offline plots template written" not in out
-    assert "plots.html_template = ../plots_template/offline.html in .dvc/config.local" in out
+    assert "plots.html_template = ../plots_template/offline.html in .dvc/config.local" in out, out
     assert "html_template = ../plots_template/offline.html" in (in_tmp / ".dvc/config.local").read_text()
     assert "already names" in plots_template.point_dvc_at("plots_template/offline.html")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 from vggbn import VggbnError
@@ -222,29 +221,29 @@ def config_value(template: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc
     return Path(os.path.relpath(Path(template).resolve(), Path(dvc_dir).resolve())).as_posix()
 
 
-def _dvc_config(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["dvc", "config", "--local", CONFIG_KEY, *args], capture_output=True, text=True)
-
-
 def point_dvc_at(template: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc") -> str:
     """Name `template` in `.dvc/config.local`, unless the user named a template of their own there.
 
     The committed `.dvc/config` names the fallback page, which every clone has; the local setting overrides it
     once the generated template exists. Returns what was done, as a sentence.
     """
+    from dvc.config import Config, ConfigError
+
     value = config_value(template, dvc_dir)
-    current = _dvc_config()
-    configured = current.stdout.strip() if current.returncode == 0 else None
-    if configured == value:
-        return f"{CONFIG_KEY} already names {template} in .dvc/config.local"
-    if configured not in (None, "", FALLBACK):
-        return (f"{CONFIG_KEY} is {configured!r} in .dvc/config.local, kept; to draw plots offline run "
-                f"`dvc config --local {CONFIG_KEY} {value}`")
-    result = _dvc_config(value)
-    if result.returncode:
-        raise PlotsTemplateError(f"{Path(dvc_dir) / 'config.local'}: cannot set {CONFIG_KEY}: "
-                                 f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}")
-    return f"{CONFIG_KEY} = {value} in .dvc/config.local: `dvc plots show` and `dvc plots diff` draw offline"
+    local = Path(dvc_dir) / "config.local"
+    try:
+        config = Config(dvc_dir=os.fspath(dvc_dir), validate=False)
+        configured = config.load_one("local").get("plots", {}).get("html_template")
+        if configured == value:
+            return f"{CONFIG_KEY} already names {template} in {local}"
+        if configured not in (None, "", FALLBACK):
+            return (f"{CONFIG_KEY} is {configured!r} in {local}, kept; to draw plots offline run "
+                    f"`dvc config --local {CONFIG_KEY} {value}`")
+        with config.edit("local", validate=False) as conf:
+            conf.setdefault("plots", {})["html_template"] = value
+    except ConfigError as error:
+        raise PlotsTemplateError(f"{local}: cannot set {CONFIG_KEY}: {error}") from None
+    return f"{CONFIG_KEY} = {value} in {local}: `dvc plots show` and `dvc plots diff` draw offline"
 
 
 def run_plots_template(out: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc") -> None:
