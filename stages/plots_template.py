@@ -2,15 +2,11 @@
 Vega-Embed inlined from the installed vl-convert-python, so the plot pages draw with no network; named in
 .dvc/config.local (the committed .dvc/config names .dvc/plots-fallback.html, which every clone has)."""
 
-import argparse
-
 from vggbn import stage
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, help="the template to write (HTML, with {plot_divs})")
-    args = parser.parse_args()
+    args = stage.arguments(__doc__, out="the template to write (HTML, with {plot_divs})")
     stage.params()  # nothing read, but a bad params.yaml fails here, in the first stage, within a second
 
     from vggbn.plots_template import run_plots_template

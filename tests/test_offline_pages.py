@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import browser
-from project import ENV, copy_project, run
+from project import ENV, copy_of, copy_project, run, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,7 @@ def plots_page(cwd: Path) -> Path:
 
 
 def test_the_plots_page_draws_every_plot_offline(pipeline, tmp_path):
-    project = tmp_path / "project"
-    run(["cp", "-a", f"{pipeline[0]}/.", str(project)], tmp_path)
+    project = copy_of(pipeline[0], tmp_path / "project")
     # `dvc repro` ran the plots_template stage, which named its template in the local config.
     assert "plots_template/offline.html" in (project / ".dvc" / "config.local").read_text()
     page = plots_page(project)
@@ -69,7 +68,7 @@ def test_the_plots_page_draws_every_plot_offline(pipeline, tmp_path):
     assert shot.stat().st_size > 50_000  # a blank page is a few kB
 
     # The report rewritten from the same inputs is byte-identical: git sees no change.
-    assert re.findall(r"Running stage '(\w+)'", dvc(project, "repro", "-f", "-s", "report")) == ["report"]
+    assert stages_ran(dvc(project, "repro", "-f", "-s", "report")) == ["report"]
     assert run(["git", "status", "--porcelain"], project).stdout == ""
 
 
@@ -116,8 +115,7 @@ def test_a_fresh_clone_shows_plots_before_repro_without_an_error_and_then_offlin
 
 
 def test_plots_diff_of_two_experiments_and_their_report_draw_offline(pipeline, tmp_path):
-    project = tmp_path / "project"
-    run(["cp", "-a", f"{pipeline[0]}/.", str(project)], tmp_path)
+    project = copy_of(pipeline[0], tmp_path / "project")
     runs = {"lr-3e-4": 0.0003, "lr-1e-3": 0.001}
     for name, lr in runs.items():
         dvc(project, "exp", "run", "combine", "-n", name, "-S", f"finetune.lr={lr}")

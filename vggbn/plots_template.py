@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from vggbn import VggbnError
-from vggbn.atomic import write_text
+from vggbn.files import write_text
 
 log = logging.getLogger(__name__)
 
