@@ -57,3 +57,13 @@ def test_plots_template_names_the_template_in_the_local_config_but_not_over_the_
     subprocess.run(["dvc", "config", "--local", "plots.html_template", "mine.html"], check=True)
     assert "'mine.html' in .dvc/config.local, kept" in plots_template.point_dvc_at("plots_template/offline.html")
     assert "mine.html" in (in_tmp / ".dvc/config.local").read_text()
+
+
+def test_an_unknown_revision_is_a_one_line_error(in_tmp, capsys):
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["dvc", "init", "-q"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], check=True)
+    code, _, err = run(capsys, "report", "--rev", "no-such-experiment")
+    assert code == 2 and err == "error: --rev no-such-experiment: unknown Git revision 'no-such-experiment'\n"
+    code, _, err = run(capsys, "report", "--rev", "workspace")
+    assert code == 2 and "name a revision or experiment" in err

@@ -57,7 +57,7 @@ def number(value) -> str:
     """A metric as the report prints it: 4 decimals, or 3 significant digits for tiny differences."""
     if value is None:
         return "–"
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, (bool, int)):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -345,17 +345,20 @@ def metrics_at(rev: str, folder: str = "metrics") -> dict[str, dict]:
     if rev == WORKSPACE:
         return read_metrics(p for p in (Path(folder) / f"{name}.json" for name in METRICS) if p.exists())
     from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.scm import resolve_rev
+    from scmrepo.exceptions import SCMError
 
     try:
+        with Repo(".") as repo:
+            resolve_rev(repo.scm, rev)  # a git revision or an experiment's name; DVC's file system would say nothing
         fs = DVCFileSystem(".", rev=rev)
-    except Exception as error:  # dvc raises its own types (unknown revision, not a DVC repo)
-        raise ReportError(f"--rev {rev}: DVC cannot open this revision: {error}") from None
-    found = {}
-    for name in METRICS:
-        path = f"{folder}/{name}.json"
-        if fs.exists(path):
-            found[name] = _parse_metrics(f"{path} at {rev}", fs.read_text(path))
-    return found
+        texts = {name: fs.read_text(f"{folder}/{name}.json") for name in METRICS
+                 if fs.exists(f"{folder}/{name}.json")}
+    except (DvcException, SCMError) as error:
+        raise ReportError(f"--rev {rev}: {error}") from None
+    return {name: _parse_metrics(f"{folder}/{name}.json at {rev}", text) for name, text in texts.items()}
 
 
 def params_diff(revs: Sequence[str]) -> dict[str, dict[str, object]]:
@@ -377,6 +380,8 @@ def run_compare(revs: Sequence[str], out_dir: str | os.PathLike) -> Path:
     from vggbn.figures import filled_specs
 
     revs = list(dict.fromkeys(revs))
+    if revs == [WORKSPACE]:
+        raise ReportError("--rev: name a revision or experiment to compare the workspace with")
     if len(revs) == 1:
         revs = [WORKSPACE, revs[0]]
     by_rev = {rev: metrics_at(rev) for rev in revs}
