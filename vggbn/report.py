@@ -205,7 +205,7 @@ def compare_tables(by_rev: Mapping[str, Mapping[str, Mapping]], params_diff: Map
             row += (number(b - a) if numeric and not key.endswith("best_lr") else "",)
         rows.append((key, *row))
     header = ("metric", *revs) + ((f"{revs[1]} − {revs[0]}",) if len(revs) == 2 else ())
-    tables.append(Table("Key numbers", header, rows))
+    tables.append(Table("Metrics", header, rows))
     return tables
 
 
