@@ -27,8 +27,8 @@ def rng():
     return np.random.default_rng(0)
 
 
-ALL_STAGES = ["demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features", "bn_stats",
-              "insert_bn", "finetune", "combine", "transfer_listing", "transfer"]
+ALL_STAGES = ["plots_template", "demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features",
+              "bn_stats", "insert_bn", "finetune", "combine", "transfer_listing", "transfer", "report"]
 ALWAYS_CHANGED = ["listing", "transfer_listing"]
 
 

@@ -47,7 +47,7 @@ def test_changing_the_learning_rate_reruns_only_finetune_and_what_uses_its_model
     project, _ = pipeline
     copy_of(project, tmp_path)
     set_param(tmp_path, "finetune.lr", 0.0003)
-    assert sorted(repro(tmp_path)) == sorted(["finetune", "combine", "transfer"] + ALWAYS_CHANGED)
+    assert sorted(repro(tmp_path)) == sorted(["finetune", "combine", "transfer", "report"] + ALWAYS_CHANGED)
     assert json.loads((tmp_path / "metrics/finetune.json").read_text()) != metrics(project, "finetune")
 
 
@@ -77,7 +77,7 @@ def test_a_new_finetune_param_reruns_finetune_only_and_a_reworded_message_nothin
     params_yaml = project / "params.yaml"
     params_yaml.write_text(params_yaml.read_text().replace("  shuffle_buffer:", '  note: ""\n  shuffle_buffer:', 1))
     ran = repro(project)
-    assert "finetune" in ran and set(ran) <= {"finetune", "combine", "transfer", *ALWAYS_CHANGED}, ran
+    assert "finetune" in ran and set(ran) <= {"finetune", "combine", "transfer", "report", *ALWAYS_CHANGED}, ran
     assert metrics(project, "finetune") == metrics(pipeline[0], "finetune")
 
     reworded = params_py.read_text().replace("expected a non-empty list", "expected a list of at least one item")

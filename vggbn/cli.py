@@ -2,6 +2,8 @@
 
     vggbn predict IMAGE... [--model PATH] [--top K] [--params PATH] [--classes PATH] [--json]
     vggbn info [PATH] [--stats PATH] [--metrics DIR] [--json]
+    vggbn report --rev A [--rev B] [--out DIR]
+    vggbn plots-template [--out PATH]
 
 Arguments are parsed, and every input that can be checked without TensorFlow (params, image files, the model
 file's existence) is checked, before TensorFlow is imported (about 4 s): `--help` and a typo answer at once.
@@ -30,6 +32,8 @@ DEFAULT_CLASSES = "data/sample/classes.txt"
 DEFAULT_STATS = "data/bn_stats.h5"
 DEFAULT_METRICS = "metrics"
 DVC_LOCK = "dvc.lock"
+DEFAULT_COMPARE = "dvc_plots/compare"
+DEFAULT_TEMPLATE = "plots_template/offline.html"
 IMAGENET_CLASSES = 1000
 # The numbers of a run that `info` reports: metrics file (without .json) -> keys.
 RUN_METRICS = {"insert_bn": ("max_abs_diff",), "finetune": ("valid_accuracy",),
@@ -84,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--metrics", default=DEFAULT_METRICS, metavar="DIR",
                       help=f"folder of the stages' metrics JSON, used if present (default: {DEFAULT_METRICS})")
     info.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    report = commands.add_parser(
+        "report", help="two experiments or revisions side by side: params, key numbers and plots, offline",
+        description="A report of two experiments (dvc exp names), git revisions or `workspace` side by side: the "
+                    "params that differ, the key numbers of each, and the plots as `dvc plots diff` draws them, "
+                    "written as index.html (inline SVG, no script, no network) and README.md with PNGs. One --rev "
+                    "compares it with the workspace. The run's own report is the pipeline's `report` stage.")
+    report.add_argument("--rev", action="append", required=True, metavar="REV",
+                        help="an experiment name, a git revision, or workspace (give it twice)")
+    report.add_argument("--out", default=DEFAULT_COMPARE, metavar="DIR",
+                        help=f"folder to write the report to (default: {DEFAULT_COMPARE})")
+
+    template = commands.add_parser(
+        "plots-template", help="let `dvc plots show` and `dvc plots diff` draw offline (Vega inlined)",
+        description="Write the HTML template the pipeline's plots_template stage writes (Vega, Vega-Lite and "
+                    "Vega-Embed inlined from the installed vl-convert-python) if it is missing, and name it in "
+                    ".dvc/config.local, so that `dvc plots show` and `dvc plots diff` pages draw with no network. "
+                    "For a clone whose `dvc repro` has not run that stage (fresh, or after `dvc pull`).")
+    template.add_argument("--out", default=DEFAULT_TEMPLATE, metavar="PATH",
+                          help=f"the template file (default: {DEFAULT_TEMPLATE}, the stage's output)")
     return parser
 
 
@@ -94,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     def command():
         if args.command == "predict":
             predict(args)
-        else:
+        elif args.command == "info":
             info(args)
+        elif args.command == "report":
+            compare_report(args)
+        else:
+            plots_template(args)
         sys.stdout.flush()
 
     try:
@@ -459,6 +487,33 @@ def _number(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if value and abs(value) < 1e-3 else f"{value:.4f}"
     return str(value)
+
+
+# --- report and plots-template ------------------------------------------------------------------------------------
+
+def _check_dvc_project() -> None:
+    if not Path(".dvc").is_dir():
+        raise CliError(f"{Path.cwd()}: not a DVC project (no .dvc folder): run in the project folder")
+
+
+def compare_report(args) -> None:
+    _check_dvc_project()
+    if len(args.rev) > 2:
+        raise CliError(f"--rev: give one or two revisions, got {len(args.rev)}")
+    from vggbn.report import run_compare
+
+    page = run_compare(args.rev, args.out)
+    print(page)
+
+
+def plots_template(args) -> None:
+    _check_dvc_project()
+    from vggbn import plots_template as template
+
+    if not Path(args.out).is_file():
+        template.write_template(args.out)
+        print(f"{args.out}: offline plots template written")
+    print(template.point_dvc_at(args.out))
 
 
 if __name__ == "__main__":
