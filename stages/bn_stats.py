@@ -21,6 +21,7 @@ def main():
                           position=params.bn.position, batch_size=params.bn.batch_size,
                           conv_images=params.bn.conv_images)
     write_result(result, metrics=args.metrics, plots={"calibration": args.plots})
+    return result
 
 
 if __name__ == "__main__":

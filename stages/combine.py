@@ -20,6 +20,7 @@ def main():
                          sample_dir=args.sample, inputs=ImageInput.from_params(params), out_path=args.out,
                          weights_path=args.weights)
     write_result(result, metrics=args.metrics, plots={"confusion": args.confusion})
+    return result
 
 
 if __name__ == "__main__":

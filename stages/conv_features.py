@@ -20,6 +20,7 @@ def main():
                                cut=params.features.cut, dtype=params.features.dtype,
                                compute=params.features.compute, flip=params.features.flip)
     write_result(result, metrics=args.metrics)
+    return result
 
 
 if __name__ == "__main__":

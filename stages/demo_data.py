@@ -16,6 +16,7 @@ def main():
                            valid_fraction=demo.valid_fraction, seed=demo.seed, classes=demo.classes,
                            transfer_train=demo.transfer_train)
     write_result(result, metrics=args.metrics)
+    return result
 
 
 if __name__ == "__main__":

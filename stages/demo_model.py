@@ -14,6 +14,7 @@ def main():
     result = run_demo_model(root=args.data, out_path=args.out, size=demo.size, epochs=demo.epochs,
                             batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, live_dir=args.live)
     write_result(result, metrics=args.metrics)
+    return result
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ def main():
     result = run_finetune(model_path=args.model, train_path=args.train, valid_path=args.valid, out_path=args.out,
                           work_dir=args.work, live_dir=args.live, params=params.finetune)
     write_result(result, metrics=args.metrics)
+    return result
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def main():
                            sample_dir=args.sample, inputs=ImageInput.from_params(params), dense_out=args.dense_out,
                            conv_out=args.conv_out, batch_size=params.bn.batch_size)
     write_result(result, metrics=args.metrics, plots={"identity": args.plot})
+    return result
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ def main():
     from vggbn.listing import run_listing
 
     if args.folder == "data":
-        run_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)
-    else:
-        run_listing(root=params.transfer.root, out=args.out)
+        return run_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)
+    return run_listing(root=params.transfer.root, out=args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ def main():
 
     from vggbn.models import run_pretrained
 
-    run_pretrained(source=model.source, weights=model.weights, demo_path=args.demo_model, out_path=args.out)
+    return run_pretrained(source=model.source, weights=model.weights, demo_path=args.demo_model, out_path=args.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ def main():
                         valid_labels=params.data.valid_labels, train=params.sample.train, valid=params.sample.valid,
                         seed=params.sample.seed, strict=params.sample.strict)
     write_result(result, metrics=args.metrics)
+    return result
 
 
 if __name__ == "__main__":

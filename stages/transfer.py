@@ -24,6 +24,7 @@ def main():
                           out_paths={"train": args.train_out, "valid": args.valid_out}, work_dir=args.work,
                           params=params.transfer)
     write_result(result, metrics=args.metrics, plots={"transfer": args.plots})
+    return result
 
 
 if __name__ == "__main__":

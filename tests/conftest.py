@@ -32,17 +32,25 @@ ALL_STAGES = ["plots_template", "demo_data", "demo_model", "pretrained", "listin
 ALWAYS_CHANGED = ["listing", "transfer_listing"]
 
 
+class Repro(tuple):
+    """(project, stages that ran), and in `log` everything `dvc repro` printed (stdout and stderr, in order)."""
+    log: str
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
-    """(project copy on which `dvc repro` has run once with dvc.lock committed, stages that ran).
+    """Repro((project copy on which `dvc repro` has run once with dvc.lock committed, stages that ran)), with
+    what it printed in `.log`.
 
     Shared by every end-to-end test: one demo repro per test session. Tests that change the project work on
     their own copy (`cp -a`), never on this one.
     """
-    from project import copy_project, repro, run
+    from project import copy_project, run, stages_ran
 
     project = copy_project(tmp_path_factory.mktemp("project"))
-    ran = repro(project)
+    log = run(["dvc", "repro"], project, merged=True).stdout
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "dvc repro", "--allow-empty"], project)  # empty when it reproduces dvc.lock
-    return project, ran
+    result = Repro((project, stages_ran(log)))
+    result.log = log
+    return result

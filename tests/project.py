@@ -10,21 +10,24 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "GIT_AUTHOR_NAME": "test",
-       "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+# What a user's shell has: TensorFlow's log level and VGGBN_LOG as the pipeline sets them, not as the tests' own.
+ENV = {**{key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "VGGBN_LOG")},
+       "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+       "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 
 
-def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
-        timeout: float = 900) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 900,
+        merged: bool = False) -> subprocess.CompletedProcess:
     """Run a command in a project copy; on failure raise with its output, so a test's error says what DVC said.
 
-    Its stages import that copy's `vggbn`, not the editable install's.
+    Its stages import that copy's `vggbn`, not the editable install's. `merged`: stderr goes into stdout, in the
+    order a terminal would show them.
     """
-    result = subprocess.run(args, cwd=cwd, env={**(env or ENV), "PYTHONPATH": str(cwd)}, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env={**(env or ENV), "PYTHONPATH": str(cwd)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if merged else subprocess.PIPE, text=True, timeout=timeout)
     if check and result.returncode:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
+                             f"{(result.stderr or '')[-4000:]}")
     return result
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -270,6 +271,31 @@ def test_help_is_fast_and_does_not_import_tensorflow(args):
     assert "vggbn" in imported  # the listing is real (vggbn.cli itself runs as __main__)
     assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
     assert elapsed < 1.0, f"{args} took {elapsed:.2f} s"
+
+
+def fresh_process(args, cwd):
+    """The command as a user runs it: a new process (TensorFlow imported there), no TF_CPP_MIN_LOG_LEVEL set."""
+    env = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "VGGBN_LOG")}
+    return subprocess.run([sys.executable, "-m", "vggbn.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def test_predict_prints_only_its_answer(in_project, capsys):
+    """No TensorFlow start-up line, no warning: stdout is the answer, stderr is empty."""
+    done = fresh_process(["predict", "--top", "2", *IMAGES[:2]], in_project)
+    _, expected, _ = run(capsys, "predict", "--top", 2, *IMAGES[:2])
+    assert (done.returncode, done.stderr, done.stdout) == (0, "", expected)
+
+
+def test_info_prints_only_its_answer(in_project):
+    done = fresh_process(["info"], in_project)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout.startswith("models/combined.keras: model")
+
+
+def test_a_bad_log_level_is_a_one_line_error(in_project, monkeypatch, capsys):
+    monkeypatch.setenv("VGGBN_LOG", "verbose")
+    code, out, err = run(capsys, "predict", IMAGES[0])
+    assert (code, out) == (2, "") and err == "error: VGGBN_LOG='verbose': expected one of debug, info, warning\n"
 
 
 @pytest.mark.skipif(shutil.which("vggbn") is None, reason="the vggbn console script is not installed")

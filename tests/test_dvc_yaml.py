@@ -22,6 +22,9 @@ NOT_DEPS = {
     "vggbn/stage.py": "the stage runner: command line, params loading, logging, one-line errors",
     "vggbn/layer_names.py": "layer names known without TensorFlow, to refuse a bad features.cut early",
     "vggbn/atomic.py": "write under a temporary name, then rename: decides no byte of any output",
+    "vggbn/console.py": "what the terminal shows: log level, TensorFlow's start-up chatter filtered, progress bars "
+                        "(loops pass their items through unchanged)",
+    "vggbn/summary.py": "the one-line summary a stage logs, formatted from metrics already computed",
 }
 
 

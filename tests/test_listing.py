@@ -40,7 +40,8 @@ def rows(out: Path) -> list[str]:
 
 def test_listing_is_sorted_skips_hidden_names_and_records_folders(folder, tmp_path):
     out = tmp_path / "listing.tsv"
-    assert run_listing(root=folder, out=out).metrics == {"rows": 14}
+    assert run_listing(root=folder, out=out).metrics == {"root": str(folder), "rows": 14, "files": 6, "folders": 8,
+                                                         "links": 0, "bad_names": 0}
     assert rows(out) == [HEADER, "train/\t0\tdir", "train/a b/\t0\tdir", "train/a b/x.png\t3\tfile",
                          "train/a-b/\t0\tdir", "train/a-b/w.gif\t5\tfile", "train/a/\t0\tdir",
                          "train/a/y z ü.jpg\t4\tfile", "train/b/\t0\tdir", "train/b/1.JPEG\t1\tfile",

@@ -91,3 +91,26 @@ def test_layer_names_known_without_tensorflow_match_the_models(mini_vgg, tmp_pat
     models.save_model(mini_vgg, tmp_path / "mini.keras")
     assert layer_names(str(tmp_path / "mini.keras")) == [layer.name for layer in mini_vgg.layers]
     assert layer_names(str(tmp_path / "missing.keras")) is None
+
+
+def test_predictor_is_traced_once_and_computes_what_predict_on_batch_does(mini_vgg, rng):
+    """Keras' predict_on_batch traces again for a new batch size (and TensorFlow warns of retracing when several
+    models do so in a row, as conv_features' split check did): the predictor traces once."""
+    conv, dense = models.split(mini_vgg)
+    batches = [rng.uniform(0, 255, size=(n, 32, 32, 3)).astype(np.float32) for n in (5, 3, 7, 1, 5, 3)]
+    whole, dense_part = models.predictor(mini_vgg), models.predictor(dense)
+    for x in batches:
+        np.testing.assert_array_equal(whole(x), mini_vgg.predict_on_batch(x))
+        features = conv.predict_on_batch(x)
+        np.testing.assert_array_equal(dense_part(features), dense.predict_on_batch(features))
+    assert whole.function.experimental_get_tracing_count() == 1
+    assert dense_part.function.experimental_get_tracing_count() == 1
+    assert mini_vgg.predict_function.experimental_get_tracing_count() > 1  # what the predictor saves
+
+
+def test_predictor_returns_every_output(mini_vgg, rng):
+    x = rng.uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    two = keras.Model(mini_vgg.input, [mini_vgg.get_layer("fc1").output, mini_vgg.output])
+    fc1, probabilities = models.predictor(two)(x)
+    assert fc1.shape == (2, 32) and isinstance(fc1, np.ndarray)
+    np.testing.assert_array_equal(probabilities, mini_vgg.predict_on_batch(x))

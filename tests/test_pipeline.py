@@ -1,6 +1,7 @@
 """End to end: the whole demo pipeline through `dvc repro`, then what reruns after a change."""
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -35,6 +36,31 @@ def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
     with h5py.File(project / "data/features/train.h5") as f:
         assert f["features"].shape[1:] == (4, 4, 64) and f.attrs["cut"] == "block3_pool"
         assert f["features"].shape[0] == len(f["labels"]) == metrics(project, "sample")["train_images"]
+
+
+# What must never reach the user: TensorFlow's native start-up lines, a Python warning, Keras' per-epoch lines,
+# TensorFlow's retracing warning.
+NOISE = re.compile(r"absl::InitializeLog|cuda drivers|oneDNN|cpu_feature_guard|rebuild TensorFlow|^[IWEF]\d{4} "
+                   r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |\w+Warning: |warnings\.warn|^Epoch \d|retracing")
+
+
+def test_repro_prints_one_screen_of_signal(pipeline):
+    """A fresh clone's `dvc repro` prints at most 80 lines, DVC's own included, and each stage that ran says what it
+    did in one line, last: `HH:MM:SS <stage>: ...`."""
+    lines = pipeline.log.splitlines()
+    assert len(lines) <= 80, pipeline.log
+    assert [line for line in lines if NOISE.search(line)] == [], pipeline.log
+    for stage in pipeline[1]:
+        said = [line for line in lines if re.match(rf"\d\d:\d\d:\d\d {stage}: ", line)]
+        assert said, f"{stage} said nothing:\n{pipeline.log}"
+        header = lines.index(f"Running stage '{stage}':")
+        nxt = next((i for i in range(header + 1, len(lines)) if lines[i].startswith("Running stage")), len(lines))
+        block = [line for line in lines[header:nxt] if re.match(r"\d\d:\d\d:\d\d ", line)]
+        last = block[-1] if block else ""
+        progress = re.search(r": \d+% \(", last)
+        assert last == said[-1] and not progress, f"{stage} ends without a summary:\n{pipeline.log}"
+    transfer = next(line for line in lines if re.match(r"\d\d:\d\d:\d\d transfer: \d+ classes", line))
+    assert re.search(r"best with BN 0\.\d{3} at lr 1e-\d, without 0\.\d{3} at lr 1e-\d", transfer)
 
 
 def test_second_repro_runs_only_the_listings(pipeline):

@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 
-from vggbn import features, models, surgery
+from vggbn import console, features, models, surgery
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import CHECK_IMAGES, ImageInput
@@ -55,6 +55,11 @@ def load_statistics(path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dic
         return stats, {key: (value.decode() if isinstance(value, bytes) else value) for key, value in file.attrs.items()}
 
 
+def _row_count(feature_path) -> int:
+    with features.open_features(feature_path) as file:
+        return file["features"].shape[0]
+
+
 def calibration_tables(moments: dict[str, Moments]) -> tuple[dict, dict[str, Table]]:
     """Per layer: a summary (units, dead units: variance zero, e.g. never firing after the ReLU, rows measured)
     and the calibration plot's table (unit, mean, std, dead)."""
@@ -80,12 +85,14 @@ def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_
     conv, dense = models.split(model, features.feature_cut(train_path))
     moments = {}
     if surgery.targets(dense, layers):
-        batches = (x for x, _ in features.iter_batches(train_path, batch_size))
+        batches = console.tracked((x for x, _ in features.iter_batches(train_path, batch_size)),
+                                  _row_count(train_path), "statistics over train features", "row", size=len)
         moments.update(surgery.measure(dense, batches, surgery.targets(dense, layers), position))
     if surgery.targets(conv, layers):
         paths = read_split(sample_dir, "train").paths[:conv_images]
-        moments.update(surgery.measure(conv, inputs.dataset(paths, models.input_size(model)),
-                                       surgery.targets(conv, layers), position))
+        batches = console.tracked(inputs.dataset(paths, models.input_size(model)), len(paths),
+                                  "statistics over train images", "img", size=len)
+        moments.update(surgery.measure(conv, batches, surgery.targets(conv, layers), position))
     moments = {name: moments[name] for name in surgery.targets(model, layers)}  # model order
     save_statistics(out_path, moments, {"position": position, "layers": layers})
     summary, tables = calibration_tables(moments)
@@ -107,12 +114,16 @@ def run_insert_bn(*, model_path, stats_path, valid_path, sample_dir, inputs: Ima
     dense_names, conv_names = {l.name for l in dense.layers[1:]}, {l.name for l in conv.layers[1:]}
     dense_bn = surgery.insert_bn(dense, {k: v for k, v in stats.items() if k in dense_names}, attrs["position"])
     conv_bn = surgery.insert_bn(conv, {k: v for k, v in stats.items() if k in conv_names}, attrs["position"])
-    report, points = surgery.compare(dense, dense_bn, features.iter_batches(valid_path, batch_size), IDENTITY_POINTS)
+    batches = console.tracked(features.iter_batches(valid_path, batch_size), _row_count(valid_path),
+                              "identity check over valid features", "row", size=lambda batch: len(batch[1]))
+    report, points = surgery.compare(dense, dense_bn, batches, IDENTITY_POINTS)
     if any(name in conv_names for name in stats):
         manifest = read_split(sample_dir, "valid")
-        dataset = inputs.dataset(manifest.paths[:CHECK_IMAGES], models.input_size(model),
-                                 labels=manifest.labels[:CHECK_IMAGES])
-        whole, _ = surgery.compare(model, models.join(conv_bn, dense_bn, name="whole_bn"), dataset)
+        paths = manifest.paths[:CHECK_IMAGES]
+        dataset = inputs.dataset(paths, models.input_size(model), labels=manifest.labels[:CHECK_IMAGES])
+        batches = console.tracked(dataset, len(paths), "identity check end to end", "img",
+                                  size=lambda batch: len(batch[1]))
+        whole, _ = surgery.compare(model, models.join(conv_bn, dense_bn, name="whole_bn"), batches)
         report.update({f"end_to_end_{key}": whole[key] for key in ("max_abs_diff", "max_abs_diff_logits", "samples")})
         report["max_abs_diff"] = max(report["max_abs_diff"], whole["max_abs_diff"])
         report["max_abs_diff_logits"] = max(report["max_abs_diff_logits"], whole["max_abs_diff_logits"])

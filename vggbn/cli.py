@@ -13,16 +13,13 @@ Problems with the user's inputs end as one line, `error: ...`, on stderr with ex
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
-import re
 import sys
-import tempfile
 from pathlib import Path
 
-from vggbn import VggbnError
+from vggbn import VggbnError, console
 from vggbn.files import file_md5
 from vggbn.stage import exit_status
 
@@ -116,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command():
+        console.level()  # a bad VGGBN_LOG is an error before any work
+        console.quiet_tensorflow_import()
         if args.command == "predict":
             predict(args)
         elif args.command == "info":
@@ -195,36 +194,6 @@ def class_labels(classes: list[str] | None, num_outputs: int, classes_path: str)
     return [(str(i), None) for i in range(num_outputs)]
 
 
-def _is_chatter(line: str) -> bool:
-    """TensorFlow's start-up log lines (absl INFO/WARNING before its logging is set up), not worth a user's eye."""
-    return line.startswith("WARNING: All log messages before absl::InitializeLog()") or bool(
-        re.match(r"[IW]\d{4} ", line))
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras without their start-up chatter on stderr; anything else they print is kept.
-
-    TF_CPP_MIN_LOG_LEVEL silences TensorFlow's C++ logging once it is set up, but not the lines it writes before
-    (oneDNN, CUDA drivers); those go to file descriptor 2 directly, so it is captured around the import.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            importlib.import_module("keras")  # imports TensorFlow
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = [line for line in capture.read().decode(errors="replace").splitlines() if not _is_chatter(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
 # --- predict ------------------------------------------------------------------------------------------------
 
 def top_k(probabilities, k: int) -> list[int]:
@@ -241,7 +210,6 @@ def predict(args) -> None:
     _check_model_file(args.model)
     classes = _read_classes(args.classes)
 
-    _import_tensorflow_quietly()
     import tensorflow as tf
 
     from vggbn import images, models
@@ -257,10 +225,10 @@ def predict(args) -> None:
     resize, preprocess = inputs.resize, inputs.preprocess
     dataset = inputs.dataset(args.images, size)
     width = max(len(_label(c, n)) for c, n in labels)
-    results, done = [], 0
+    results, done, run_model = [], 0, models.predictor(model)
     try:
         for batch in dataset:
-            for probabilities in model.predict_on_batch(batch):
+            for probabilities in run_model(batch):
                 path = args.images[done]
                 done += 1
                 rows = [(rank, index, *labels[index], float(probabilities[index]))
@@ -379,7 +347,6 @@ def _shape(layer) -> list | None:
 
 def describe_model(path: str, stats_path: str, metrics_dir: str) -> dict:
     """Everything `vggbn info` shows, as a JSON-ready dict."""
-    _import_tensorflow_quietly()
     import keras
 
     from vggbn import models

@@ -3,7 +3,7 @@ combine stage."""
 
 from __future__ import annotations
 
-from vggbn import models
+from vggbn import console, models
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import ImageInput
@@ -31,11 +31,13 @@ def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: I
     dataset = inputs.dataset(manifest.paths, models.input_size(saved),
                              labels=[to_output[label] for label in manifest.labels])
     scores = {"combined": Score(), "original": Score()}
+    combined_model, original_model = models.predictor(saved), models.predictor(original)
     confusion = []
-    for batch, batch_labels in dataset:
-        p_combined, batch_labels = saved.predict_on_batch(batch), batch_labels.numpy()
+    batches = console.tracked(dataset, len(manifest.paths), "scoring valid images", "img", size=lambda b: len(b[1]))
+    for batch, batch_labels in batches:
+        p_combined, batch_labels = combined_model(batch), batch_labels.numpy()
         scores["combined"].add(p_combined, batch_labels)
-        scores["original"].add(original.predict_on_batch(batch), batch_labels)
+        scores["original"].add(original_model(batch), batch_labels)
         confusion.extend((names[a], names[p]) for a, p in zip(batch_labels, p_combined.argmax(axis=1)))
     result = {"images": scores["combined"].count}
     for name, score in scores.items():

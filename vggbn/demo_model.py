@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggbn import images, models
+from vggbn import console, images, models
 from vggbn.files import StageResult
-from vggbn.training import compile_for_training, live_callback, live_logger, seed_everything
+from vggbn.training import EpochProgress, compile_for_training, live_callback, live_logger, seed_everything
 
 DEMO_PREPROCESS = "caffe"  # the same preprocessing as VGG16, so the demo exercises the same path
 DEMO_RESIZE = "squash"
@@ -39,9 +39,9 @@ def run_demo_model(*, root: str | Path, out_path: str | Path, size: int, epochs:
     model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
     compile_for_training(model, lr)
     live = live_logger(live_dir, []) if live_dir else None
-    callbacks = [live_callback(live)] if live else []
+    callbacks = ([live_callback(live)] if live else []) + [EpochProgress()]
     model.fit(x_train, y_train, validation_data=(x_valid, y_valid), epochs=epochs, batch_size=batch_size,
-              shuffle=True, callbacks=callbacks, verbose=2)
+              shuffle=True, callbacks=callbacks, verbose=console.keras_verbosity())
     if live:
         live.end()
     valid_loss, valid_accuracy = model.evaluate(x_valid, y_valid, batch_size=batch_size, verbose=0)

@@ -31,7 +31,7 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
     count = len(paths)
     copies = 2 if flip else 1
     row_shape = tuple(conv.output.shape[1:])
-    computing = models.with_compute_dtype(conv, compute)
+    predict = models.predictor(models.with_compute_dtype(conv, compute))
 
     def extract(rows: Sequence[int]):
         for flipped in (False, True)[:copies]:
@@ -39,7 +39,7 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
             if not part:
                 continue
             for batch in inputs.dataset([paths[i] for i in part], size, flip=flipped):
-                yield np.asarray(computing.predict_on_batch(batch), dtype=np.float32)
+                yield np.asarray(predict(batch), dtype=np.float32)
 
     return features.build_feature_file(
         out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
@@ -61,8 +61,9 @@ def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feat
         cached = file["features"][:count].astype(np.float32)
         rel_paths = file["paths"].asstr()[:count]
     dataset = inputs.dataset(list(rel_paths), models.input_size(model))
-    whole = np.concatenate([model.predict_on_batch(batch) for batch in dataset]) if count else np.zeros((0,))
-    from_cache = np.concatenate([dense.predict_on_batch(cached[i:i + batch_size])
+    whole_model, dense_part = models.predictor(model), models.predictor(dense)
+    whole = np.concatenate([whole_model(batch) for batch in dataset]) if count else np.zeros((0,))
+    from_cache = np.concatenate([dense_part(cached[i:i + batch_size])
                                  for i in range(0, count, batch_size)]) if count else np.zeros((0,))
     worst = float(np.abs(whole - from_cache).max()) if count else 0.0
     return {"split_max_abs_diff": worst, "split_checked_images": int(count)}

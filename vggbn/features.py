@@ -19,9 +19,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
-from vggbn import VggbnError
+from vggbn import VggbnError, console
 from vggbn.atomic import atomic_path
 from vggbn.files import prepare_work
 
@@ -104,11 +103,11 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
     reuse = {row: previous.row((paths[row], md5s[row], flipped[row])) for _, (a, b) in pending for row in range(a, b)}
     to_compute = [row for row, old in reuse.items() if old is None]
     stats = {"computed": len(to_compute), "reused": len(reuse) - len(to_compute), "resumed": count - len(reuse)}
-    log.info("%s: %d rows: %d to compute, %d reused from the previous run, %d resumed from chunks",
-             out_path.name, count, *stats.values())
+    log.debug("%s: %d rows: %d to compute, %d reused from the previous run, %d resumed from chunks",
+              out_path.name, count, *stats.values())
     try:
         computed = _rows(extract(to_compute) if to_compute else iter(()))
-        with tqdm(total=len(to_compute), desc=out_path.name, unit="img", disable=None) as bar:
+        with console.progress(len(to_compute), f"features {out_path.name}", "img") as bar:
             for i, (a, b) in pending:
                 block = np.empty((b - a, *row_shape), dtype=dtype)
                 for row in range(a, b):
@@ -118,6 +117,7 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
                     else:
                         block[row - a] = previous.file["features"][reuse[row]]
                 _save_atomic(work_dir / f"chunk-{i:06d}.npy", block)
+                log.debug("%s: chunk %d (rows %d-%d) written", out_path.name, i, a, b - 1)
         if next(computed, None) is not None:
             raise ValueError("extract yielded more rows than asked for")
     finally:

@@ -12,12 +12,13 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from vggbn import features, models
+from vggbn import console, features, models
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
 from vggbn.tfdata import without_autotune
-from vggbn.training import History, compile_for_training, floats, live_callback, live_logger, seed_everything
+from vggbn.training import (EpochProgress, History, compile_for_training, floats, live_callback, live_logger,
+                            seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ def with_dropout(model: keras.Model, rate: float) -> keras.Model:
     return models.copy_chain(model, name=model.name, configure=set_rate)
 
 
-def _dataset(generator, row_shape) -> tf.data.Dataset:
+def _dataset(generator, row_shape, batches: int) -> tf.data.Dataset:
+    """The generator's batches, declared to be `batches` many (tf.data.INFINITE_CARDINALITY: endless), so Keras
+    neither has to run out of data to learn where an epoch ends nor warns that it did."""
     signature = (tf.TensorSpec((None, *row_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
-    return without_autotune(tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2))
+    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    return without_autotune(dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2))
 
 
 class _Checkpoint(keras.callbacks.Callback):
@@ -95,7 +99,8 @@ def _resume(work_dir: Path, recipe: dict):
 def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int,
                       batch_size: int, lr: float, dropout: float | None, seed: int, shuffle_buffer: int,
                       work_dir: str | Path | None = None, recipe: dict | None = None,
-                      live_dir: str | Path | None = None, compute: str = "float32") -> tuple[keras.Model, list[dict]]:
+                      live_dir: str | Path | None = None, compute: str = "float32",
+                      show_progress: bool = True) -> tuple[keras.Model, list[dict]]:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
@@ -104,6 +109,7 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     without a `work_dir`, nothing is checkpointed (short runs). `dropout` None keeps the model's rates.
     Per-epoch curves go to `live_dir` through dvclive's Keras callback, replayed from the checkpoint on resume.
     `compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
+    `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).
     Returns the trained model and every epoch's logs (loss, accuracy, val_loss, val_accuracy).
     """
     seed_everything(seed)
@@ -117,6 +123,8 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     initial_epoch = len(history)
     with features.open_features(train_path) as file:
         rows, row_shape = file["features"].shape[0], file["features"].shape[1:]
+    with features.open_features(valid_path) as file:
+        valid_batches_count = math.ceil(file["features"].shape[0] / batch_size)
 
     def train_batches():
         for epoch in count(initial_epoch):
@@ -129,10 +137,13 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     live = live_logger(live_dir, history) if live_dir else None
     if live is not None:
         callbacks.append(live_callback(live))
-    if initial_epoch < epochs:
-        model.fit(_dataset(train_batches, row_shape), validation_data=_dataset(valid_batches, row_shape),
-                  epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=math.ceil(rows / batch_size),
-                  callbacks=callbacks, verbose=2)
+    if show_progress:
+        callbacks.append(EpochProgress())
+    if initial_epoch < epochs:  # batches are shuffled by train_batches (shuffle=False: fit cannot shuffle them)
+        model.fit(_dataset(train_batches, row_shape, tf.data.INFINITE_CARDINALITY),
+                  validation_data=_dataset(valid_batches, row_shape, valid_batches_count), epochs=epochs,
+                  initial_epoch=initial_epoch, steps_per_epoch=math.ceil(rows / batch_size), shuffle=False,
+                  callbacks=callbacks, verbose=console.keras_verbosity())
     if live is not None:
         live.end()
     return models.with_compute_dtype(model, "float32"), history
@@ -140,9 +151,9 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
 
 def evaluate(model: keras.Model, path: str | Path, batch_size: int) -> dict:
     """Loss and accuracy of a compiled-or-not classifier over a feature file, streamed in file order."""
-    score = Score()
+    score, predict = Score(), models.predictor(model)
     for x, y in features.iter_batches(path, batch_size):
-        score.add(model.predict_on_batch(x), y)
+        score.add(predict(x), y)
     return score.result()
 
 

@@ -38,9 +38,9 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
-from vggbn import VggbnError
+from vggbn import VggbnError, console
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, file_md5, read_tsv
 
@@ -69,11 +69,12 @@ def _escape(name: str) -> str:
                            else f"\\u{ord(m.group()):04x}", name)
 
 
-def _walk(folder: str, prefix: str, bad: bool) -> Iterator[str]:
+def _walk(folder: str, prefix: str, bad: bool, on_entry: Callable[[], None] | None = None) -> Iterator[str]:
     """TSV rows for everything below `folder` (whose rows start with `prefix`), in path order.
 
     Each folder's entries are sorted by name, with "/" appended to folder names: a depth-first walk in that order
     yields exactly the sorted order of the full paths, so only one folder is held in memory at a time.
+    `on_entry` is called after each of `folder`'s own entries is listed, everything below it included.
     """
     try:
         with os.scandir(folder) as it:
@@ -98,20 +99,29 @@ def _walk(folder: str, prefix: str, bad: bool) -> Iterator[str]:
                 rows = []
             yield f"{path}\t0\t{BADNAME if name_bad else DIR}\n"
             yield from _walk(entry.path, path, name_bad)
-            continue
-        try:
-            if entry.is_symlink():
-                kind, size = LINK, _target_size(entry.path)
-            else:
-                info = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(info.st_mode):
-                    continue  # socket, pipe, device
-                kind, size = FILE, info.st_size
-        except FileNotFoundError:
-            continue  # vanished while scanning
-        rows.append(f"{path}\t{size}\t{BADNAME if name_bad else kind}\n")
+        else:
+            row = _file_row(entry, path, name_bad)
+            if row is not None:
+                rows.append(row)
+        if on_entry is not None:
+            on_entry()
     if rows:
         yield "".join(rows)
+
+
+def _file_row(entry: os.DirEntry, path: str, name_bad: bool) -> str | None:
+    """The row of a file or link; None for a socket, pipe or device, or an entry gone while scanning."""
+    try:
+        if entry.is_symlink():
+            kind, size = LINK, _target_size(entry.path)
+        else:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            kind, size = FILE, info.st_size
+    except FileNotFoundError:
+        return None
+    return f"{path}\t{size}\t{BADNAME if name_bad else kind}\n"
 
 
 def _target_size(path: str) -> int:
@@ -154,28 +164,44 @@ def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterato
     def rows() -> Iterator[str]:
         if labels_row:
             yield labels_row
-        for split in SPLITS:  # "train/" < "valid/"
-            yield f"{split}/\t0\t{DIR}\n"
-            yield from _walk(str(root / split), f"{split}/", False)
+        # Progress over the splits' own entries (class folders, or a flat valid folder's files): cheap to count.
+        total = sum(_visible_entries(root / split) for split in SPLITS)
+        with console.progress(total, f"listing {root}", "entry") as bar:
+            for split in SPLITS:  # "train/" < "valid/"
+                yield f"{split}/\t0\t{DIR}\n"
+                yield from _walk(str(root / split), f"{split}/", False, on_entry=bar.update)
 
     return rows()
 
 
-def write_listing(out: str | os.PathLike, rows: Iterable[str]) -> int:
-    """Write the header and `rows` (from `scan`) to `out` atomically; return the number of rows."""
-    count = 0
+def _visible_entries(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as it:
+            return sum(not entry.name.startswith(".") for entry in it)
+    except OSError:
+        return 0  # _walk reports it
+
+
+def write_listing(out: str | os.PathLike, rows: Iterable[str]) -> dict[str, int]:
+    """Write the header and `rows` (from `scan`) to `out` atomically; return the number of rows, and of rows of
+    each kind (`files`, `folders`, `links`, `bad_names`)."""
+    counts = dict.fromkeys(("rows", "files", "folders", "links", "bad_names"), 0)
+    kinds = {"files": f"\t{FILE}\n", "folders": f"\t{DIR}\n", "links": f"\t{LINK}\n", "bad_names": f"\t{BADNAME}\n"}
     with atomic_path(out) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as file:
             file.write(HEADER + "\n")
             for chunk in rows:
                 file.write(chunk)
-                count += chunk.count("\n")
-    return count
+                counts["rows"] += chunk.count("\n")
+                for key, ending in kinds.items():
+                    counts[key] += chunk.count(ending)
+    return counts
 
 
 def run_listing(*, root: str | os.PathLike, out: str | os.PathLike, valid_labels: str | None = None) -> StageResult:
-    """The listing stage: scan `root` and write the listing to `out`; the number of rows."""
-    return StageResult({"rows": write_listing(out, scan(root, valid_labels=valid_labels))})
+    """The listing stage: scan `root` and write the listing to `out`; the number of rows, of each kind, and the
+    root (for the stage's summary: the listing stage writes no metrics file)."""
+    return StageResult({"root": str(root), **write_listing(out, scan(root, valid_labels=valid_labels))})
 
 
 def read_listing(path: str | os.PathLike) -> Iterator[Entry]:

@@ -8,8 +8,10 @@ through the same code.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import keras
+import tensorflow as tf
 
 from vggbn import VggbnError
 from vggbn.files import StageResult
@@ -140,6 +142,25 @@ def join(conv: keras.Model, dense: keras.Model, name: str) -> keras.Model:
     return keras.Model(conv.input, x, name=name)
 
 
+def predictor(model: keras.Model) -> Callable[[object], object]:
+    """`model` in inference mode as a function of one batch (array or tensor), returning numpy arrays (a list of
+    them for several outputs), traced once for every batch size.
+
+    Keras' `predict_on_batch` traces its function again for a new batch size (a last, smaller batch); TensorFlow
+    counts the traces of every Keras model's function together and warns of retracing when a few models in a row
+    do so (conv_features' split check did).
+    """
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    run = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
+
+    def predict(batch):
+        outputs = run(tf.convert_to_tensor(batch, dtype=tf.float32))
+        return [o.numpy() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.numpy()
+
+    predict.function = run  # tests count its traces
+    return predict
+
+
 def input_size(model: keras.Model) -> tuple[int, int]:
     height, width = model.input_shape[1:3]
     if height is None or width is None:
@@ -184,10 +205,10 @@ def pretrained_classifier(*, source: str, weights: str | None, demo_path: str | 
 
 
 def run_pretrained(*, source: str, weights: str | None, demo_path: str | Path, out_path: str | Path) -> StageResult:
-    """The pretrained stage: the classifier `source` names, saved to `out_path`; its size."""
+    """The pretrained stage: the classifier `source` names, saved to `out_path`; its name and size."""
     model = pretrained_classifier(source=source, weights=weights, demo_path=demo_path)
     save_model(model, out_path)
-    return StageResult({"params": model.count_params(), "layers": len(model.layers)})
+    return StageResult({"name": model.name, "params": model.count_params(), "layers": len(model.layers)})
 
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
+from vggbn import console
 from vggbn.files import StageResult
 from vggbn.listing import BADNAME, LINK, Entry, read_listing
 from vggbn.manifest import Row, Sample, SampleError, write_sample
@@ -269,7 +269,7 @@ def _draw(split: str, ranked: list[_Candidate], want: int | None, examine: Calla
     if want is not None and want > len(ranked):
         raise SampleError(f"sample.{split}: {want} images requested, but {split} holds only {len(ranked)} image files")
     rows, rejected, checked = [], [], set()
-    with tqdm(total=want or len(ranked), desc=f"checking {split} images", unit="img", disable=None) as bar, \
+    with console.progress(want or len(ranked), f"checking {split} images", "img") as bar, \
             closing(_in_order(pool, examine, ranked, ahead)) as results:
         for candidate, result in results:
             checked.add(candidate.path)
@@ -283,7 +283,9 @@ def _draw(split: str, ranked: list[_Candidate], want: int | None, examine: Calla
     if want is not None and len(rows) < want:
         raise SampleError(f"sample.{split}: {want} images requested, but {split} holds only {len(rows)} usable "
                           f"images ({len(rejected)} of {len(ranked)} image files rejected)")
-    log.info("%s: sampled %d images, rejected %d", split, len(rows), len(rejected))
+    # Rejections are news (the sample stage's summary counts them too); a clean split is a detail.
+    log.log(logging.INFO if rejected else logging.DEBUG, "%s: sampled %d images, rejected %d", split, len(rows),
+            len(rejected))
     return rows, rejected, checked
 
 

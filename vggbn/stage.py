@@ -1,5 +1,5 @@
-"""What every stage script shares: its command-line paths, validated params, logging, and one-line errors
-instead of tracebacks.
+"""What every stage script shares: its command-line paths, validated params, logging, a one-line summary when it is
+done, and one-line errors instead of tracebacks.
 
 Nothing here can change a stage's result, only accept or refuse its inputs, so this module is no stage's DVC
 dependency (tests/test_dvc_yaml.py keeps the allow-list).
@@ -12,11 +12,13 @@ import difflib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
-from vggbn import VggbnError
+from vggbn import VggbnError, console
 from vggbn.layer_names import layer_names
 from vggbn.params import Params, ParamsError, load_params
+from vggbn.summary import summary
 
 PARAMS_FILE = "params.yaml"
 
@@ -57,8 +59,22 @@ def exit_status(main: Callable[[], None]) -> int:
     return 0
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's main() and exit with its status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter; real errors still raise
-    sys.exit(exit_status(main))
+def run(main: Callable[[], object]) -> None:
+    """Run a stage's main() and exit with its status; log the one-line summary of the StageResult it returns.
+
+    Log lines carry the DVC stage's name (`transfer_listing` runs the listing script), and TensorFlow, if the
+    stage imports it, starts without its chatter (`vggbn.console`).
+    """
+    script = Path(sys.argv[0]).stem
+    name = os.environ.get("DVC_STAGE") or script
+
+    def main_then_summary():
+        console.setup_logging(name)
+        console.quiet_tensorflow_import()
+        result = main()
+        try:
+            logging.getLogger("vggbn.stage").info(summary(script, result.metrics))
+        except Exception as error:  # the outputs are written: a summary that fails must not fail the stage
+            logging.getLogger("vggbn.stage").warning("no summary of %s: %s: %s", script, type(error).__name__, error)
+
+    sys.exit(exit_status(main_then_summary))

@@ -63,8 +63,9 @@ def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] 
     names = hidden_dense_names(model) if names is None else names
     taps = tap_model(model, names, position)
     moments = {name: Moments(taps.outputs[i].shape[-1]) for i, name in enumerate(names)}
+    predict = models.predictor(taps)
     for batch in batches:
-        outputs = taps.predict_on_batch(batch)
+        outputs = predict(batch)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for name, output in zip(names, outputs):
             moments[name].update(output)
@@ -139,13 +140,13 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
     """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy,
     and for the first `max_points` samples (probability before, probability after) of the top class before.
     """
-    before, after = with_logits(before), with_logits(after)
+    before, after = models.predictor(with_logits(before)), models.predictor(with_logits(after))
     scores = {"before": Score(), "after": Score()}
     worst_p = worst_logit = 0.0
     points = []
     for features, labels in batches:
-        p_before, logits_before = before.predict_on_batch(features)
-        p_after, logits_after = after.predict_on_batch(features)
+        p_before, logits_before = before(features)
+        p_after, logits_after = after(features)
         worst_p = max(worst_p, float(np.abs(p_before - p_after).max()))
         worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max()))
         scores["before"].add(p_before, labels)

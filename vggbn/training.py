@@ -1,4 +1,5 @@
-"""Keras training helpers shared by every stage that trains: seeding, compiling, per-epoch logs and dvclive curves."""
+"""Keras training helpers shared by every stage that trains: seeding, compiling, per-epoch logs, progress and
+dvclive curves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import shutil
 
 import keras
 import tensorflow as tf
+
+from vggbn import console
 
 
 def seed_everything(seed: int) -> None:
@@ -34,6 +37,23 @@ class History(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.history.append(floats(logs))
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A progress bar over each epoch's training steps (`console.progress`), in place of Keras' own lines, which
+    `fit(verbose=console.keras_verbosity())` shows under VGGBN_LOG=debug only."""
+
+    bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = console.open_progress(self.params.get("steps"), f"epoch {epoch + 1}/{self.params['epochs']}",
+                                         "batch")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
 
 
 def live_callback(live) -> keras.callbacks.Callback:

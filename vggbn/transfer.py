@@ -14,7 +14,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import extract, features, models
+from vggbn import console, extract, features, models
 from vggbn.files import StageResult, Table, file_md5
 from vggbn.finetune import evaluate, train_on_features
 from vggbn.images import ImageInput
@@ -54,6 +54,7 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
     learning rate's accuracy: how much the choice of learning rate matters.
     """
     report = {}
+    grid = console.open_progress(len(starts) * len(lrs) * len(seeds), "transfer runs", "run")  # one bar, all runs
     for name, dense in starts.items():
         per_lr = {}
         for lr in lrs:
@@ -62,8 +63,9 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
                 model = new_task_model(dense, num_classes, train_mode=train_mode, seed=seed)
                 model, _ = train_on_features(model, train_path=train_path, valid_path=valid_path, epochs=epochs,
                                              batch_size=batch_size, lr=lr, dropout=None, seed=seed,
-                                             shuffle_buffer=4096)
+                                             shuffle_buffer=4096, show_progress=False)
                 runs.append(evaluate(model, valid_path, batch_size))
+                grid.update(1)
             accuracies = [run["accuracy"] for run in runs]
             per_lr[f"{lr:g}"] = {"accuracy": float(np.mean(accuracies)), "accuracy_min": min(accuracies),
                                  "accuracy_max": max(accuracies),
@@ -72,6 +74,7 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
         best_lr = max(means, key=means.get)
         report[name] = {"per_lr": per_lr, "best_accuracy": means[best_lr], "best_lr": float(best_lr),
                         "spread": max(means.values()) - min(means.values())}
+    grid.close()
     return report
 
 
