@@ -214,3 +214,48 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
                                        epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32)
     assert len(history) == 2
     assert [str(w.message) for w in caught] == []
+
+
+def small_dense(seed=0):
+    import keras
+
+    inputs = keras.Input((6,))
+    init = keras.initializers.GlorotUniform(seed=seed)
+    hidden = keras.layers.Dense(4, activation="relu", name="fc1", kernel_initializer=init)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="predictions",
+                                                  kernel_initializer=init)(hidden))
+
+
+@pytest.fixture
+def every_step(monkeypatch):
+    """Progress lines at each tenth however fast the loop (as a slow loop of ImageNet scale would log them)."""
+    monkeypatch.setattr(console, "LOG_INTERVAL", 0.0)
+    monkeypatch.delenv(console.LOG_VARIABLE, raising=False)
+
+
+def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
+    from vggbn.finetune import train_on_features
+
+    write_features(tmp_path / "train.h5", 64, 3, rng)
+    write_features(tmp_path / "valid.h5", 20, 3, rng)
+    caplog.set_level(logging.INFO, logger="vggbn")
+    train_on_features(small_dense(), train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5", epochs=2,
+                      batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32)
+    lines = progress_lines(caplog)
+    for epoch in ("epoch 1/2", "epoch 2/2"):  # 4 steps: at 25%, 50% and 75%
+        assert [line.split(" (")[0] for line in lines if line.startswith(epoch)] == [
+            f"{epoch}: {p}%" for p in (25, 50, 75)]
+
+
+def test_the_transfer_grid_has_one_bar_over_its_runs(tmp_path, rng, caplog, every_step):
+    from vggbn.transfer import compare_transfer
+
+    write_features(tmp_path / "train.h5", 24, 2, rng)
+    write_features(tmp_path / "valid.h5", 12, 2, rng)
+    caplog.set_level(logging.INFO, logger="vggbn")
+    report = compare_transfer({"with_bn": small_dense(1), "without_bn": small_dense(2)},
+                              train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5", num_classes=2,
+                              train_mode="dense", lrs=[1e-3, 1e-2], seeds=[0], epochs=2, batch_size=8)
+    assert set(report) == {"with_bn", "without_bn"}
+    assert [line.split(" (")[0] for line in progress_lines(caplog)] == ["transfer runs: 25%", "transfer runs: 50%",
+                                                                         "transfer runs: 75%"]

@@ -41,19 +41,23 @@ class History(keras.callbacks.Callback):
 
 class EpochProgress(keras.callbacks.Callback):
     """A progress bar over each epoch's training steps (`console.progress`), in place of Keras' own lines, which
-    `fit(verbose=console.keras_verbosity())` shows under VGGBN_LOG=debug only."""
+    `fit(verbose=console.keras_verbosity())` shows under VGGBN_LOG=debug instead."""
 
     bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.bar = console.open_progress(self.params.get("steps"), f"epoch {epoch + 1}/{self.params['epochs']}",
-                                         "batch")
+        if not console.debug():
+            self.bar = console.open_progress(self.params.get("steps"), f"epoch {epoch + 1}/{self.params['epochs']}",
+                                             "batch")
 
     def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def live_callback(live) -> keras.callbacks.Callback:
