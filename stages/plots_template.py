@@ -11,7 +11,7 @@ def main():
 
     from vggbn.plots_template import run_plots_template
 
-    run_plots_template(out=args.out)
+    return run_plots_template(out=args.out)
 
 
 if __name__ == "__main__":

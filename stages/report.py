@@ -16,7 +16,7 @@ def main():
 
     from vggbn.report import run_report
 
-    run_report(metrics=args.metrics, out_dir=args.out, model_source=params.model.source)
+    return run_report(metrics=args.metrics, out_dir=args.out, model_source=params.model.source)
 
 
 if __name__ == "__main__":

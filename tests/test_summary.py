@@ -41,5 +41,7 @@ def test_the_lines_say_what_happened():
     assert summary("listing", {"root": "/data/imagenet", "rows": 1_283_169, "files": 1_281_167, "folders": 2002,
                                "links": 0, "bad_names": 2}) == (
         "/data/imagenet: 1,281,167 files in 2,002 folders, 2 bad names")
+    assert summary("report", {"folder": "report", "tables": 5, "figures": 1}) == (
+        "report/index.html and report/README.md: 5 tables, 1 figure")
     many = {f"block{i}_conv1": {"units": 64, "dead_units": i, "rows": 10} for i in range(1, 6)}
     assert summary("bn_stats", many) == "5 layers, 320 units (15 dead: variance 0)"

@@ -16,14 +16,12 @@ and the generated template is named in `.dvc/config.local` once it exists.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from vggbn import VggbnError
-from vggbn.files import write_text
+from vggbn.files import StageResult, write_text
 
-log = logging.getLogger(__name__)
 
 VEGA_LITE_VERSION = "5.21"  # DVC's templates declare the Vega-Lite v5 schema
 CONFIG_KEY = "plots.html_template"
@@ -246,8 +244,8 @@ def point_dvc_at(template: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc
     return f"{CONFIG_KEY} = {value} in {local}: `dvc plots show` and `dvc plots diff` draw offline"
 
 
-def run_plots_template(out: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc") -> None:
-    """Stage plots_template: write the offline template to `out` and point DVC's local config at it."""
+def run_plots_template(out: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc") -> StageResult:
+    """Stage plots_template: write the offline template to `out` and point DVC's local config at it; the template's
+    path and what was done to the config, as a sentence (no metrics file: for the stage's summary)."""
     write_template(out)
-    log.info("%s: offline plots template written", out)
-    log.info("%s", point_dvc_at(out, dvc_dir))
+    return StageResult({"template": os.fspath(out), "config": point_dvc_at(out, dvc_dir)})

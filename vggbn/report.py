@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 from vggbn import VggbnError
 from vggbn.atomic import atomic_path
+from vggbn.files import StageResult
 
 # The bounds the README states for metrics/insert_bn.json.
 IDENTITY_BOUNDS = {"max_abs_diff": 1e-5, "max_abs_diff_logits": 1e-4}
@@ -328,14 +329,17 @@ RUN_INTRO = ("The numbers and plots of this run of the vggbn pipeline (dvc repro
              "rendered by vl-convert; this page needs no network and no script.")
 
 
-def run_report(*, metrics: Sequence[str | os.PathLike], out_dir: str | os.PathLike, model_source: str) -> None:
-    """Stage report: the run's report from its metrics files and DVC's filled plot specs."""
+def run_report(*, metrics: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+               model_source: str) -> StageResult:
+    """Stage report: the run's report from its metrics files and DVC's filled plot specs; the folder and how many
+    tables and figures it holds (no metrics file: for the stage's summary)."""
     from vggbn.figures import filled_specs
 
     metrics = read_metrics(metrics)
     tables = run_tables(metrics, demo=model_source == "demo")
-    write_report(out_dir, Document(f"vggbn run report (model.source: {model_source})", RUN_INTRO, tables,
-                                   filled_specs()))
+    figures = filled_specs()
+    write_report(out_dir, Document(f"vggbn run report (model.source: {model_source})", RUN_INTRO, tables, figures))
+    return StageResult({"folder": os.fspath(out_dir), "tables": len(tables), "figures": len(figures)})
 
 
 # --- two runs side by side ----------------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ def _plural(count: int, word: str, words: str | None = None) -> str:
     return f"{_count(count)} {word if count == 1 else words or word + 's'}"
 
 
+def plots_template(m: dict) -> str:
+    return f"{m['template']} written; {m['config']}"
+
+
+def report(m: dict) -> str:
+    return (f"{m['folder']}/index.html and {m['folder']}/README.md: {_plural(m['tables'], 'table')}, "
+            f"{_plural(m['figures'], 'figure')}")
+
+
 def demo_data(m: dict) -> str:
     return (f"{_count(m['train_images'])} train and {_count(m['valid_images'])} valid images of "
             f"{_plural(m['classes'], 'digit')}; transfer task: {_count(m['transfer_train_images'])} train and "
@@ -116,8 +125,9 @@ def transfer(m: dict) -> str:
 
 
 FORMATTERS: dict[str, Callable[[dict], str]] = {
-    formatter.__name__: formatter for formatter in (demo_data, demo_model, pretrained, listing, sample,
-                                                    conv_features, bn_stats, insert_bn, finetune, combine, transfer)}
+    formatter.__name__: formatter for formatter in (plots_template, demo_data, demo_model, pretrained, listing,
+                                                    sample, conv_features, bn_stats, insert_bn, finetune, combine,
+                                                    transfer, report)}
 
 
 def summary(script: str, metrics: dict) -> str:
