@@ -120,31 +120,32 @@ def test_away_from_a_terminal_a_long_loop_logs_each_tenth(clock, caplog):
     caplog.set_level(logging.INFO, logger="vggbn")
     with console.progress(1000, "features train.h5", "img") as bar:
         for _ in range(100):
-            clock.now += 65.0  # ten images every 65 s: slow enough for a line at each tenth
+            clock.now += 310.0  # ten images every 310 s: slow enough for a line at each tenth
             bar.update(10)
     lines = progress_lines(caplog)
-    assert lines[0] == "features train.h5: 10% (100/1,000 img, 6.5 s/img, 1 h 37 min left)"
+    assert lines[0] == "features train.h5: 10% (100/1,000 img, 31 s/img, 7 h 45 min left)"
     assert [line.split(": ")[1].split("%")[0] for line in lines] == [str(p) for p in range(10, 100, 10)]
 
 
-def test_a_loop_of_seconds_logs_nothing_and_lines_are_a_minute_apart(clock, caplog):
+def test_a_loop_of_minutes_logs_nothing_and_lines_are_five_minutes_apart(clock, caplog):
     caplog.set_level(logging.INFO, logger="vggbn")
-    with console.progress(100, "quick", "img") as bar:
+    with console.progress(100, "minutes", "img") as bar:
         for _ in range(100):
-            clock.now += 0.5
+            clock.now += 2.5  # under 5 minutes in all
             bar.update()
     assert progress_lines(caplog) == []
     with console.progress(100, "steady", "img") as bar:
         for _ in range(100):
-            clock.now += 10.0  # a tenth every 100 s, a minute at most between lines: one line per tenth
+            clock.now += 10.0  # a tenth every 100 s: a line every third tenth, 300 s apart
             bar.update()
-    with console.progress(1000, "fast tenths", "img") as bar:
+    with console.progress(1000, "slow tenths", "img") as bar:
         for _ in range(1000):
-            clock.now += 0.75  # a tenth every 75 s
+            clock.now += 3.1  # a tenth every 310 s: a line each tenth
             bar.update()
     lines = progress_lines(caplog)
-    assert len([line for line in lines if line.startswith("steady")]) == 9
-    assert len([line for line in lines if line.startswith("fast tenths")]) == 9
+    assert [line.split(" (")[0] for line in lines if line.startswith("steady")] == [
+        "steady: 30%", "steady: 60%", "steady: 90%"]
+    assert len([line for line in lines if line.startswith("slow tenths")]) == 9
 
 
 def test_tracked_passes_items_through_unchanged(clock):

@@ -25,7 +25,7 @@ from vggbn import VggbnError
 LOG_VARIABLE = "VGGBN_LOG"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 LOG_STEPS = 10  # away from a terminal, a progress line each tenth of the way ...
-LOG_INTERVAL = 60.0  # ... but at most one a minute: a loop of seconds says nothing until its stage's summary
+LOG_INTERVAL = 300.0  # ... at most one every 5 minutes: a loop of minutes says nothing until its stage's summary
 
 Item = TypeVar("Item")
 
@@ -248,8 +248,8 @@ def _duration(seconds: float) -> str:
 
 def open_progress(total: int | None, desc: str, unit: str = "it"):
     """A progress display with `update(n=1)` and `close()`: on a terminal a tqdm bar (rate and time left) that
-    disappears when closed; elsewhere (a log file, CI) a line each tenth of the way, at most one a minute;
-    nothing under VGGBN_LOG=warning."""
+    disappears when closed; elsewhere (a log file, CI) a line each tenth of the way, at most one every
+    LOG_INTERVAL seconds; nothing under VGGBN_LOG=warning."""
     if level() > logging.INFO:
         return _Silent()
     if sys.stderr.isatty():
