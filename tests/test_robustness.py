@@ -165,7 +165,7 @@ def test_finetune_killed_after_an_epoch_resumes_and_equals_an_uninterrupted_run(
         assert not (killed / "metrics/finetune.json").exists()
         assert [p.name for p in (killed / "models").iterdir() if p.name.startswith("dense_bn_finetuned")] == []
 
-        resumed = run(["dvc", "repro", "finetune"], killed)
+        resumed = run(["dvc", "repro", "finetune"], killed, env={**ENV, "VGGBN_LOG": "debug"})  # Keras' epoch lines
         assert stages_ran(resumed.stdout) == ["listing", "finetune"]
         assert f"resuming from the checkpoint after epoch {state['epoch'] + 1}" in resumed.stderr
         assert "Epoch 1/4" not in resumed.stdout and "Epoch 4/4" in resumed.stdout
