@@ -15,6 +15,7 @@ import sys
 from typing import Callable
 
 from vggbn import VggbnError
+from vggbn.atomic import disk_full_error, is_disk_full
 from vggbn.layer_names import layer_names
 from vggbn.params import Params, ParamsError, load_params
 
@@ -48,11 +49,18 @@ def check_cut(loaded: Params) -> None:
 
 
 def exit_status(main: Callable[[], None]) -> int:
-    """Run `main`; 0, or 2 after reporting a VggbnError as one line on stderr (no traceback)."""
+    """Run `main`; 0, or 2 after reporting a VggbnError, or a full disk met by any writer (dvclive, Keras), as one
+    line on stderr (no traceback)."""
     try:
         main()
     except VggbnError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        where = getattr(error, "filename", None) or "a file this stage writes"
+        print(f"error: {disk_full_error(where, None)}", file=sys.stderr)
         return 2
     return 0
 
