@@ -46,3 +46,43 @@ def pipeline(tmp_path_factory):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "dvc repro", "--allow-empty"], project)  # empty when it reproduces dvc.lock
     return project, ran
+
+
+class SmallDisks:
+    """Small tmpfs file systems mounted for a test (and unmounted after it): a full disk, for real."""
+
+    def __init__(self, base):
+        self.base, self.mounted = base, []
+
+    def mount(self, size: str, at=None):
+        """A tmpfs of `size` (e.g. "256k") at `at` (an empty folder, made if missing) or in the test's folder."""
+        import subprocess
+
+        folder = at or self.base / f"disk{len(self.mounted)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs for a full-disk test (needs root with CAP_SYS_ADMIN, as in CI): "
+                        f"{done.stderr.strip()}")
+        self.mounted.append(folder)
+        return folder
+
+    def resize(self, folder, size: str) -> None:
+        """Grow (free space on) a mounted tmpfs, keeping what it holds."""
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    def unmount_all(self):
+        import subprocess
+
+        for folder in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.unmount_all()

@@ -88,8 +88,10 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def disk_full_error(path: str | os.PathLike, needed: int | None, written: int | None = None) -> DiskFullError:
-    """The one-line error for a write of `path` that ran out of space: what it needed, what is left, and where."""
+def disk_full_error(path: str | os.PathLike, needed: int | None, written: int | None = None,
+                    ahead: bool = False) -> DiskFullError:
+    """The one-line error for a write of `path` that ran out of space (or, `ahead`, would): what it needs, what is
+    left, and where."""
     path = Path(path)
     folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))
     free = shutil.disk_usage(folder).free
@@ -99,8 +101,17 @@ def disk_full_error(path: str | os.PathLike, needed: int | None, written: int | 
         need = f"needs more than the {human_bytes(written)} it wrote before the disk filled, "
     else:
         need = ""
-    return DiskFullError(f"{path}: no space left on device: {need}{human_bytes(free)} free in {folder}; free some "
-                         f"space and rerun")
+    problem = "not enough space on device" if ahead else "no space left on device"
+    return DiskFullError(f"{path}: {problem}: {need}{human_bytes(free)} free in {folder}; free some space and rerun")
+
+
+def require_space(path: str | os.PathLike, needed: int) -> None:
+    """Fail before writing `path` if its file system has less than `needed` bytes free: a writer that meets a full
+    disk half-way may not clean up after itself (HDF5 keeps a file it cannot flush open until the process ends)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(path.parent).free < needed:
+        raise disk_full_error(path, needed, ahead=True)
 
 
 def _size(path: Path) -> int:

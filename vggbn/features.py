@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vggbn import VggbnError
-from vggbn.atomic import atomic_path, remove_stale_partials
+from vggbn.atomic import atomic_path, remove_stale_partials, require_space
 from vggbn.files import bytes_digest, prepare_work
 
 log = logging.getLogger(__name__)
@@ -245,38 +245,46 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
             raise ValueError("extract yielded more rows than asked for")
         return written
 
+    def assemble(file: h5py.File, todo: list[int], fresh: set[int]) -> list[int]:
+        """Copy the chunks `todo` into the file, each checked against its digest; the ones to make again."""
+        again = []
+        for i in todo:
+            a, b = chunks[i]
+            block = _load_chunk(resumable[i], (b - a, *row_shape), dtype) if i in resumable else None
+            if block is not None:
+                file["features"][a:b] = block
+                source[a:b] = source[a:b] if i in fresh else RESUMED
+                continue
+            again.append(i)
+            if i not in resumable:
+                continue  # a reused row's chunk failed its checksum: recomputed on the next round
+            if i in fresh:
+                raise FeatureFileError(f"{resumable[i]}: a chunk written moments ago reads back different: the disk "
+                                       "(or memory) is failing")
+            log.warning("%s: a chunk of an interrupted run fails its check (rows %d-%d): recomputed",
+                        resumable[i], a, b - 1)
+            resumable.pop(i).unlink(missing_ok=True)
+            corrupt[a:b] = True
+        return again
+
     try:
-        needed = count * (row_bytes + 200) + (1 << 16)  # rows, their paths and hashes, HDF5's bookkeeping
+        needed = count * (row_bytes + 100) + (1 << 16)  # rows, their paths and hashes, HDF5's bookkeeping
+        _require_space(out_path, needed, work_dir, sum(b - a for i, (a, b) in enumerate(chunks)
+                                                        if i not in resumable) * row_bytes)
         with atomic_path(out_path, needed=needed) as tmp:
-            with h5py.File(tmp, "w") as file:
-                data = _create_datasets(file, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows,
-                                        {**(attrs or {}), "feature_recipe": json.dumps(feature_recipe, sort_keys=True)})
-                todo, fresh = list(range(len(chunks))), set()
-                while todo:
-                    written = fill([i for i in todo if i not in resumable])
-                    resumable.update(written)
-                    fresh |= set(written)
-                    again = []
-                    for i in todo:
-                        a, b = chunks[i]
-                        block = _load_chunk(resumable[i], (b - a, *row_shape), dtype) if i in resumable else None
-                        if block is not None:
-                            data[a:b] = block
-                            source[a:b] = source[a:b] if i in fresh else RESUMED
-                            continue
-                        again.append(i)
-                        if i not in resumable:
-                            continue  # a reused row's chunk failed its checksum: recomputed on the next round
-                        if i in fresh:
-                            raise FeatureFileError(f"{resumable[i]}: a chunk written moments ago reads back "
-                                                   "different: the disk (or memory) is failing")
-                        log.warning("%s: a chunk of an interrupted run fails its check (rows %d-%d): recomputed",
-                                    resumable.pop(i), a, b - 1)
-                        corrupt[a:b] = True
-                    for i in again:
-                        if i in resumable:
-                            resumable.pop(i).unlink(missing_ok=True)
-                    todo = again
+            todo, fresh, mode = list(range(len(chunks))), set(), "w"
+            # Rounds: make the missing chunks, then copy every chunk in (HDF5 has the file open only then, so a disk
+            # filling up while chunks are made fails cleanly); a chunk failing its check is made on the next round.
+            while todo or mode == "w":
+                written = fill([i for i in todo if i not in resumable])
+                resumable.update(written)
+                fresh |= set(written)
+                with h5py.File(tmp, mode) as file:
+                    if mode == "w":
+                        _create_datasets(file, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows,
+                                         {**(attrs or {}), "feature_recipe": json.dumps(feature_recipe,
+                                                                                        sort_keys=True)})
+                    todo, mode = assemble(file, todo, fresh), "r+"
     finally:
         old.close()
     for child in work_dir.glob("chunk-*"):
@@ -287,6 +295,18 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
     if stats["recomputed_corrupt"]:
         log.warning("%s: %d rows failed their check and were made again", out_path, stats["recomputed_corrupt"])
     return stats
+
+
+def _require_space(out_path: Path, file_bytes: int, work_dir: Path, chunk_bytes: int) -> None:
+    """Fail before any work if the chunks still to write and the finished file (both on disk at the end) cannot
+    fit. A disk that fills up later all the same (others write to it too) stops the run at the chunk being
+    written, and the rerun resumes after the completed ones."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.parent.stat().st_dev == work_dir.stat().st_dev:
+        require_space(work_dir / "chunk-*.npy", chunk_bytes + file_bytes)
+    else:
+        require_space(work_dir / "chunk-*.npy", chunk_bytes)
+        require_space(out_path, file_bytes)
 
 
 def _check_finite(stored: np.ndarray, computed: np.ndarray, row: int, paths, flipped, image_root, dtype) -> None:

@@ -67,8 +67,9 @@ def read_tsv(path: str | os.PathLike, *, header: str, what: str, error: type[Vgg
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -81,7 +81,7 @@ class _Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         name = f"checkpoint-{epoch:04d}.keras"
         path = self.work_dir / name
-        with atomic_path(path, needed=2 * models.variable_bytes(self.model, optimizer=True)) as tmp, \
+        with atomic_path(path, needed=models.variable_bytes(self.model, optimizer=True)) as tmp, \
                 staging_folder(path) as staging:  # Keras may put a temporary file beside the one it writes
             self.model.save(staging / name)
             os.replace(staging / name, tmp)

@@ -206,7 +206,7 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     import json
     import zipfile
 
-    from vggbn.atomic import atomic_path, staging_folder
+    from vggbn.atomic import atomic_path, require_space, staging_folder
 
     if getattr(model, "optimizer", None) is not None:
         bare = model.__class__.from_config(model.get_config())
@@ -216,6 +216,7 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     path = Path(path)
     # Keras writes into a folder of ours (it may put a temporary file of its own beside the model), then the file
     # is rewritten with fixed stamps: both copies are on disk at the end.
+    require_space(path, 2 * variable_bytes(model))
     with atomic_path(path, needed=2 * variable_bytes(model)) as tmp, staging_folder(path) as staging:
         staged = staging / path.name
         model.save(staged)

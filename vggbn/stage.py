@@ -11,7 +11,9 @@ import argparse
 import difflib
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable
 
 from vggbn import VggbnError
@@ -59,10 +61,21 @@ def exit_status(main: Callable[[], None]) -> int:
     except (OSError, RuntimeError) as error:
         if not is_disk_full(error):
             raise
-        where = getattr(error, "filename", None) or "a file this stage writes"
-        print(f"error: {disk_full_error(where, None)}", file=sys.stderr)
+        print(f"error: {disk_full_error(getattr(error, 'filename', None) or _fullest_output(), None)}",
+              file=sys.stderr)
         return 2
     return 0
+
+
+def _fullest_output() -> str:
+    """Of the paths on the stage's command line (every output it writes is one), the one with the least space left:
+    a writer's own error (dvclive's, say) may not name its file."""
+    def free(path: str) -> int:
+        folder = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+        return shutil.disk_usage(folder).free
+
+    paths = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    return min(paths, key=free) if paths else "."
 
 
 def run(main: Callable[[], None]) -> None:
