@@ -30,6 +30,7 @@ def rng():
 ALL_STAGES = ["plots_template", "demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features",
               "bn_stats", "insert_bn", "finetune", "combine", "transfer_listing", "transfer", "report"]
 ALWAYS_CHANGED = ["listing", "transfer_listing"]
+REPRO_CHANGES = "repro-changes.txt"  # beside the session's `pipeline` project: what its first `dvc repro` changed
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +44,10 @@ def pipeline(tmp_path_factory):
 
     project = copy_project(tmp_path_factory.mktemp("project"))
     ran = repro(project)
+    # What the first run changed of the committed files (dvc.lock, metrics, plot tables): nothing, if they are what
+    # this code produces (tests/test_pipeline.py checks it).
+    (project.parent / REPRO_CHANGES).write_text(run(["git", "status", "--porcelain"], project).stdout
+                                                + run(["git", "diff", "--stat"], project).stdout)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "dvc repro", "--allow-empty"], project)  # empty when it reproduces dvc.lock
     return project, ran

@@ -10,7 +10,7 @@ from project import copy_of, metrics, repro, run, set_param
 
 pytestmark = pytest.mark.slow
 
-from conftest import ALL_STAGES, ALWAYS_CHANGED
+from conftest import ALL_STAGES, ALWAYS_CHANGED, REPRO_CHANGES
 
 def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
     project, ran = pipeline
@@ -35,6 +35,19 @@ def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
     with h5py.File(project / "data/features/train.h5") as f:
         assert f["features"].shape[1:] == (4, 4, 64) and f.attrs["cut"] == "block3_pool"
         assert f["features"].shape[0] == len(f["labels"]) == metrics(project, "sample")["train_images"]
+
+
+def test_a_fresh_clone_reproduces_the_committed_lock_metrics_and_plots(pipeline):
+    """A fresh clone's `dvc repro` leaves `git status` clean: the committed dvc.lock (hashes and sizes), metrics and
+    plot tables are what the code produces (on the machine they were made on: float results may differ in the last
+    bits elsewhere, as the README says)."""
+    project, _ = pipeline
+    changes = (project.parent / REPRO_CHANGES).read_text()
+    assert changes == "", f"the first `dvc repro` of the committed project changed:\n{changes}"
+    leftovers = [str(p.relative_to(project)) for p in project.rglob(".partial-*")]
+    assert leftovers == []
+    work = [p for p in (project / "data/.work").rglob("*") if p.is_file() and p.suffix in (".h5", ".npy")]
+    assert work == [], "the features belong in the workspace and DVC's cache, not a third time in the work folder"
 
 
 def test_second_repro_runs_only_the_listings(pipeline):
