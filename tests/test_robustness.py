@@ -171,7 +171,7 @@ def test_a_damaged_chunk_of_the_previous_features_is_recomputed_and_dvc_caches_t
 
     result = run(["dvc", "repro", "-f", "-s", "conv_features"], copy)
     first, last = 3 * chunk_rows, 4 * chunk_rows - 1
-    assert f"{previous}: rows {first}-{last} of the previous run's data/features/train.h5 fail their checksum: " \
+    assert f"{previous}: rows {first}-{last} of the previous run's data/features/train.h5 fail their check: " \
            "recomputed" in result.stderr
     assert f"{previous}: removed DVC's cached copy of data/features/train.h5" in result.stderr
     stats = metrics(copy, "conv_features")

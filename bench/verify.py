@@ -1,0 +1,118 @@
+"""Benchmark of the checks on reused bytes: what verifying costs where features are reused, next to what
+computing them costs.
+
+VGG16-sized feature rows (block5_pool, 7x7x512 float32: 100 kB a row) in chunks of 10 rows (about 1 MiB, as
+`features.chunk_rows_for` picks), from files in the page cache, so the figures are the CPU cost of the checks (a
+disk-bound read hides them further):
+
+- `checked_reuse_over_plain`: rows/s of reading the previous run's rows through `features._Previous` (each chunk
+  read whole and checked against its digest, as `conv_features` reuses them) / rows/s of h5py reading the same
+  chunks unchecked.
+- `checked_resume_over_plain`: rows/s of loading resumable chunks with `features._load_chunk` (parsed, then their
+  rows checked against the digest in the file's name) / rows/s of `np.load` on the same files.
+- `checked_reuse_over_conv`: rows/s of the checked reuse / images/s of VGG16's conv part (random weights, fp32,
+  batch 8 at 224x224) computing those rows: how much cheaper a reused row stays than a computed one.
+
+Each path runs `--rounds` rounds, alternating, and keeps its best. Targets: `checked_reuse_over_conv` >= 50 (the
+point: reuse stays far cheaper than computing); `checked_reuse_over_plain` >= 0.5; `checked_resume_over_plain` >=
+0.1 (hashing at a few hundred MB/s against `np.load` from the page cache at memory speed: what a resumed chunk
+costs, once, after a kill).
+
+    python3 bench/verify.py [--rows 2000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's vggbn, whatever is installed
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vggbn import features  # noqa: E402
+from vggbn.dvccache import CachedOutput  # noqa: E402
+
+ROW_SHAPE, CHUNK_ROWS, RECIPE = (7, 7, 512), 10, {"bench": 1}
+
+
+def rate(work, amount: int) -> float:
+    start = time.perf_counter()
+    work()
+    return amount / (time.perf_counter() - start)
+
+
+def conv_rate(rounds: int) -> float:
+    from vggbn import models
+
+    conv, _ = models.split(models.vgg16("none"))
+    batch = np.random.default_rng(0).uniform(-120, 120, (8, 224, 224, 3)).astype(np.float32)
+    conv.predict_on_batch(batch)  # warm-up
+    return max(rate(lambda: conv.predict_on_batch(batch), len(batch)) for _ in range(rounds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
+    rng = np.random.default_rng(0)
+    values = rng.random((args.rows, *ROW_SHAPE), dtype=np.float32)
+    paths = [f"img{i}" for i in range(args.rows)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        out = tmp / "features.h5"
+        features.build_feature_file(out, paths=paths, labels=[0] * args.rows, md5s=paths,
+                                    extract=lambda rows: (values[rows[a:a + 100]] for a in range(0, len(rows), 100)),
+                                    row_shape=ROW_SHAPE, dtype="float32", work_dir=tmp / "build",
+                                    feature_recipe=RECIPE, chunk_rows=CHUNK_ROWS)
+        work = tmp / "work"
+        work.mkdir()
+        chunk_files = [features._save_chunk(work, i, values[a:a + CHUNK_ROWS], 0)
+                       for i, a in enumerate(range(0, args.rows, CHUNK_ROWS))]
+
+        def reuse_checked():
+            previous = features._Previous(CachedOutput("features.h5", out, "", None), RECIPE, ROW_SHAPE, "float32")
+            for row in range(args.rows):
+                assert previous.read(row) is not None
+            previous.close()
+
+        def reuse_plain():
+            with h5py.File(out) as file:
+                for a in range(0, args.rows, CHUNK_ROWS):
+                    file["features"][a:a + CHUNK_ROWS]
+
+        def resume_checked():
+            for path in chunk_files:
+                assert features._load_chunk(path, (CHUNK_ROWS, *ROW_SHAPE), "float32") is not None
+
+        def resume_plain():
+            for path in chunk_files:
+                np.load(path, allow_pickle=False)
+
+        paths_ = {"reuse_checked": reuse_checked, "reuse_plain": reuse_plain, "resume_checked": resume_checked,
+                  "resume_plain": resume_plain}
+        for work_fn in paths_.values():  # warm-up: page cache
+            work_fn()
+        best = {name: 0.0 for name in paths_}
+        for _ in range(args.rounds):
+            for name, work_fn in paths_.items():
+                best[name] = max(best[name], rate(work_fn, args.rows))
+    best["conv"] = conv_rate(args.rounds)
+    mb = np.prod(ROW_SHAPE) * 4 / 1e6
+    for name, value in best.items():
+        print(f"{name}: {value:.1f} rows/s ({value * mb:.1f} MB/s)")
+    print(f"checked_reuse_over_plain={best['reuse_checked'] / best['reuse_plain']:.2f} "
+          f"checked_resume_over_plain={best['resume_checked'] / best['resume_plain']:.2f} "
+          f"checked_reuse_over_conv={best['reuse_checked'] / best['conv']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
