@@ -152,5 +152,6 @@ def test_any_other_writer_on_a_full_disk_is_one_line_from_the_stage_runner(small
         write_json(disk / "metrics.json", {"x": "y" * 100_000})
 
     assert stage.exit_status(metrics) == 2
-    assert capsys.readouterr().err.startswith(f"error: {disk}/metrics.json: no space left on device: needs about 100.0 KB")
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {disk}/metrics.json: no space left on device: needs about 100.0 KB")
     assert sorted(p.name for p in disk.iterdir()) == ["filler", "live.tsv"]

@@ -100,7 +100,7 @@ def test_a_model_that_yields_nan_stops_at_the_first_image_naming_it(tmp_path, mi
 
 
 def test_bn_stats_names_the_layer_units_and_row_of_non_finite_activations(tmp_path, mini_vgg, photo_folder):
-    """The issue's case: a feature row of 3.4e38 (damaged by a bad write: no check sees it) overflows fc1 to infinity."""
+    """The issue's case: a feature row of 3.4e38 (a bad write that no check sees) overflows fc1 to infinity."""
     root, paths = photo_folder
     _, out = extract_to(tmp_path, mini_vgg, root, paths)
     with h5py.File(out, "r+") as f:

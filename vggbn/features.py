@@ -17,7 +17,6 @@ Fletcher-32 filter would have halved the read rate of fine-tuning's stream). num
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re

@@ -104,8 +104,8 @@ def run_transfer(*, pretrained_path, finetuned_path, cut_from, listing, inputs: 
     """The transfer stage (`params`: TransferParams; `inputs.root` is the new task's folder): new-task features,
     then the with/without-BN comparison; plot `transfer`: accuracy against learning rate per start."""
     conv, original_dense = models.split(models.load_model_file(pretrained_path), features.feature_cut(cut_from))
-    classes, recomputed_corrupt = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing, inputs=inputs,
-                                out_paths=out_paths, work_dir=work_dir)
+    classes, recomputed_corrupt = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing,
+                                                    inputs=inputs, out_paths=out_paths, work_dir=work_dir)
     starts = {"with_bn": models.load_model_file(finetuned_path), "without_bn": original_dense}
     report = compare_transfer(starts, train_path=out_paths["train"], valid_path=out_paths["valid"],
                               num_classes=len(classes), train_mode=params.train, lrs=params.lrs,
