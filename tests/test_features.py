@@ -140,7 +140,7 @@ def test_a_corrupt_chunk_of_the_previous_file_is_recomputed_and_dropped_from_the
         stats = build(tmp_path / "f.h5", work, paths, labels, md5s, rerun, previous=previous)
     assert stats == {"computed": 5, "reused": 25, "resumed": 0, "recomputed_corrupt": 5}
     assert rerun.rows_computed == [10, 11, 12, 13, 14]
-    assert_equal_files(tmp_path / "f.h5", clean)
+    assert (tmp_path / "f.h5").read_bytes() == clean.read_bytes()  # a clean run's file, byte for byte
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(previous.path) in w and "rows 10-14" in w and "fail their check" in w for w in warnings), warnings
     assert not previous.path.exists()  # DVC would otherwise check the corrupt object out again
@@ -193,7 +193,7 @@ def test_a_corrupt_resumable_chunk_is_recomputed(tmp_path, caplog):
     assert stats == {"computed": 18, "reused": 0, "resumed": 5, "recomputed_corrupt": 5}
     assert sorted(resumed.rows_computed) == list(range(5, 23))
     build(tmp_path / "clean.h5", tmp_path / "work2", paths, labels, md5s, Extractor(paths))
-    assert_equal_files(out, tmp_path / "clean.h5")
+    assert out.read_bytes() == (tmp_path / "clean.h5").read_bytes()
     assert any(done[1].name in r.getMessage() and "rows 5-9" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in work.iterdir()) == ["recipe.json"]
 

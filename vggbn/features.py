@@ -279,19 +279,19 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
         _require_space(out_path, needed, work_dir, sum(b - a for i, (a, b) in enumerate(chunks)
                                                         if i not in resumable) * row_bytes)
         with atomic_path(out_path, needed=needed) as tmp:
-            todo, fresh, mode = list(range(len(chunks))), set(), "w"
-            # Rounds: make the missing chunks, then copy every chunk in (HDF5 has the file open only then, so a disk
-            # filling up while chunks are made fails cleanly); a chunk failing its check is made on the next round.
-            while todo or mode == "w":
+            # Rounds: make the missing chunks, then copy every chunk in, in order (HDF5 has the file open only then,
+            # so a disk filling up while chunks are made fails cleanly). A chunk failing its check is made again and
+            # the file written anew, so that its bytes are a clean run's, not only its rows.
+            todo, fresh = list(range(len(chunks))), set()
+            while todo:
                 written = fill([i for i in todo if i not in resumable])
                 resumable.update(written)
                 fresh |= set(written)
-                with h5py.File(tmp, mode) as file:
-                    if mode == "w":
-                        _create_datasets(file, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows,
-                                         {**(attrs or {}), "feature_recipe": json.dumps(feature_recipe,
-                                                                                        sort_keys=True)})
-                    todo, mode = assemble(file, todo, fresh), "r+"
+                with h5py.File(tmp, "w") as file:
+                    _create_datasets(file, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows,
+                                     {**(attrs or {}), "feature_recipe": json.dumps(feature_recipe, sort_keys=True)})
+                    again = assemble(file, list(range(len(chunks))), fresh)
+                todo = again
     finally:
         old.close()
     for child in work_dir.glob("chunk-*"):
