@@ -82,10 +82,8 @@ def h5_arrays(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def assert_same_h5(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
+def assert_same_h5(a: Path, b: Path) -> None:
     left, right = h5_arrays(a), h5_arrays(b)
-    for key in ignore:
-        left.pop(key), right.pop(key)
     assert sorted(left) == sorted(right), f"{a} and {b} hold different datasets"
     for key in left:
         np.testing.assert_array_equal(left[key], right[key], err_msg=f"{a.name}: {key}")
@@ -115,43 +113,50 @@ def drop_cached_features(copy: Path) -> None:
 
 
 def test_conv_features_killed_mid_chunk_resumes_and_equals_an_uninterrupted_run(pipeline, tmp_path):
+    """Killed mid-split, then one of its completed chunks damaged: the rerun resumes the intact chunks, recomputes
+    the damaged one and gives the file an uninterrupted run gives, byte for byte. (The reference runs at the same
+    batch size: on some CPUs a row's features differ in the last bits with the batch it is computed in.)"""
     project, _ = pipeline
     rows = metrics(project, "sample")["train_images"]
     with h5py.File(project / "data/features/train.h5") as file:
         row_shape = file["features"].shape[1:]
-    copy = copy_of(project, tmp_path)
+    copy, reference = copy_of(project, tmp_path / "killed"), copy_of(project, tmp_path / "reference")
     batch = 4  # chunks hold at most features.batch_size rows: 253 train chunks, so the kill lands mid-split
-    set_param(copy, "features.batch_size", batch)
-    drop_cached_features(copy)  # no previous run's rows to reuse: every row is computed
-    assert repro(copy, "sample") == ["listing"]  # demo data, model and sample are in place; conv_features is next
+    for project_copy in (copy, reference):
+        set_param(project_copy, "features.batch_size", batch)
+        drop_cached_features(project_copy)  # no previous run's rows to reuse: every row is computed
+        assert repro(project_copy, "sample") == ["listing"]  # all in place up to the sample: conv_features is next
     chunks = copy / "data/.work/conv_features/train"
     log = tmp_path / "killed.log"
-    with background_repro(copy, "conv_features", log=log) as proc:
-        kill_when(proc, lambda: len(list(chunks.glob("chunk-*.npy"))) >= 3, log)
+    with background_repro(reference, "conv_features", log=tmp_path / "reference.log") as uninterrupted:
+        with background_repro(copy, "conv_features", log=log) as proc:
+            kill_when(proc, lambda: len(list(chunks.glob("chunk-*.npy"))) >= 3, log)
 
-    done = sorted(chunks.glob("chunk-*.npy"))
-    assert 3 <= len(done) < -(-rows // batch), "the kill came too late to leave the train split unfinished"
-    for chunk in done:  # renamed into place only when whole
-        assert np.load(chunk, allow_pickle=False).shape == (batch, *row_shape)
-    assert finished_looking(copy / "data/features") == []
-    assert not (copy / "metrics/conv_features.json").exists()
-    assert all(p.name.startswith(("chunk-", ".partial-")) or p.name == "recipe.json" for p in chunks.iterdir())
-    damaged = bytearray(done[1].read_bytes())  # a resumable chunk changed since it was written: one bit of it
-    damaged[-5] ^= 0x10
-    done[1].write_bytes(bytes(damaged))
+        done = sorted(chunks.glob("chunk-*.npy"))
+        assert 3 <= len(done) < -(-rows // batch), "the kill came too late to leave the train split unfinished"
+        for chunk in done:  # renamed into place only when whole
+            assert np.load(chunk, allow_pickle=False).shape == (batch, *row_shape)
+        assert finished_looking(copy / "data/features") == []
+        assert not (copy / "metrics/conv_features.json").exists()
+        assert all(p.name.startswith(("chunk-", ".partial-")) or p.name == "recipe.json" for p in chunks.iterdir())
+        damaged = bytearray(done[1].read_bytes())  # a resumable chunk changed since it was written: one bit of it
+        damaged[-5] ^= 0x10
+        done[1].write_bytes(bytes(damaged))
 
-    resumed = run(["dvc", "repro", "conv_features"], copy)
-    assert stages_ran(resumed.stdout) == ["listing", "conv_features"]
-    assert f"{done[1].relative_to(copy)}: a chunk of an interrupted run fails its check (rows 4-7): recomputed" \
-        in resumed.stderr
+        resumed = run(["dvc", "repro", "conv_features"], copy)
+        assert stages_ran(resumed.stdout) == ["listing", "conv_features"]
+        assert f"{done[1].relative_to(copy)}: a chunk of an interrupted run fails its check (rows 4-7): " \
+               "recomputed" in resumed.stderr
+        assert uninterrupted.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     stats = metrics(copy, "conv_features")
     assert stats["train_resumed"] == batch * (len(done) - 1) > 0 and stats["train_recomputed_corrupt"] == batch
     assert stats["train_computed"] == rows - batch * (len(done) - 1) and stats["train_reused"] == 0
     assert stats["valid_recomputed_corrupt"] == 0
     assert stats["split_max_abs_diff"] <= 1e-5
-    for split in ("train", "valid"):  # the fixture's features were computed in one go, at batch 64
-        assert_same_h5(copy / f"data/features/{split}.h5", project / f"data/features/{split}.h5",
-                       ignore=("chunk_digests",))  # one per chunk, and chunks hold 4 rows here
+    for split in ("train", "valid"):
+        assert_same_h5(copy / f"data/features/{split}.h5", reference / f"data/features/{split}.h5")
+        assert (copy / f"data/features/{split}.h5").read_bytes() == \
+            (reference / f"data/features/{split}.h5").read_bytes()
     with h5py.File(copy / "data/features/train.h5") as file:
         assert file["features"].chunks[0] == batch
     assert list(chunks.glob("chunk-*")) == []  # chunks are dropped once the file is assembled
@@ -188,7 +193,7 @@ def test_a_damaged_chunk_of_the_previous_features_is_recomputed_and_dvc_caches_t
     # DVC stored the new output under the same md5: the cache object is whole again, and nothing is out of date
     assert previous.read_bytes() == (project / "data/features/train.h5").read_bytes()
     assert "conv_features" not in run(["dvc", "status"], copy).stdout
-    assert run(["git", "status", "--porcelain"], copy).stdout == ""
+    assert cached_output(copy, "data/features/train.h5") == previous  # dvc.lock records the same md5
     # The features are on disk once in the workspace and once in DVC's cache, not a third time in the work folder
     assert sorted(str(p.relative_to(copy)) for p in (copy / "data/.work/conv_features").rglob("*") if p.is_file()) \
         == ["data/.work/conv_features/train/recipe.json", "data/.work/conv_features/valid/recipe.json"]
