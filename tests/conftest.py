@@ -30,6 +30,7 @@ def rng():
 ALL_STAGES = ["plots_template", "demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features",
               "bn_stats", "insert_bn", "finetune", "combine", "transfer_listing", "transfer", "report"]
 ALWAYS_CHANGED = ["listing", "transfer_listing"]
+REPRO_CHANGES = "repro-changes.txt"  # beside the session's `pipeline` project: what its first `dvc repro` changed
 
 
 class Repro(tuple):
@@ -49,8 +50,52 @@ def pipeline(tmp_path_factory):
 
     project = copy_project(tmp_path_factory.mktemp("project"))
     log = run(["dvc", "repro"], project, merged=True).stdout
+    # What the first run changed of the committed files (dvc.lock, metrics, plot tables): nothing, if they are what
+    # this code produces (tests/test_pipeline.py checks it).
+    (project.parent / REPRO_CHANGES).write_text(run(["git", "status", "--porcelain"], project).stdout
+                                                + run(["git", "diff", "--", "metrics"], project).stdout[:6000])
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "dvc repro", "--allow-empty"], project)  # empty when it reproduces dvc.lock
     result = Repro((project, stages_ran(log)))
     result.log = log
     return result
+
+
+class SmallDisks:
+    """Small tmpfs file systems mounted for a test (and unmounted after it): a full disk, for real."""
+
+    def __init__(self, base):
+        self.base, self.mounted = base, []
+
+    def mount(self, size: str, at=None):
+        """A tmpfs of `size` (e.g. "256k") at `at` (an empty folder, made if missing) or in the test's folder."""
+        import subprocess
+
+        folder = at or self.base / f"disk{len(self.mounted)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs for a full-disk test (needs root with CAP_SYS_ADMIN, as in CI): "
+                        f"{done.stderr.strip()}")
+        self.mounted.append(folder)
+        return folder
+
+    def resize(self, folder, size: str) -> None:
+        """Grow (free space on) a mounted tmpfs, keeping what it holds."""
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    def unmount_all(self):
+        import subprocess
+
+        for folder in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.unmount_all()

@@ -81,3 +81,12 @@ def set_param(cwd: Path, key: str, value) -> None:
             path.write_text("\n".join(lines) + "\n")
             return
     raise KeyError(key)
+
+
+def cached_output(cwd: Path, out: str) -> Path:
+    """The object in the project's DVC cache that its dvc.lock records for output `out` (DVC 3's layout)."""
+    import yaml
+
+    stages = yaml.safe_load((cwd / "dvc.lock").read_text())["stages"]
+    md5 = next(o["md5"] for stage in stages.values() for o in stage.get("outs", []) if o["path"] == out)
+    return cwd / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]

@@ -211,8 +211,8 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
         keras.layers.Dense(4, activation="relu", name="fc1")(inputs)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, history = train_on_features(model, train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5",
-                                       epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32)
+        history = train_on_features(model, train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5",
+                                    epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32).history
     assert len(history) == 2
     assert [str(w.message) for w in caught] == []
 

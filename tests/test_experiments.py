@@ -280,8 +280,9 @@ def test_linked_cache_outputs_are_never_written_in_place(pipeline, tmp_path):
     set_param(project, "finetune.lr", 0.0003)  # finetune and combine read linked inputs, write new outputs
     assert ran_stages(dvc(project, "repro", "combine").stdout) == LR_STAGES
 
-    # A forced rerun (this stage only) rebuilds the features from the previous run's file, kept beside the
-    # linked output; they come out byte-identical, so nothing downstream reruns.
+    # A forced rerun (this stage only) rebuilds the features from the previous run's file, read from DVC's cache
+    # where dvc.lock says it is (the linked output itself was removed by DVC before the run); they come out
+    # byte-identical, so nothing downstream reruns.
     assert ran_stages(dvc(project, "repro", "-f", "-s", "conv_features").stdout) == ["conv_features"]
     features = metrics(project, "conv_features")
     assert features["train_reused"] > 0 and features["train_computed"] == features["valid_computed"] == 0

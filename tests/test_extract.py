@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggbn import extract, images, models
+from vggbn import calibration, extract, features, images, models
 from vggbn.images import ImageInput
 
 
@@ -72,3 +72,56 @@ def test_split_check_is_exact_in_float32(tmp_path, mini_vgg, photo_folder):
     check = extract.check_split(model=mini_vgg, cut=None, inputs=ImageInput(str(root), 4, "squash", "caffe"),
                                 feature_path=out)
     assert check["split_checked_images"] == 6 and check["split_max_abs_diff"] <= 1e-6
+
+
+# --- non-finite values stop where they start ---
+
+
+@pytest.mark.parametrize("damage, cut, what", [(np.nan, "block2_conv2", "NaN"), (np.inf, None, "infinite values")])
+def test_a_model_that_yields_nan_stops_at_the_first_image_naming_it(tmp_path, mini_vgg, photo_folder, damage, cut,
+                                                                    what):
+    root, paths = photo_folder
+    kernel, bias = mini_vgg.get_layer("block2_conv1").get_weights()
+    kernel[0, 0, 0, 5] = damage  # a damaged model file (max pooling drops NaN, so NaN is seen before a pool)
+    mini_vgg.get_layer("block2_conv1").set_weights([kernel, bias])
+    conv, _ = models.split(mini_vgg, cut)
+    out = tmp_path / "features.h5"
+    with pytest.raises(features.NonFiniteFeatures) as caught:
+        extract.extract_split(conv=conv, model_md5="m", inputs=ImageInput(str(root), 4, "squash", "caffe"),
+                              paths=paths, labels=[0, 1] * 3, md5s=[f"h{i}" for i in range(6)], out_path=out,
+                              work_dir=tmp_path / "work")
+    batch = images.load_batch([str(root / p) for p in paths], size=(32, 32), resize="squash", preprocess="caffe")
+    finite = np.isfinite(conv.predict_on_batch(batch)).reshape(len(paths), -1).all(axis=1)
+    first = int(np.argmin(finite))  # the first image whose features are not finite: the one named
+    assert not finite.all()
+    assert str(caught.value).startswith(f"{root}/{paths[first]}: the conv part gives {what} for this image")
+    assert "\n" not in str(caught.value)
+    assert not out.exists() and not list(tmp_path.glob(".partial-*"))
+
+
+def test_bn_stats_names_the_layer_units_and_row_of_non_finite_activations(tmp_path, mini_vgg, photo_folder):
+    """The issue's case: a feature row of 3.4e38 (a bad write that no check sees) overflows fc1 to infinity."""
+    root, paths = photo_folder
+    _, out = extract_to(tmp_path, mini_vgg, root, paths)
+    with h5py.File(out, "r+") as f:
+        row = f["features"][2]
+        row[...] = 3.4e38
+        f["features"][2] = row
+    models.save_model(mini_vgg, tmp_path / "model.keras")
+    with pytest.raises(calibration.StatisticsError, match=rf"^fc1: units .* are not finite on row 2 of {out} "
+                                                          r"\(image train/c0/img 2\.png\), so their statistics"):
+        calibration.run_bn_stats(model_path=tmp_path / "model.keras", train_path=out, sample_dir=tmp_path,
+                                 inputs=ImageInput(str(root), 4, "squash", "caffe"), out_path=tmp_path / "s.h5",
+                                 layers="dense", position="after_activation", batch_size=2, conv_images=None)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_insert_bn_refuses_statistics_that_are_not_finite(tmp_path):
+    from vggbn.moments import Moments
+
+    moments = Moments(3).update(np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 4.0]]))
+    moments.m2[1] = np.inf
+    calibration.save_statistics(tmp_path / "stats.h5", {"fc1": moments})
+    with pytest.raises(calibration.StatisticsError, match=r"stats\.h5: fc1: units 1 have a non-finite mean or "
+                                                          r"variance"):
+        calibration.load_statistics(tmp_path / "stats.h5")

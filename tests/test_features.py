@@ -1,8 +1,13 @@
+import logging
+import shutil
+
 import h5py
 import numpy as np
 import pytest
 
 from vggbn import features
+from vggbn.dvccache import CachedOutput
+from vggbn.files import file_md5
 
 RECIPE = {"model_md5": "abc", "cut": "block2_pool"}
 
@@ -29,17 +34,38 @@ class Extractor:
             yield fake_features([self.paths[r] for r in chunk])
 
 
-def build(out, work, paths, labels, md5s, extractor, recipe=RECIPE):
+def build(out, work, paths, labels, md5s, extractor, recipe=RECIPE, previous=None):
     return features.build_feature_file(out, paths=paths, labels=labels, md5s=md5s, extract=extractor,
                                        row_shape=(2, 2, 3), dtype="float32", work_dir=work, feature_recipe=recipe,
-                                       chunk_rows=5, attrs={"cut": "block2_pool"})
+                                       chunk_rows=5, attrs={"cut": "block2_pool"}, previous=previous)
+
+
+def cached(path, cache_dir):
+    """`path` as DVC would hold it after committing it: a read-only copy named by its md5, as dvc.lock records it."""
+    md5 = file_md5(path)
+    target = cache_dir / md5[:2] / md5[2:]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    target.chmod(0o444)
+    return CachedOutput(str(path.name), target, md5, target.stat().st_size)
+
+
+def corrupt_chunk(path, chunk, offset=40):
+    """Overwrite bytes inside HDF5 chunk `chunk` of `features`, leaving the file's structure intact."""
+    with h5py.File(path, "r") as file:
+        info = file["features"].id.get_chunk_info(chunk)
+    path.chmod(0o644)
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset + offset)
+        handle.write(b"\xff" * 8)
 
 
 def test_one_go_writes_features_labels_paths(tmp_path):
     paths, labels, md5s = manifest(23)
     stats = build(tmp_path / "f.h5", tmp_path / "work", paths, labels, md5s, Extractor(paths))
-    assert stats == {"computed": 23, "reused": 0, "resumed": 0}
+    assert stats == {"computed": 23, "reused": 0, "resumed": 0, "recomputed_corrupt": 0}
     with h5py.File(tmp_path / "f.h5") as f:
+        assert f["features"].chunks == (5, 2, 2, 3) and len(f["chunk_digests"]) == 5
         np.testing.assert_array_equal(f["features"][:], fake_features(paths))
         assert list(f["labels"][:]) == labels and list(f["paths"].asstr()[:]) == paths
         assert f.attrs["cut"] == "block2_pool"
@@ -66,23 +92,169 @@ def test_changed_manifest_reuses_unchanged_rows_from_the_previous_run(tmp_path):
     paths, labels, md5s = manifest(30)
     out, work = tmp_path / "f.h5", tmp_path / "work"
     build(out, work, paths, labels, md5s, Extractor(paths))
+    previous = cached(out, tmp_path / "cache")
     out.unlink()  # dvc repro deletes declared outputs before running the stage
+    assert sorted(p.name for p in work.iterdir()) == ["recipe.json"]  # no second copy of the features kept here
     new_paths = paths[:28] + ["train/c0/new a.png", "train/c1/new b.png"]
     new_md5s = md5s[:27] + ["changed-content"] + ["md5-a", "md5-b"]
     second = Extractor(new_paths)
-    stats = build(out, work, new_paths, labels, new_md5s, second)
-    assert stats == {"computed": 3, "reused": 27, "resumed": 0}
+    stats = build(out, work, new_paths, labels, new_md5s, second, previous=previous)
+    assert stats == {"computed": 3, "reused": 27, "resumed": 0, "recomputed_corrupt": 0}
     assert sorted(second.rows_computed) == [27, 28, 29]
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f["features"][:], fake_features(new_paths))
+    assert previous.path.exists()  # an intact previous file stays in the cache
 
 
 def test_no_reuse_across_recipes(tmp_path):
     paths, labels, md5s = manifest(10)
     work = tmp_path / "work"
     build(tmp_path / "a.h5", work, paths, labels, md5s, Extractor(paths))
-    stats = build(tmp_path / "b.h5", work, paths, labels, md5s, Extractor(paths), recipe={**RECIPE, "cut": "x"})
-    assert stats["computed"] == 10
+    previous = cached(tmp_path / "a.h5", tmp_path / "cache")
+    stats = build(tmp_path / "b.h5", work, paths, labels, md5s, Extractor(paths), recipe={**RECIPE, "cut": "x"},
+                  previous=previous)
+    assert stats["computed"] == 10 and stats["reused"] == 0
+
+
+# --- nothing reused without being checked ---
+
+
+def assert_equal_files(a, b):
+    with h5py.File(a) as x, h5py.File(b) as y:
+        for name in ("features", "labels", "flipped"):
+            np.testing.assert_array_equal(x[name][:], y[name][:], err_msg=name)
+        assert list(x["paths"].asstr()[:]) == list(y["paths"].asstr()[:])
+        assert dict(x.attrs) == dict(y.attrs)
+
+
+def test_a_corrupt_chunk_of_the_previous_file_is_recomputed_and_dropped_from_the_cache(tmp_path, caplog):
+    paths, labels, md5s = manifest(30)
+    clean, work = tmp_path / "clean.h5", tmp_path / "work"
+    build(clean, work, paths, labels, md5s, Extractor(paths))
+    previous = cached(clean, tmp_path / "cache")
+    corrupt_chunk(previous.path, 2)  # rows 10-14
+    with h5py.File(previous.path) as f:  # the file still opens and the other chunks read fine
+        f["features"][:10], f["features"][15:]
+    rerun = Extractor(paths)
+    with caplog.at_level(logging.WARNING):
+        stats = build(tmp_path / "f.h5", work, paths, labels, md5s, rerun, previous=previous)
+    assert stats == {"computed": 5, "reused": 25, "resumed": 0, "recomputed_corrupt": 5}
+    assert rerun.rows_computed == [10, 11, 12, 13, 14]
+    assert (tmp_path / "f.h5").read_bytes() == clean.read_bytes()  # a clean run's file, byte for byte
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(previous.path) in w and "rows 10-14" in w and "fail their check" in w for w in warnings), warnings
+    assert not previous.path.exists()  # DVC would otherwise check the corrupt object out again
+
+
+def test_a_previous_file_of_the_wrong_size_is_not_used(tmp_path, caplog):
+    paths, labels, md5s = manifest(12)
+    clean, work = tmp_path / "clean.h5", tmp_path / "work"
+    build(clean, work, paths, labels, md5s, Extractor(paths))
+    previous = cached(clean, tmp_path / "cache")
+    previous.path.chmod(0o644)
+    with open(previous.path, "r+b") as handle:  # an interrupted copy
+        handle.truncate(previous.size // 2)
+    with caplog.at_level(logging.WARNING):
+        stats = build(tmp_path / "f.h5", work, paths, labels, md5s, Extractor(paths), previous=previous)
+    assert stats["computed"] == 12 and stats["reused"] == 0
+    assert_equal_files(tmp_path / "f.h5", clean)
+    assert any("damaged" in r.getMessage() and str(previous.path) in r.getMessage() for r in caplog.records)
+    assert not previous.path.exists()
+
+
+def test_a_previous_file_without_digests_is_not_reused(tmp_path):
+    paths, labels, md5s = manifest(6)
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as f:  # as versions before digests wrote it
+        f.create_dataset("features", data=fake_features(paths), chunks=(5, 2, 2, 3))
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
+        f.create_dataset("paths", data=paths, dtype=features.STRING)
+        f.create_dataset("md5", data=md5s, dtype=features.STRING)
+        f.create_dataset("flipped", data=np.zeros(6, dtype=bool))
+        f.attrs["feature_recipe"] = '{"cut": "block2_pool", "model_md5": "abc"}'
+    stats = build(tmp_path / "f.h5", tmp_path / "work", paths, labels, md5s, Extractor(paths),
+                  previous=cached(old, tmp_path / "cache"))
+    assert stats["computed"] == 6 and stats["reused"] == 0
+
+
+def test_a_corrupt_resumable_chunk_is_recomputed(tmp_path, caplog):
+    paths, labels, md5s = manifest(23)
+    out, work = tmp_path / "f.h5", tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        build(out, work, paths, labels, md5s, Extractor(paths, fail_after_batches=3))
+    done = sorted(work.glob("chunk-*.npy"))
+    assert len(done) == 2 and all(features.CHUNK_FILE.match(p.name) for p in done)
+    data = bytearray(done[1].read_bytes())
+    data[-7] ^= 0x01  # one bit of one value of rows 5-9
+    done[1].write_bytes(bytes(data))
+    resumed = Extractor(paths)
+    with caplog.at_level(logging.WARNING):
+        stats = build(out, work, paths, labels, md5s, resumed)
+    assert stats == {"computed": 18, "reused": 0, "resumed": 5, "recomputed_corrupt": 5}
+    assert sorted(resumed.rows_computed) == list(range(5, 23))
+    build(tmp_path / "clean.h5", tmp_path / "work2", paths, labels, md5s, Extractor(paths))
+    assert out.read_bytes() == (tmp_path / "clean.h5").read_bytes()
+    assert any(done[1].name in r.getMessage() and "rows 5-9" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in work.iterdir()) == ["recipe.json"]
+
+
+def test_leftovers_of_earlier_runs_are_removed(tmp_path):
+    paths, labels, md5s = manifest(7)
+    work = tmp_path / "work"
+    build(tmp_path / "a.h5", work, paths, labels, md5s, Extractor(paths))
+    (work / "previous.h5").write_bytes(b"a second copy, as earlier versions kept")
+    (work / "chunk-000000.npy").write_bytes(b"an earlier version's chunk name")
+    (work / ".partial-999999999-chunk-000001-0123.npy").write_bytes(b"a killed write")
+    stats = build(tmp_path / "b.h5", work, paths, labels, md5s, Extractor(paths))
+    assert stats["computed"] == 7
+    assert sorted(p.name for p in work.iterdir()) == ["recipe.json"]
+
+
+# --- non-finite values stop where they start ---
+
+
+def test_non_finite_features_name_the_image_and_leave_no_file(tmp_path):
+    paths, labels, md5s = manifest(12)
+
+    def broken(rows):
+        for start in range(0, len(rows), 4):
+            batch = fake_features([paths[r] for r in rows[start:start + 4]])
+            if start == 4:
+                batch[2, 0, 1, 2] = np.nan  # row 6
+            yield batch
+
+    out, work = tmp_path / "f.h5", tmp_path / "work"
+    with pytest.raises(features.NonFiniteFeatures, match=r"^images/train/c0/img 6\.png: the conv part gives NaN"):
+        features.build_feature_file(out, paths=paths, labels=labels, md5s=md5s, extract=broken, row_shape=(2, 2, 3),
+                                    dtype="float32", work_dir=work, feature_recipe=RECIPE, chunk_rows=5,
+                                    image_root="images")
+    assert not out.exists() and not list(tmp_path.glob(".partial-*"))
+    assert len(list(work.glob("chunk-*.npy"))) == 1  # rows 0-4 stay done
+
+
+def test_values_beyond_float16_name_the_image_and_the_dtype(tmp_path):
+    paths, labels, md5s = manifest(3)
+
+    def huge(rows):
+        yield np.full((len(rows), 2, 2, 3), 1e6, dtype=np.float32)
+
+    with pytest.raises(features.NonFiniteFeatures, match=r"img 0\.png: its features reach 1e\+06, beyond what "
+                                                         r"features.dtype float16 can hold"):
+        features.build_feature_file(tmp_path / "f.h5", paths=paths, labels=labels, md5s=md5s, extract=huge,
+                                    row_shape=(2, 2, 3), dtype="float16", work_dir=tmp_path / "w",
+                                    feature_recipe=RECIPE)
+
+
+def test_reading_a_truncated_feature_file_is_a_one_line_error_naming_it(tmp_path):
+    paths, labels, md5s = manifest(30)
+    out = tmp_path / "f.h5"
+    build(out, tmp_path / "work", paths, labels, md5s, Extractor(paths))
+    with h5py.File(out) as f:
+        end = f["features"].id.get_chunk_info(3).byte_offset
+    with open(out, "r+b") as handle:  # an interrupted copy
+        handle.truncate(end + 16)
+    with pytest.raises(features.FeatureFileError, match=r"f\.h5: cannot open feature file: .*truncated file"):
+        list(features.iter_batches(out, 5))
 
 
 def write_rows(path, n, chunk=7):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vggbn.listing import HEADER, Entry, ListingError, read_listing, run_listing, scan
+from vggbn.listing import HEADER, Entry, ListingError, read_listing, run_listing, scan, shell_word
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,8 +98,26 @@ def test_names_a_tsv_row_cannot_hold_are_escaped_and_marked(folder, tmp_path):
     run_listing(root=folder, out=out)
     out.read_bytes().decode("utf-8")  # valid UTF-8 throughout
     marked = {entry.path for entry in read_listing(out) if entry.kind == "badname"}
-    assert marked == {"train/a/tab\\x09here.JPEG", "train/a/new\\x0aline.JPEG", "train/a/latin1-\\udce9.JPEG",
+    assert marked == {"train/a/tab\\x09here.JPEG", "train/a/new\\x0aline.JPEG", "train/a/latin1-\\xe9.JPEG",
                       "train/bad\\x09class/", "train/bad\\x09class/x.JPEG"}
+
+
+def test_a_badname_path_is_a_shell_word_for_the_very_file(folder, tmp_path):
+    """What `rejected.tsv` shows of such a name can be pasted into a shell, and names the file itself."""
+    names = [b"\xff\xfe.png", b"quote ' and back\\slash\t.png", "line\u2028sep \u00e9\n.png".encode()]
+    for name in names:
+        try:
+            with open(os.fsencode(folder / "train/a") + b"/" + name, "wb") as file:
+                file.write(name)
+        except OSError:
+            pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "listing.tsv"
+    run_listing(root=folder, out=out)
+    words = [shell_word(entry.path) for entry in read_listing(out) if entry.kind == "badname"]
+    assert len(words) == len(names) and all(word.startswith("$'train/a/") for word in words)
+    shown = [subprocess.run(["bash", "-c", f"cat -- {word}"], cwd=folder, capture_output=True, check=True).stdout
+             for word in words]  # bash itself opens the file each word names, from the data root
+    assert sorted(shown) == sorted(names)  # each file holds its own name
 
 
 def test_labels_csv_is_listed_first_with_a_content_hash(folder, tmp_path):

@@ -11,7 +11,7 @@ from project import copy_of, metrics, repro, run, set_param
 
 pytestmark = pytest.mark.slow
 
-from conftest import ALL_STAGES, ALWAYS_CHANGED
+from conftest import ALL_STAGES, ALWAYS_CHANGED, REPRO_CHANGES
 
 def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
     project, ran = pipeline
@@ -61,6 +61,19 @@ def test_repro_prints_one_screen_of_signal(pipeline):
         assert last == said[-1] and not progress, f"{stage} ends without a summary:\n{pipeline.log}"
     transfer = next(line for line in lines if re.match(r"\d\d:\d\d:\d\d transfer: \d+ classes", line))
     assert re.search(r"best with BN 0\.\d{3} at lr 1e-\d, without 0\.\d{3} at lr 1e-\d", transfer)
+
+
+def test_a_fresh_clone_reproduces_the_committed_lock_metrics_and_plots(pipeline):
+    """A fresh clone's `dvc repro` leaves `git status` clean: the committed dvc.lock (hashes and sizes), metrics and
+    plot tables are what the code produces (on the machine they were made on: float results may differ in the last
+    bits elsewhere, as the README says)."""
+    project, _ = pipeline
+    changes = (project.parent / REPRO_CHANGES).read_text()
+    assert changes == "", f"the first `dvc repro` of the committed project changed:\n{changes}"
+    leftovers = [str(p.relative_to(project)) for p in project.rglob(".partial-*")]
+    assert leftovers == []
+    work = [p for p in (project / "data/.work").rglob("*") if p.is_file() and p.suffix in (".h5", ".npy")]
+    assert work == [], "the features belong in the workspace and DVC's cache, not a third time in the work folder"
 
 
 def test_second_repro_runs_only_the_listings(pipeline):

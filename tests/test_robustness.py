@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from project import ENV, copy_of, metrics, repro, run, set_param, stages_ran
+from project import ENV, cached_output, copy_of, metrics, repro, run, set_param, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -105,48 +106,126 @@ def assert_same_weights(a: Path, b: Path) -> None:
 # --- kills ---
 
 
-def test_conv_features_killed_mid_chunk_resumes_and_equals_an_uninterrupted_run(pipeline, tmp_path,
-                                                                               tmp_path_factory):
+def drop_cached_features(copy: Path) -> None:
+    """Remove the previous run's features from the copy's DVC cache: conv_features then has no rows to reuse."""
+    for split in ("train", "valid"):
+        cached_output(copy, f"data/features/{split}.h5").unlink()
+
+
+def test_conv_features_killed_mid_chunk_resumes_and_equals_an_uninterrupted_run(pipeline, tmp_path):
+    """Killed mid-split, then one of its completed chunks damaged: the rerun resumes the intact chunks, recomputes
+    the damaged one and gives the file an uninterrupted run gives, byte for byte. (The reference runs at the same
+    batch size: on some CPUs a row's features differ in the last bits with the batch it is computed in.)"""
     project, _ = pipeline
     rows = metrics(project, "sample")["train_images"]
     with h5py.File(project / "data/features/train.h5") as file:
         row_shape = file["features"].shape[1:]
+    copy, reference = copy_of(project, tmp_path / "killed"), copy_of(project, tmp_path / "reference")
     batch = 4  # chunks hold at most features.batch_size rows: 253 train chunks, so the kill lands mid-split
-    # The reference runs uninterrupted at the same batch size: oneDNN's conv kernels may round differently for
-    # another batch size, so features computed at batch 64 need not equal these in the last bit.
-    copy, reference = copy_of(project, tmp_path), copy_of(project, tmp_path_factory.mktemp("reference"))
     for project_copy in (copy, reference):
         set_param(project_copy, "features.batch_size", batch)
-        run(["rm", "-rf", "data/.work/conv_features"], project_copy)  # no previous rows to reuse: all computed
-        assert repro(project_copy, "sample") == ["listing"]  # demo data, model and sample are in place
-    assert repro(reference, "conv_features") == ["listing", "conv_features"]
+        drop_cached_features(project_copy)  # no previous run's rows to reuse: every row is computed
+        assert repro(project_copy, "sample") == ["listing"]  # all in place up to the sample: conv_features is next
     chunks = copy / "data/.work/conv_features/train"
     log = tmp_path / "killed.log"
-    with background_repro(copy, "conv_features", log=log) as proc:
-        kill_when(proc, lambda: len(list(chunks.glob("chunk-*.npy"))) >= 3, log)
+    with background_repro(reference, "conv_features", log=tmp_path / "reference.log") as uninterrupted:
+        with background_repro(copy, "conv_features", log=log) as proc:
+            kill_when(proc, lambda: len(list(chunks.glob("chunk-*.npy"))) >= 3, log)
 
-    done = sorted(chunks.glob("chunk-*.npy"))
-    assert 3 <= len(done) < -(-rows // batch), "the kill came too late to leave the train split unfinished"
-    for chunk in done:  # renamed into place only when whole
-        assert np.load(chunk, allow_pickle=False).shape == (batch, *row_shape)
-    assert finished_looking(copy / "data/features") == []
-    assert not (copy / "metrics/conv_features.json").exists()
-    assert all(p.name.startswith(("chunk-", ".partial-")) or p.name == "recipe.json" for p in chunks.iterdir())
+        done = sorted(chunks.glob("chunk-*.npy"))
+        assert 3 <= len(done) < -(-rows // batch), "the kill came too late to leave the train split unfinished"
+        for chunk in done:  # renamed into place only when whole
+            assert np.load(chunk, allow_pickle=False).shape == (batch, *row_shape)
+        assert finished_looking(copy / "data/features") == []
+        assert not (copy / "metrics/conv_features.json").exists()
+        assert all(p.name.startswith(("chunk-", ".partial-")) or p.name == "recipe.json" for p in chunks.iterdir())
+        damaged = bytearray(done[1].read_bytes())  # a resumable chunk changed since it was written: one bit of it
+        damaged[-5] ^= 0x10
+        done[1].write_bytes(bytes(damaged))
 
-    ran = repro(copy, "conv_features")
-    assert ran == ["listing", "conv_features"]
+        resumed = run(["dvc", "repro", "conv_features"], copy)
+        assert stages_ran(resumed.stdout) == ["listing", "conv_features"]
+        assert f"{done[1].relative_to(copy)}: a chunk of an interrupted run fails its check (rows 4-7): " \
+               "recomputed" in resumed.stderr
+        assert uninterrupted.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     stats = metrics(copy, "conv_features")
-    assert stats["train_resumed"] == batch * len(done) > 0
-    assert stats["train_computed"] == rows - batch * len(done) and stats["train_reused"] == 0
+    assert stats["train_resumed"] == batch * (len(done) - 1) > 0 and stats["train_recomputed_corrupt"] == batch
+    assert stats["train_computed"] == rows - batch * (len(done) - 1) and stats["train_reused"] == 0
+    assert stats["valid_recomputed_corrupt"] == 0
     assert stats["split_max_abs_diff"] <= 1e-5
     for split in ("train", "valid"):
         assert_same_h5(copy / f"data/features/{split}.h5", reference / f"data/features/{split}.h5")
+        assert (copy / f"data/features/{split}.h5").read_bytes() == \
+            (reference / f"data/features/{split}.h5").read_bytes()
     with h5py.File(copy / "data/features/train.h5") as file:
         assert file["features"].chunks[0] == batch
     assert list(chunks.glob("chunk-*")) == []  # chunks are dropped once the file is assembled
 
 
+def test_a_damaged_chunk_of_the_previous_features_is_recomputed_and_dvc_caches_the_good_file(pipeline, tmp_path):
+    """The issue's case: 4 KB overwritten inside the previous run's features (their structure intact), then a
+    rerun of conv_features. Those rows are recomputed, counted and named; the rest are reused; the result is a
+    clean run's, and DVC's cache holds the good file again (DVC would otherwise check the damaged one out)."""
+    project, _ = pipeline
+    copy = copy_of(project, tmp_path)
+    previous = cached_output(copy, "data/features/train.h5")
+    with h5py.File(previous) as file:
+        chunk_rows, rows = file["features"].chunks[0], file["features"].shape[0]
+        info = file["features"].id.get_chunk_info(3)
+    previous.chmod(0o644)  # DVC keeps cache objects read-only; a bad sector does not ask
+    with open(previous, "r+b") as handle:
+        handle.seek(info.byte_offset + 1000)
+        handle.write(np.full(1024, 3.4e38, dtype=np.float32).tobytes())
+    previous.chmod(0o444)
+
+    result = run(["dvc", "repro", "-f", "-s", "conv_features"], copy)
+    first, last = 3 * chunk_rows, 4 * chunk_rows - 1
+    assert f"{previous}: rows {first}-{last} of the previous run's data/features/train.h5 fail their check: " \
+           "recomputed" in result.stderr, result.stderr[-3000:]
+    assert f"{previous}: removed DVC's cached copy of data/features/train.h5" in result.stderr
+    stats = metrics(copy, "conv_features")
+    assert stats["train_recomputed_corrupt"] == stats["train_computed"] == chunk_rows
+    assert stats["train_reused"] == rows - chunk_rows
+    assert stats["valid_computed"] == stats["valid_recomputed_corrupt"] == 0 and stats["valid_reused"] > 0
+    for split in ("train", "valid"):
+        assert_same_h5(copy / f"data/features/{split}.h5", project / f"data/features/{split}.h5")
+        assert (copy / f"data/features/{split}.h5").read_bytes() == (project / f"data/features/{split}.h5").read_bytes()
+    # DVC stored the new output under the same md5: the cache object is whole again, and nothing is out of date
+    assert previous.read_bytes() == (project / "data/features/train.h5").read_bytes()
+    assert "conv_features" not in run(["dvc", "status"], copy).stdout
+    assert cached_output(copy, "data/features/train.h5") == previous  # dvc.lock records the same md5
+    # The features are on disk once in the workspace and once in DVC's cache, not a third time in the work folder
+    assert sorted(str(p.relative_to(copy)) for p in (copy / "data/.work/conv_features").rglob("*") if p.is_file()) \
+        == ["data/.work/conv_features/train/recipe.json", "data/.work/conv_features/valid/recipe.json"]
+
+
+def test_a_model_that_yields_nan_stops_conv_features_with_one_line_naming_the_image(pipeline, tmp_path):
+    import keras
+
+    project, _ = pipeline
+    copy = copy_of(project, tmp_path / "project")
+    model = keras.saving.load_model(copy / "models/demo.keras", safe_mode=True)
+    kernel, bias = model.get_layer("block3_conv2").get_weights()
+    bias[7] = np.nan  # a damaged model file
+    model.get_layer("block3_conv2").set_weights([kernel, bias])
+    model.save(tmp_path / "broken.keras")
+    set_param(copy, "model.source", str(tmp_path / "broken.keras"))
+    set_param(copy, "model.preprocess", "caffe")
+    set_param(copy, "features.cut", "block3_conv2")  # max pooling drops NaN: cut where the model yields it
+
+    result = run(["dvc", "repro", "conv_features"], copy, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    first = (copy / "data/sample/train.tsv").read_text().splitlines()[1].split("\t")[0]
+    assert errors == [f"error: data/demo/{first}: the conv part gives NaN for this image: is the model file broken "
+                      "(NaN or huge weights), or the image one it cannot handle?"], output
+    assert finished_looking(copy / "data/features") == []
+
+
 def test_finetune_killed_after_an_epoch_resumes_and_equals_an_uninterrupted_run(pipeline, tmp_path):
+    """Resumed from its last checkpoint, or, when that checkpoint was damaged since, trained again from the start:
+    either way the result is the uninterrupted run's."""
     project, _ = pipeline
     reference, killed = copy_of(project, tmp_path / "reference"), copy_of(project, tmp_path / "killed")
     for copy in (reference, killed):
@@ -164,23 +243,110 @@ def test_finetune_killed_after_an_epoch_resumes_and_equals_an_uninterrupted_run(
         assert (work / state["checkpoint"]).exists()
         assert not (killed / "metrics/finetune.json").exists()
         assert [p.name for p in (killed / "models").iterdir() if p.name.startswith("dense_bn_finetuned")] == []
+        damaged = copy_of(killed, tmp_path / "damaged")  # the same interrupted run, its checkpoint damaged since
+        checkpoint = damaged / "data/.work/finetune" / state["checkpoint"]
+        data = bytearray(checkpoint.read_bytes())
+        data[len(data) // 2] ^= 0x04
+        checkpoint.write_bytes(bytes(data))
 
         resumed = run(["dvc", "repro", "finetune"], killed, env={**ENV, "VGGBN_LOG": "debug"})  # Keras' epoch lines
         assert stages_ran(resumed.stdout) == ["listing", "finetune"]
         assert f"resuming from the checkpoint after epoch {state['epoch'] + 1}" in resumed.stderr
         assert "Epoch 1/4" not in resumed.stdout and "Epoch 4/4" in resumed.stdout
+        restarted = run(["dvc", "repro", "finetune"], damaged)
+        assert "data/.work/finetune/epoch.json: the checkpoint of an interrupted run fails its check" in \
+            restarted.stderr and f"{state['epoch'] + 1} epochs trained again" in restarted.stderr
+        assert "Epoch 1/4" in restarted.stdout and "resuming" not in restarted.stderr
         assert uninterrupted.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
 
-    assert_same_weights(killed / "models/dense_bn_finetuned.keras", reference / "models/dense_bn_finetuned.keras")
-    assert metrics(killed, "finetune") == metrics(reference, "finetune")
-    assert metrics(killed, "finetune")["epochs"] == 4
-    curves = sorted((killed / "dvclive/finetune/plots").rglob("*.tsv"))
-    assert len(curves) == 4  # train and eval loss and accuracy
-    for curve in curves:
-        steps = [line.split("\t")[0] for line in curve.read_text().splitlines()[1:]]
-        assert steps == ["0", "1", "2", "3"], f"{curve}: every epoch exactly once"
-        twin = reference / curve.relative_to(killed)
-        assert curve.read_text() == twin.read_text(), f"{curve.name}: the resumed curve differs from the reference"
+    expected = metrics(reference, "finetune")
+    assert expected["epochs"] == 4 and expected["epochs_recomputed_corrupt"] == 0
+    for copy, lost in ((killed, 0), (damaged, state["epoch"] + 1)):
+        assert_same_weights(copy / "models/dense_bn_finetuned.keras", reference / "models/dense_bn_finetuned.keras")
+        assert metrics(copy, "finetune") == {**expected, "epochs_recomputed_corrupt": lost}
+        curves = sorted((copy / "dvclive/finetune/plots").rglob("*.tsv"))
+        assert len(curves) == 4  # train and eval loss and accuracy
+        for curve in curves:
+            steps = [line.split("\t")[0] for line in curve.read_text().splitlines()[1:]]
+            assert steps == ["0", "1", "2", "3"], f"{curve}: every epoch exactly once"
+            twin = reference / curve.relative_to(copy)
+            assert curve.read_text() == twin.read_text(), f"{curve.name}: the resumed curve differs from the reference"
+
+
+def test_kill_during_a_model_save_leaves_git_status_clean_and_the_next_run_removes_the_leftover(pipeline,
+                                                                                                 tmp_path):
+    project, _ = pipeline
+    copy = copy_of(project, tmp_path / "project")
+    models = copy / "models"
+
+    def saving():
+        return any(p.name.startswith(".partial-") for p in os.scandir(models))
+
+    for attempt in range(6):  # a demo model saves in tens of milliseconds: poll fast, and try again if missed
+        log = tmp_path / f"killed-{attempt}.log"
+        with background_repro(copy, "-f", "-s", "insert_bn", log=log) as proc:
+            while proc.poll() is None and not saving():
+                time.sleep(0.0005)
+            caught = proc.poll() is None
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if caught:
+            break
+    else:
+        pytest.skip("no kill landed during a model save in 6 tries")
+    time.sleep(0.5)  # the stage's python is in the killed group too
+    left = sorted(p.name for p in models.iterdir() if p.name.startswith(".partial-"))
+    assert left, "the kill left no temporary name: nothing to check"
+
+    run(["dvc", "repro"], copy)  # DVC may restore insert_bn's outputs from its cache without running it
+    assert run(["git", "status", "--porcelain"], copy).stdout == ""  # git ignores `.partial-*`
+    run(["dvc", "repro", "-f", "-s", "insert_bn"], copy)  # the stage's next run clears what the killed one left
+    leftovers = [str(p.relative_to(copy)) for p in copy.rglob(".partial-*") if ".dvc" not in p.parts]
+    assert leftovers == [] and not list(models.glob("tmp*")), leftovers
+    assert run(["git", "status", "--porcelain"], copy).stdout == ""
+
+
+# --- a full disk ---
+
+
+def test_a_disk_filling_up_during_conv_features_fails_in_one_line_and_the_rerun_resumes(pipeline, tmp_path,
+                                                                                        small_disks):
+    """On a small tmpfs mounted as the work folder, filled up by someone else half-way through the train split."""
+    project, _ = pipeline
+    rows = metrics(project, "sample")["train_images"]
+    copy = copy_of(project, tmp_path / "project")
+    drop_cached_features(copy)  # every row is computed
+    work = copy / "data/.work/conv_features"
+    shutil.rmtree(work)
+    small_disks.mount("8m", at=work)  # the chunks need about 5 MB
+    chunks = work / "train"
+    log = tmp_path / "full.log"
+    with background_repro(copy, "-s", "conv_features", log=log) as proc:
+        deadline = time.monotonic() + 600
+        while len(list(chunks.glob("chunk-*.npy"))) < 3:
+            assert proc.poll() is None, f"the run ended before the disk filled:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with open(work / "filler", "wb") as filler:  # every byte left
+            os.posix_fallocate(filler.fileno(), 0, shutil.disk_usage(work).free)
+        assert proc.wait(timeout=600) != 0
+    output = log.read_text()
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert re.fullmatch(r"error: data/\.work/conv_features/train/chunk-\d{6}-[0-9a-f]{32}\.npy: no space left on "
+                        r"device: needs about [\d.]+ [KM]B, [\d.]+ (bytes|KB) free in data/\.work/conv_features/"
+                        r"train; free some space and rerun", errors[0]), errors[0]
+    kept = len(list(chunks.glob("chunk-*.npy")))
+    assert kept >= 3 and list(work.rglob(".partial-*")) == []
+    assert finished_looking(copy / "data/features") == [] and not (copy / "metrics/conv_features.json").exists()
+
+    (work / "filler").unlink()  # space freed
+    ran = run(["dvc", "repro", "-s", "conv_features"], copy)
+    assert stages_ran(ran.stdout) == ["conv_features"]
+    stats = metrics(copy, "conv_features")
+    assert stats["train_resumed"] >= 64 * kept and stats["train_computed"] == rows - stats["train_resumed"]
+    for split in ("train", "valid"):
+        assert_same_h5(copy / f"data/features/{split}.h5", project / f"data/features/{split}.h5")
 
 
 # --- determinism ---

@@ -271,7 +271,10 @@ def test_names_a_manifest_cannot_hold_are_rejected(root):
     put(root / "train/cat/new\nline.jpg", JPEG)
     rejected = dict(sample(root).rejected)
     reason = "name holds a tab, a line break or bytes that are not UTF-8"
-    assert rejected["train/cat/tab\\x09name.jpg"] == reason and rejected["train/cat/new\\x0aline.jpg"] == reason
+    assert rejected["$'train/cat/tab\\x09name.jpg'"] == reason and rejected["$'train/cat/new\\x0aline.jpg'"] == reason
+    with open(os.fsencode(root / "train/cat") + b"/\xff\xfe.jpg", "wb") as file:  # not UTF-8
+        file.write(JPEG)
+    assert dict(sample(root).rejected)["$'train/cat/\\xff\\xfe.jpg'"] == reason  # pasted into bash: that very file
     put(root / "train/bad\tclass/x.jpg", JPEG)
     with pytest.raises(SampleError, match=r"data/train/bad\\x09class/: class folder name holds a tab"):
         sample(root)

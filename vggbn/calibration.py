@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 
-from vggbn import console, features, models, surgery
+from vggbn import VggbnError, console, features, models, surgery
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import CHECK_IMAGES, ImageInput
@@ -52,7 +52,14 @@ def load_statistics(path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dic
     """({layer name: (mean, variance)} in the file's layer order, the file's attributes), as saved."""
     with h5py.File(path, "r") as file:
         stats = {name: (group["mean"][:], group["variance"][:]) for name, group in file.items()}
-        return stats, {key: (value.decode() if isinstance(value, bytes) else value) for key, value in file.attrs.items()}
+        attrs = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in file.attrs.items()}
+    for name, (mean, variance) in stats.items():
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(variance) & (variance >= 0)))
+        if len(bad):
+            shown = ", ".join(map(str, bad[:8])) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            raise StatisticsError(f"{path}: {name}: units {shown} have a non-finite mean or variance: rerun "
+                                  "`dvc repro -f bn_stats`")
+    return stats, attrs
 
 
 def _row_count(feature_path) -> int:
@@ -73,6 +80,15 @@ def calibration_tables(moments: dict[str, Moments]) -> tuple[dict, dict[str, Tab
     return summary, tables
 
 
+class StatisticsError(VggbnError):
+    pass
+
+
+def _non_finite(error: surgery.NonFiniteActivations, where: str) -> StatisticsError:
+    return StatisticsError(f"{error.layer}: units {error.shown} are not finite on {where}, so their statistics "
+                           "would not be: a broken model file (NaN or huge weights) or damaged features")
+
+
 def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_path, layers: str, position: str,
                  batch_size: int, conv_images: int | None) -> StageResult:
     """The bn_stats stage: moments of every BN target, saved to `out_path`; units and dead units per layer, and a
@@ -87,12 +103,22 @@ def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_
     if surgery.targets(dense, layers):
         batches = console.tracked((x for x, _ in features.iter_batches(train_path, batch_size)),
                                   _row_count(train_path), "statistics over train features", "row", size=len)
-        moments.update(surgery.measure(dense, batches, surgery.targets(dense, layers), position))
+        try:
+            moments.update(surgery.measure(dense, batches, surgery.targets(dense, layers), position))
+        except surgery.NonFiniteActivations as error:
+            row = error.batch * batch_size + error.row
+            with features.open_features(train_path) as file:
+                image = file["paths"].asstr()[row] if "paths" in file else "?"
+            raise _non_finite(error, f"row {row} of {train_path} (image {image})") from None
     if surgery.targets(conv, layers):
         paths = read_split(sample_dir, "train").paths[:conv_images]
         batches = console.tracked(inputs.dataset(paths, models.input_size(model)), len(paths),
                                   "statistics over train images", "img", size=len)
-        moments.update(surgery.measure(conv, batches, surgery.targets(conv, layers), position))
+        try:
+            moments.update(surgery.measure(conv, batches, surgery.targets(conv, layers), position))
+        except surgery.NonFiniteActivations as error:
+            image = inputs.files(paths)[error.batch * inputs.batch_size + error.row]
+            raise _non_finite(error, f"image {image}") from None
     moments = {name: moments[name] for name in surgery.targets(model, layers)}  # model order
     save_statistics(out_path, moments, {"position": position, "layers": layers})
     summary, tables = calibration_tables(moments)

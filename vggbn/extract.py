@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from vggbn import features, models
+from vggbn.dvccache import previous_output
 from vggbn.files import StageResult, file_md5
 from vggbn.images import CHECK_IMAGES, ImageInput
 from vggbn.manifest import read_classes, read_split
@@ -23,6 +24,7 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
     With `flip`, every image also gets a row for its horizontally flipped copy (after all unflipped rows).
     A chunk (the unit of work a killed run resumes from, and of the HDF5 file's layout) holds at most
     `inputs.batch_size` rows, and at most about 1 MiB (`features.chunk_rows_for`): a kill loses at most one batch.
+    Rows are reused from the version of `out_path` that DVC's cache holds (`dvccache.previous_output`).
     """
     cut = conv.layers[-1].name
     size = models.input_size(conv)
@@ -45,7 +47,8 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
         out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
         flipped=[False] * count + [True] * count * (copies - 1), extract=extract,
         row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
-        chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)))
+        chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)),
+        previous=previous_output(out_path), image_root=inputs.root)
 
 
 def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feature_path: str | Path,
@@ -58,7 +61,7 @@ def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feat
     batch_size = inputs.batch_size
     with features.open_features(feature_path) as file:
         count = min(limit, file["features"].shape[0])
-        cached = file["features"][:count].astype(np.float32)
+        cached = features.read_rows(feature_path, file["features"], 0, count)
         rel_paths = file["paths"].asstr()[:count]
     dataset = inputs.dataset(list(rel_paths), models.input_size(model))
     whole_model, dense_part = models.predictor(model), models.predictor(dense)

@@ -6,15 +6,17 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from itertools import count
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
-from vggbn import console, features, models
-from vggbn.atomic import atomic_path
-from vggbn.files import StageResult, file_md5, prepare_work, write_json
+from vggbn import VggbnError, console, features, models
+from vggbn.atomic import atomic_path, staging_folder
+from vggbn.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
 from vggbn.tfdata import without_autotune
 from vggbn.training import (EpochProgress, History, compile_for_training, floats, live_callback, live_logger,
@@ -38,12 +40,42 @@ def _dataset(generator, row_shape, batches: int) -> tf.data.Dataset:
     return without_autotune(dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2))
 
 
+class TrainingDiverged(VggbnError):
+    pass
+
+
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss (or metric), before the epoch is checkpointed, with one line
+    naming the epoch: a diverged model is no result to save or to resume from."""
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr, self.epoch = lr, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs, where: str):
+        bad = {key: float(value) for key, value in (logs or {}).items() if not math.isfinite(float(value))}
+        if bad:
+            shown = ", ".join(f"{key} {value}" for key, value in bad.items())
+            raise TrainingDiverged(f"epoch {self.epoch + 1}{where}: training diverged ({shown}); a lower learning "
+                                   f"rate than {self.lr:g} may hold")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check({"loss": logs["loss"]} if logs and "loss" in logs else None, f", batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, "")
+
+
 class _Checkpoint(keras.callbacks.Callback):
     """Saves model and optimizer after each epoch, atomically, with the epoch number beside it.
 
-    `epoch.json` names the checkpoint file of its epoch and holds the dropout RNG states, which `model.save` does
-    not keep: a kill between writing the two files leaves the previous epoch's pair, and a resumed run draws the
-    same dropout masks as one that never stopped.
+    `epoch.json` names the checkpoint file of its epoch with the digest of its bytes, holds the dropout RNG states,
+    which `model.save` does not keep, and a digest of itself: a kill between writing the two files leaves the
+    previous epoch's pair, a resumed run draws the same dropout masks as one that never stopped, and a damaged
+    checkpoint or record is never resumed from.
     """
 
     def __init__(self, work_dir: Path, history: list[dict]):
@@ -52,14 +84,22 @@ class _Checkpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         name = f"checkpoint-{epoch:04d}.keras"
-        with atomic_path(self.work_dir / name) as tmp:
-            self.model.save(tmp)
+        path = self.work_dir / name
+        with atomic_path(path, needed=models.variable_bytes(self.model, optimizer=True)) as tmp, \
+                staging_folder(path) as staging:  # Keras may put a temporary file beside the one it writes
+            self.model.save(staging / name)
+            os.replace(staging / name, tmp)
         self.history.append(floats(logs))
-        state = {"epoch": epoch, "checkpoint": name, "rng": _rng_states(self.model), "history": self.history}
-        write_json(self.work_dir / "epoch.json", state)
+        state = {"epoch": epoch, "checkpoint": name, "checkpoint_digest": file_digest(path),
+                 "rng": _rng_states(self.model), "history": self.history}
+        write_json(self.work_dir / "epoch.json", {**state, "digest": _state_digest(state)})
         for old in self.work_dir.glob("checkpoint*.keras"):
             if old.name != name:
                 old.unlink()
+
+
+def _state_digest(state: dict) -> str:
+    return bytes_digest(json.dumps(state, sort_keys=True).encode())
 
 
 def _seed_generators(model: keras.Model) -> dict[str, list]:
@@ -81,39 +121,78 @@ def _restore_rng_states(model: keras.Model, states: dict[str, list]) -> None:
 CHECKPOINT_FILES = ("checkpoint*.keras", "epoch.json")
 
 
-def _resume(work_dir: Path, recipe: dict):
-    """(model, per-epoch logs so far) from an interrupted run of the same recipe, else None."""
+class _Resumed(NamedTuple):
+    model: keras.Model
+    history: list[dict]
+
+
+def _resume(work_dir: Path, recipe: dict) -> tuple[_Resumed | None, int]:
+    """(model and per-epoch logs so far, from an interrupted run of the same recipe, or None; epochs lost because
+    the checkpoint or its record failed its check, which are then trained again from the start)."""
     if not prepare_work(work_dir, recipe, stale=CHECKPOINT_FILES):
-        return None
+        return None, 0
     epoch_file = work_dir / "epoch.json"
-    state = json.loads(epoch_file.read_text()) if epoch_file.exists() else {}
-    checkpoint = work_dir / state.get("checkpoint", "none")
-    if "rng" not in state or not checkpoint.exists():
-        return None
-    model = keras.saving.load_model(checkpoint, safe_mode=True)
-    _restore_rng_states(model, state["rng"])
+    checkpoints = sorted(work_dir.glob("checkpoint-*.keras"))
+    if not epoch_file.exists():
+        return None, 0
+    state: dict = {}
+    try:
+        record = json.loads(epoch_file.read_bytes())
+        state = {key: value for key, value in record.items() if key != "digest"}
+        if record.get("digest") != _state_digest(state):
+            raise ValueError("its digest does not match its content")
+        checkpoint = work_dir / state["checkpoint"]
+        if file_digest(checkpoint) != state["checkpoint_digest"]:
+            raise ValueError(f"{checkpoint.name} does not have the digest it records")
+        model = keras.saving.load_model(checkpoint, safe_mode=True)
+        _restore_rng_states(model, state["rng"])
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with it, the checkpoint is not resumed from
+        lost = _epochs_done(state, checkpoints)
+        log.warning("%s: the checkpoint of an interrupted run fails its check (%s): dropped; %d epochs trained "
+                    "again", epoch_file, str(error).splitlines()[0] if str(error) else type(error).__name__, lost)
+        for path in [epoch_file, *checkpoints]:
+            path.unlink(missing_ok=True)
+        return None, lost
     log.info("resuming from the checkpoint after epoch %d", state["epoch"] + 1)
-    return model, state["history"]
+    return _Resumed(model, state["history"]), 0
+
+
+def _epochs_done(state: dict, checkpoints: list[Path]) -> int:
+    """Epochs an interrupted run had completed, by its record if readable, else by its checkpoint's name."""
+    if isinstance(state.get("history"), list):
+        return len(state["history"])
+    numbers = [int(p.stem.split("-")[1]) for p in checkpoints if p.stem.split("-")[1].isdigit()]
+    return max(numbers) + 1 if numbers else 0
+
+
+class Trained(NamedTuple):
+    model: keras.Model
+    history: list[dict]  # every epoch's logs (loss, accuracy, val_loss, val_accuracy)
+    epochs_recomputed_corrupt: int  # epochs trained again because their checkpoint failed its check
 
 
 def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int,
                       batch_size: int, lr: float, dropout: float | None, seed: int, shuffle_buffer: int,
                       work_dir: str | Path | None = None, recipe: dict | None = None,
                       live_dir: str | Path | None = None, compute: str = "float32",
-                      show_progress: bool = True) -> tuple[keras.Model, list[dict]]:
+                      diverged: str = "raise", show_progress: bool = True) -> Trained:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
     a run resumed from its checkpoint after epoch k sees the same batches as one that never stopped.
-    `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe;
+    `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe,
+    and only if it and its record pass their digests (else training starts over, with a warning);
     without a `work_dir`, nothing is checkpointed (short runs). `dropout` None keeps the model's rates.
     Per-epoch curves go to `live_dir` through dvclive's Keras callback, replayed from the checkpoint on resume.
     `compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
+    `diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
+    goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).
     `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).
-    Returns the trained model and every epoch's logs (loss, accuracy, val_loss, val_accuracy).
     """
+    if diverged not in ("raise", "record"):
+        raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={diverged}")
     seed_everything(seed)
-    resumed = _resume(Path(work_dir), recipe) if work_dir else None
+    resumed, lost = _resume(Path(work_dir), recipe) if work_dir else (None, 0)
     if resumed:
         model, history = resumed
     else:
@@ -133,7 +212,8 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     def valid_batches():
         yield from features.iter_batches(valid_path, batch_size)
 
-    callbacks = [_Checkpoint(Path(work_dir), history)] if work_dir else [History(history)]
+    callbacks = [_StopOnNonFinite(lr)] if diverged == "raise" else []  # first: before the epoch is checkpointed
+    callbacks.append(_Checkpoint(Path(work_dir), history) if work_dir else History(history))
     live = live_logger(live_dir, history) if live_dir else None
     if live is not None:
         callbacks.append(live_callback(live))
@@ -146,7 +226,7 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
                   callbacks=callbacks, verbose=console.keras_verbosity())
     if live is not None:
         live.end()
-    return models.with_compute_dtype(model, "float32"), history
+    return Trained(models.with_compute_dtype(model, "float32"), history, lost)
 
 
 def evaluate(model: keras.Model, path: str | Path, batch_size: int) -> dict:
@@ -159,16 +239,17 @@ def evaluate(model: keras.Model, path: str | Path, batch_size: int) -> dict:
 
 def run_finetune(*, model_path, train_path, valid_path, out_path, work_dir, live_dir, params) -> StageResult:
     """The finetune stage (`params`: FinetuneParams): the trained dense part saved to `out_path`; the last
-    epoch's train and valid loss and accuracy."""
+    epoch's train and valid loss and accuracy, and the epochs trained again because a checkpoint failed its check."""
     recipe = {"model": file_md5(model_path), "train": file_md5(train_path), "valid": file_md5(valid_path),
               "params": dataclasses.asdict(params)}
-    model, history = train_on_features(
+    trained = train_on_features(
         models.load_model_file(model_path), train_path=train_path, valid_path=valid_path, epochs=params.epochs,
         batch_size=params.batch_size, lr=params.lr, dropout=params.dropout, seed=params.seed,
         shuffle_buffer=params.shuffle_buffer, work_dir=work_dir, recipe=recipe, live_dir=live_dir,
         compute=params.compute)
-    models.save_model(model, out_path)
-    last = history[-1]
+    models.save_model(trained.model, out_path)
+    last = trained.history[-1]
     return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],
                         "valid_loss": last["val_loss"], "valid_accuracy": last["val_accuracy"],
-                        "epochs": len(history)})
+                        "epochs": len(trained.history),
+                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt})

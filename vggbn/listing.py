@@ -23,7 +23,9 @@ rows are sorted by path (Python string order), and only `train/` and `valid/` ar
   what it points to when that is a regular file, else 0. The sample stage accepts a link only when it resolves to a
   regular file inside the data root.
 - `badname`: a file or folder whose path a TSV line cannot hold (a tab, a line break, or bytes that are not UTF-8);
-  `path` shows those characters as backslash escapes. The sample stage rejects such files with a reason, and such a
+  `path` is then written as the body of a bash `$'...'` string (`train/a/\\xff\\xfe.png`: backslash escapes for
+  those characters, the original bytes of a name that is not UTF-8, a backslash and a quote), so `shell_word`
+  makes it a word a user can paste into a shell. The sample stage rejects such files with a reason, and such a
   class folder is an error.
 - `labels md5=<hex>`: the CSV named by data.valid_labels, with a hash of its content, so that editing the labels
   reruns the sample stage.
@@ -63,14 +65,27 @@ class Entry(NamedTuple):
     kind: str  # file, dir, link, badname, or "labels md5=<hex>"
 
 
-def _escape(name: str) -> str:
-    """`name` with characters a TSV row cannot hold written as backslash escapes (for display only)."""
-    return _UNWRITABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                           else f"\\u{ord(m.group()):04x}", name)
+def _escape(path: str) -> str:
+    """`path` as the body of a bash `$'...'` string: backslash escapes for a backslash, a quote and every character
+    a TSV row cannot hold, with the original byte (`\\xff`) for each byte of the name that is not UTF-8."""
+    def escaped(match: re.Match) -> str:
+        char = match.group()
+        if char in "\\'":
+            return "\\" + char
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the undecodable byte code - 0xDC00
+            return f"\\x{code - 0xDC00:02x}"
+        return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+    return re.sub(f"[\\\\'{_UNWRITABLE.pattern[1:-1]}]", escaped, path)
+
+
+def shell_word(path: str) -> str:
+    """A `badname` row's path as a word to paste into bash (or zsh, ksh): `$'train/a/\\xff.png'`."""
+    return f"$'{path}'"
 
 
 def _walk(folder: str, prefix: str, bad: bool, on_entry: Callable[[], None] | None = None) -> Iterator[str]:
-    """TSV rows for everything below `folder` (whose rows start with `prefix`), in path order.
+    """TSV rows for everything below `folder` (whose real path relative to the root is `prefix`), in path order.
 
     Each folder's entries are sorted by name, with "/" appended to folder names: a depth-first walk in that order
     yields exactly the sorted order of the full paths, so only one folder is held in memory at a time.
@@ -92,15 +107,15 @@ def _walk(folder: str, prefix: str, bad: bool, on_entry: Callable[[], None] | No
     rows = []
     for key, is_dir, entry in keyed:
         name_bad = bad or _UNWRITABLE.search(entry.name) is not None
-        path = prefix + (_escape(key) if name_bad else key)
+        shown = _escape(prefix + key) if name_bad else prefix + key
         if is_dir:
             if rows:
                 yield "".join(rows)
                 rows = []
-            yield f"{path}\t0\t{BADNAME if name_bad else DIR}\n"
-            yield from _walk(entry.path, path, name_bad)
+            yield f"{shown}\t0\t{BADNAME if name_bad else DIR}\n"
+            yield from _walk(entry.path, prefix + key, name_bad)
         else:
-            row = _file_row(entry, path, name_bad)
+            row = _file_row(entry, shown, name_bad)
             if row is not None:
                 rows.append(row)
         if on_entry is not None:
@@ -109,7 +124,7 @@ def _walk(folder: str, prefix: str, bad: bool, on_entry: Callable[[], None] | No
         yield "".join(rows)
 
 
-def _file_row(entry: os.DirEntry, path: str, name_bad: bool) -> str | None:
+def _file_row(entry: os.DirEntry, shown: str, name_bad: bool) -> str | None:
     """The row of a file or link; None for a socket, pipe or device, or an entry gone while scanning."""
     try:
         if entry.is_symlink():
@@ -121,7 +136,7 @@ def _file_row(entry: os.DirEntry, path: str, name_bad: bool) -> str | None:
             kind, size = FILE, info.st_size
     except FileNotFoundError:
         return None
-    return f"{path}\t{size}\t{BADNAME if name_bad else kind}\n"
+    return f"{shown}\t{size}\t{BADNAME if name_bad else kind}\n"
 
 
 def _target_size(path: str) -> int:
@@ -159,7 +174,8 @@ def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterato
             size, md5 = csv_path.stat().st_size, file_md5(csv_path)
         except OSError as error:
             raise ListingError(f"{csv_path}: cannot read data.valid_labels: {error.strerror}") from None
-        labels_row = f"{_escape(Path(valid_labels).as_posix())}\t{size}\t{LABELS} md5={md5}\n"
+        name = Path(valid_labels).as_posix()
+        labels_row = f"{_escape(name) if _UNWRITABLE.search(name) else name}\t{size}\t{LABELS} md5={md5}\n"
 
     def rows() -> Iterator[str]:
         if labels_row:

@@ -4,7 +4,8 @@
   (later stages reuse cached features by path and hash). Sorted by path.
 - `classes.txt`: one class name per line; the line number (from 0) is the class index.
 - `rejected.tsv`: header `path, reason`: the candidates, in rank order up to the last one sampled, that cannot be
-  used. Sorted by path.
+  used. Sorted by path. A name a TSV row cannot hold (a tab, a line break, bytes that are not UTF-8) is written as
+  a bash `$'...'` word, which pastes into a shell as that very name.
 
 Nothing here imports TensorFlow or Pillow.
 """

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from vggbn import VggbnError
@@ -226,29 +227,38 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     import json
     import zipfile
 
-    from vggbn.atomic import atomic_path
+    from vggbn.atomic import atomic_path, require_space, staging_folder
 
     if getattr(model, "optimizer", None) is not None:
         bare = model.__class__.from_config(model.get_config())
         bare.set_weights(model.get_weights())
         model = bare
 
-    with atomic_path(path) as tmp:
-        staged = tmp.with_name(tmp.name + ".staged.keras")
-        try:
-            model.save(staged)
-            with zipfile.ZipFile(staged) as source, zipfile.ZipFile(tmp, "w") as target:
-                for info in source.infolist():
-                    data = source.read(info)
-                    if info.filename == "metadata.json":
-                        data = json.dumps({**json.loads(data), "date_saved": "reproducible"}).encode()
-                    elif info.filename == "config.json":
-                        data = json.dumps(_stable_shared_ids(json.loads(data))).encode()
-                    entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
-                    entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
-                    target.writestr(entry, data)
-        finally:
-            staged.unlink(missing_ok=True)
+    path = Path(path)
+    # Keras writes into a folder of ours (it may put a temporary file of its own beside the model), then the file
+    # is rewritten with fixed stamps: both copies are on disk at the end.
+    require_space(path, 2 * variable_bytes(model))
+    with atomic_path(path, needed=2 * variable_bytes(model)) as tmp, staging_folder(path) as staging:
+        staged = staging / path.name
+        model.save(staged)
+        with zipfile.ZipFile(staged) as source, zipfile.ZipFile(tmp, "w") as target:
+            for info in source.infolist():
+                data = source.read(info)
+                if info.filename == "metadata.json":
+                    data = json.dumps({**json.loads(data), "date_saved": "reproducible"}).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_stable_shared_ids(json.loads(data))).encode()
+                entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
+                entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+                target.writestr(entry, data)
+
+
+def variable_bytes(model: keras.Model, optimizer: bool = False) -> int:
+    """Bytes of a model's variables (and its optimizer's): about what saving it takes on disk."""
+    variables = list(model.variables)
+    if optimizer and getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables) + (1 << 16)
 
 
 def _stable_shared_ids(config):

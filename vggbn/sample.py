@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vggbn import console
 from vggbn.files import StageResult
-from vggbn.listing import BADNAME, LINK, Entry, read_listing
+from vggbn.listing import BADNAME, LINK, Entry, read_listing, shell_word
 from vggbn.manifest import Row, Sample, SampleError, write_sample
 
 log = logging.getLogger(__name__)
@@ -242,8 +242,9 @@ def _layout(root: Path, entries: Iterable[Entry], valid_labels: str | None,
 
         if not is_image_name(entry.path):  # a link named otherwise: only a linked folder is worth a word
             return rejected("symlinked folder, which is not followed") if (root / entry.path).is_dir() else None
-        if entry.kind == BADNAME:
-            return rejected("name holds a tab, a line break or bytes that are not UTF-8")
+        if entry.kind == BADNAME:  # named as a word to paste into a shell
+            return _Candidate(shell_word(entry.path), None, link, "name holds a tab, a line break or bytes that are "
+                              "not UTF-8")
         if split == "valid" and csv_labels is not None:
             label = csv_labels.get(rel.rsplit(".", 1)[0])
             if label is None:

@@ -11,11 +11,13 @@ import argparse
 import difflib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
 from vggbn import VggbnError, console
+from vggbn.atomic import disk_full_error, is_disk_full
 from vggbn.layer_names import layer_names
 from vggbn.params import Params, ParamsError, load_params
 from vggbn.summary import summary
@@ -50,13 +52,32 @@ def check_cut(loaded: Params) -> None:
 
 
 def exit_status(main: Callable[[], None]) -> int:
-    """Run `main`; 0, or 2 after reporting a VggbnError as one line on stderr (no traceback)."""
+    """Run `main`; 0, or 2 after reporting a VggbnError, or a full disk met by any writer (dvclive, Keras), as one
+    line on stderr (no traceback)."""
     try:
         main()
     except VggbnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        print(f"error: {disk_full_error(getattr(error, 'filename', None) or _fullest_output(), None)}",
+              file=sys.stderr)
+        return 2
     return 0
+
+
+
+def _fullest_output() -> str:
+    """Of the paths on the stage's command line (every output it writes is one), the one with the least space left:
+    a writer's own error (dvclive's, say) may not name its file."""
+    def free(path: str) -> int:
+        folder = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+        return shutil.disk_usage(folder).free
+
+    paths = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    return min(paths, key=free) if paths else "."
 
 
 def run(main: Callable[[], object]) -> None:

@@ -53,21 +53,36 @@ def tap_model(model: keras.Model, names: list[str], position: str = "after_activ
     return keras.Model(inputs, [taps[name] for name in names])
 
 
+class NonFiniteActivations(ValueError):
+    """A measured layer's output holds NaN or infinity: its moments would too."""
+
+    def __init__(self, layer: str, units: list[int], batch: int, row: int):
+        self.layer, self.units, self.batch, self.row = layer, units, batch, row
+        self.shown = ", ".join(map(str, units[:8])) + (f" and {len(units) - 8} more" if len(units) > 8 else "")
+        super().__init__(f"{layer}: units {self.shown} are not finite in batch {batch}, row {row}")
+
+
 def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] | None = None,
             position: str = "after_activation") -> dict[str, Moments]:
     """Per-unit (per-channel for conv maps) moments of each named layer's output over all batches.
 
     Default names: the hidden dense layers. Moments pool every axis but the last: batch for dense outputs,
-    batch, height and width for conv maps.
+    batch, height and width for conv maps. Raises NonFiniteActivations at the first batch in which a layer's
+    output is not finite (numbered from 0; `row` is the first such row in it), naming the layer and its units.
     """
     names = hidden_dense_names(model) if names is None else names
     taps = tap_model(model, names, position)
     moments = {name: Moments(taps.outputs[i].shape[-1]) for i, name in enumerate(names)}
     predict = models.predictor(taps)
-    for batch in batches:
+    for number, batch in enumerate(batches):
         outputs = predict(batch)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for name, output in zip(names, outputs):
+            finite = np.isfinite(output)
+            if not finite.all():
+                rows = finite.reshape(len(output), -1).all(axis=1)
+                units = np.flatnonzero(~finite.reshape(-1, output.shape[-1]).all(axis=0)).tolist()
+                raise NonFiniteActivations(name, units, number, int(np.argmin(rows)))
             moments[name].update(output)
     return moments
 

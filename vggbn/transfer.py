@@ -61,9 +61,9 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
             runs = []
             for seed in seeds:
                 model = new_task_model(dense, num_classes, train_mode=train_mode, seed=seed)
-                model, _ = train_on_features(model, train_path=train_path, valid_path=valid_path, epochs=epochs,
-                                             batch_size=batch_size, lr=lr, dropout=None, seed=seed,
-                                             shuffle_buffer=4096, show_progress=False)
+                model = train_on_features(model, train_path=train_path, valid_path=valid_path, epochs=epochs,
+                                          batch_size=batch_size, lr=lr, dropout=None, seed=seed,
+                                          shuffle_buffer=4096, diverged="record", show_progress=False).model
                 runs.append(evaluate(model, valid_path, batch_size))
                 grid.update(1)
             accuracies = [run["accuracy"] for run in runs]
@@ -79,16 +79,19 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
 
 
 def transfer_features(*, conv: keras.Model, model_md5: str, listing: str | Path, inputs: ImageInput,
-                      out_paths: dict[str, str], work_dir: str | Path) -> list[str]:
+                      out_paths: dict[str, str], work_dir: str | Path) -> tuple[list[str], int]:
     """Conv features of every usable image of the new task's folder (`inputs.root`), through the conv_features
-    code path. Returns the new task's class names (sorted folder names) in index order.
+    code path (rows of the previous run reused, after their check). Returns the new task's class names (sorted
+    folder names) in index order, and the rows made again because their reused or resumed bytes failed a check.
     """
     sample = build_sample(entries=read_listing(listing), root=inputs.root)
+    recomputed_corrupt = 0
     for split, rows in (("train", sample.train), ("valid", sample.valid)):
-        extract.extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=[r.path for r in rows],
-                              labels=[r.label for r in rows], md5s=[r.md5 for r in rows],
-                              out_path=out_paths[split], work_dir=Path(work_dir) / split)
-    return sample.classes
+        stats = extract.extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=[r.path for r in rows],
+                                      labels=[r.label for r in rows], md5s=[r.md5 for r in rows],
+                                      out_path=out_paths[split], work_dir=Path(work_dir) / split)
+        recomputed_corrupt += stats["recomputed_corrupt"]
+    return sample.classes, recomputed_corrupt
 
 
 def accuracy_tables(report: dict) -> dict[str, Table]:
@@ -104,12 +107,13 @@ def run_transfer(*, pretrained_path, finetuned_path, cut_from, listing, inputs: 
     """The transfer stage (`params`: TransferParams; `inputs.root` is the new task's folder): new-task features,
     then the with/without-BN comparison; plot `transfer`: accuracy against learning rate per start."""
     conv, original_dense = models.split(models.load_model_file(pretrained_path), features.feature_cut(cut_from))
-    classes = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing, inputs=inputs,
-                                out_paths=out_paths, work_dir=work_dir)
+    classes, recomputed_corrupt = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing,
+                                                    inputs=inputs, out_paths=out_paths, work_dir=work_dir)
     starts = {"with_bn": models.load_model_file(finetuned_path), "without_bn": original_dense}
     report = compare_transfer(starts, train_path=out_paths["train"], valid_path=out_paths["valid"],
                               num_classes=len(classes), train_mode=params.train, lrs=params.lrs,
                               seeds=params.seeds, epochs=params.epochs, batch_size=params.batch_size)
     report["classes"] = classes
     report["train_mode"] = params.train
+    report["features_recomputed_corrupt"] = recomputed_corrupt
     return StageResult(report, {"transfer": accuracy_tables(report)})

@@ -1,0 +1,116 @@
+"""Fine-tuning on cached features: a checkpoint is resumed only when it passes its check, and a diverged run stops
+at the epoch where it diverged (or, for a learning-rate sweep, is recorded)."""
+
+import json
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from vggbn import features
+from vggbn.finetune import TrainingDiverged, train_on_features
+
+RECIPE = {"run": "test"}
+
+
+@pytest.fixture
+def feature_files(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, rows in (("train", 40), ("valid", 12)):
+        labels = rng.integers(0, 3, rows)
+        values = rng.normal(size=(rows, 2, 2, 3)).astype(np.float32) + labels[:, None, None, None]
+
+        def extract(wanted, values=values):
+            yield values[list(wanted)]
+
+        paths[split] = tmp_path / f"{split}.h5"
+        features.build_feature_file(paths[split], paths=[f"{split}/{i}.png" for i in range(rows)],
+                                    labels=labels.tolist(), md5s=[str(i) for i in range(rows)], extract=extract,
+                                    row_shape=(2, 2, 3), dtype="float32", work_dir=tmp_path / "work" / split,
+                                    feature_recipe={}, chunk_rows=8)
+    return paths
+
+
+def dense_part():
+    init = keras.initializers.GlorotUniform(seed=3)
+    inputs = keras.Input((2, 2, 3))
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.Dense(8, activation="relu", kernel_initializer=init, name="fc1")(x)
+    x = keras.layers.Dropout(0.5, seed=1, name="fc1_dropout")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer=init, name="predictions")(x)
+    return keras.Model(inputs, outputs, name="dense")
+
+
+def train(files, epochs, work_dir, lr=0.01, **options):
+    return train_on_features(dense_part(), train_path=files["train"], valid_path=files["valid"], epochs=epochs,
+                             batch_size=8, lr=lr, dropout=0.5, seed=0, shuffle_buffer=16, work_dir=work_dir,
+                             recipe=RECIPE, **options)
+
+
+def assert_same_weights(a, b):
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture
+def reference(feature_files, tmp_path):
+    return train(feature_files, 3, tmp_path / "reference")
+
+
+def test_an_intact_checkpoint_resumes_to_the_uninterrupted_result(feature_files, reference, tmp_path):
+    work = tmp_path / "work"
+    train(feature_files, 2, work)  # as if killed after its second epoch
+    resumed = train(feature_files, 3, work)
+    assert resumed.epochs_recomputed_corrupt == 0 and len(resumed.history) == 3
+    assert_same_weights(resumed.model, reference.model)
+    assert resumed.history == reference.history
+
+
+@pytest.mark.parametrize("damage", ["checkpoint", "record"])
+def test_a_damaged_checkpoint_is_dropped_and_training_starts_over(feature_files, reference, tmp_path, caplog,
+                                                                   damage):
+    work = tmp_path / "work"
+    train(feature_files, 2, work)
+    if damage == "checkpoint":
+        checkpoint = next(work.glob("checkpoint-*.keras"))
+        data = bytearray(checkpoint.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        checkpoint.write_bytes(bytes(data))
+    else:  # a plausible-looking record that was altered: another dropout RNG state
+        record = json.loads((work / "epoch.json").read_text())
+        record["rng"]["fc1_dropout"][0][0] += 1
+        (work / "epoch.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING):
+        resumed = train(feature_files, 3, work)
+    assert resumed.epochs_recomputed_corrupt == 2
+    assert_same_weights(resumed.model, reference.model)
+    assert resumed.history == reference.history
+    assert any("epoch.json" in r.getMessage() and "fails its check" in r.getMessage() for r in caplog.records)
+
+
+def broken_dense_part():
+    """A dense part whose file holds a NaN weight: the loss is NaN from the first batch."""
+    model = dense_part()
+    kernel, bias = model.get_layer("fc1").get_weights()
+    kernel[0, 0] = np.nan
+    model.get_layer("fc1").set_weights([kernel, bias])
+    return model
+
+
+def test_a_diverging_run_stops_naming_the_epoch_before_checkpointing_it(feature_files, tmp_path):
+    work = tmp_path / "work"
+    with pytest.raises(TrainingDiverged, match=r"^epoch 1, batch 1: training diverged \(loss nan\); a lower "
+                                               r"learning rate than 0\.01 may hold$"):
+        train_on_features(broken_dense_part(), train_path=feature_files["train"], valid_path=feature_files["valid"],
+                          epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0, shuffle_buffer=16, work_dir=work,
+                          recipe=RECIPE)
+    assert not list(work.glob("checkpoint-*")) and not (work / "epoch.json").exists()
+
+
+def test_a_learning_rate_sweep_records_a_diverged_run(feature_files):
+    trained = train_on_features(broken_dense_part(), train_path=feature_files["train"],
+                                valid_path=feature_files["valid"], epochs=2, batch_size=8, lr=0.01, dropout=None,
+                                seed=0, shuffle_buffer=16, diverged="record")
+    assert len(trained.history) == 2 and np.isnan(trained.history[-1]["loss"])
