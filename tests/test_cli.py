@@ -260,8 +260,9 @@ def test_info_tells_whether_files_are_those_of_the_recorded_run(in_tmp, capsys):
 
 # --- start-up ---
 
-@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["info", "--help"]])
-def test_help_is_fast_and_does_not_import_tensorflow(args):
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["info", "--help"], ["report", "--help"],
+                                  ["plots-template", "--help"]])
+def test_help_is_fast_and_imports_neither_tensorflow_nor_dvc_nor_vl_convert(args):
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "vggbn.cli", *args], capture_output=True,
                           text=True, timeout=30)
@@ -269,7 +270,7 @@ def test_help_is_fast_and_does_not_import_tensorflow(args):
     assert done.returncode == 0 and done.stdout.startswith("usage: vggbn")
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "vggbn" in imported  # the listing is real (vggbn.cli itself runs as __main__)
-    assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
+    assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "dvc", "vl_convert")}
     assert elapsed < 1.0, f"{args} took {elapsed:.2f} s"
 
 

@@ -46,7 +46,7 @@ def test_the_installed_bundle_is_inlinable():
     """The real bundle from the installed vl-convert-python (about 2.5 s)."""
     bundle, notice = plots_template.bundle_and_notice()
     page = page_template(bundle, notice)
-    assert "window.vegaEmbed" in bundle and len(bundle) > 100_000
+    assert "window.vegaEmbed" in bundle and len(bundle) > 100_000 and "{plot_divs}" in page
     assert "BSD-3-Clause" in notice and "Redistribution" in notice
 
 
