@@ -253,7 +253,7 @@ def test_finetune_killed_after_an_epoch_resumes_and_equals_an_uninterrupted_run(
         assert stages_ran(resumed.stdout) == ["listing", "finetune"]
         assert f"resuming from the checkpoint after epoch {state['epoch'] + 1}" in resumed.stderr
         assert "Epoch 1/4" not in resumed.stdout and "Epoch 4/4" in resumed.stdout
-        restarted = run(["dvc", "repro", "finetune"], damaged)
+        restarted = run(["dvc", "repro", "finetune"], damaged, env={**ENV, "VGGBN_LOG": "debug"})
         assert "data/.work/finetune/epoch.json: the checkpoint of an interrupted run fails its check" in \
             restarted.stderr and f"{state['epoch'] + 1} epochs trained again" in restarted.stderr
         assert "Epoch 1/4" in restarted.stdout and "resuming" not in restarted.stderr
