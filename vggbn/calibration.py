@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 
-from vggbn import VggbnError, console, features, models, surgery
+from vggbn import VggbnError, console, distribute, features, models, surgery
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import CHECK_IMAGES, ImageInput
@@ -36,7 +36,10 @@ def save_statistics(path, moments: dict[str, Moments], attrs: dict | None = None
     """One HDF5 group per layer, in layer order: float64 `mean` and `variance`, and the row count as an attribute.
 
     The file is byte-reproducible, so rerunning the stage with the same result reruns nothing downstream.
+    Under a multi-worker strategy only the chief writes.
     """
+    if not distribute.is_chief():
+        return
     with atomic_path(path) as tmp, h5py.File(h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC,
                                                             fcpl=_ordered_untimed(h5py.h5p.FILE_CREATE))) as file:
         for name, m in moments.items():

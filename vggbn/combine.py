@@ -3,7 +3,7 @@ combine stage."""
 
 from __future__ import annotations
 
-from vggbn import console, models
+from vggbn import console, distribute, models
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import ImageInput
@@ -20,10 +20,10 @@ def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: I
     combined = models.join(models.load_model_file(conv_path), models.load_model_file(dense_path),
                            name=f"{original.name}_bn")
     models.save_model(combined, out_path)
-    with atomic_path(weights_path) as tmp:
-        combined.save_weights(tmp)
-
-    saved = models.load_model_file(out_path)  # evaluate what users get, not the object in memory
+    if distribute.is_chief():  # the chief alone writes; the others score the same weights in memory
+        with atomic_path(weights_path) as tmp:
+            combined.save_weights(tmp)
+    saved = models.load_model_file(out_path) if distribute.is_chief() else combined  # what users get
     manifest = read_split(sample_dir, "valid")
     classes = read_classes(sample_dir)
     to_output = models.label_map(classes, saved.output_shape[-1])
