@@ -125,7 +125,7 @@ def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_
     moments = {name: moments[name] for name in surgery.targets(model, layers)}  # model order
     save_statistics(out_path, moments, {"position": position, "layers": layers})
     summary, tables = calibration_tables(moments)
-    return StageResult(summary, {"calibration": tables})
+    return StageResult({**summary, **distribute.describe()}, {"calibration": tables})
 
 
 def run_insert_bn(*, model_path, stats_path, valid_path, sample_dir, inputs: ImageInput, dense_out, conv_out,
@@ -159,4 +159,4 @@ def run_insert_bn(*, model_path, stats_path, valid_path, sample_dir, inputs: Ima
     models.save_model(dense_bn, dense_out)
     models.save_model(conv_bn, conv_out)
     report["bn_layers"] = sum(isinstance(l, keras.layers.BatchNormalization) for l in dense_bn.layers + conv_bn.layers)
-    return StageResult(report, {"identity": Table(("before", "after"), points)})
+    return StageResult({**report, **distribute.describe()}, {"identity": Table(("before", "after"), points)})

@@ -42,4 +42,4 @@ def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: I
     result = {"images": scores["combined"].count}
     for name, score in scores.items():
         result.update({f"{name}_{key}": value for key, value in score.result().items()})
-    return StageResult(result, {"confusion": Table(("actual", "predicted"), confusion)})
+    return StageResult({**result, **distribute.describe()}, {"confusion": Table(("actual", "predicted"), confusion)})

@@ -109,8 +109,8 @@ def describe() -> dict:
     import tensorflow as tf
 
     current = strategy()
-    kind = {"MirroredStrategy": "mirrored", "MultiWorkerMirroredStrategy": "multi_worker"}.get(
-        type(current).__name__, "default" if current is tf.distribute.get_strategy() else type(current).__name__)
+    kind = ("multi_worker" if isinstance(current, tf.distribute.MultiWorkerMirroredStrategy) else
+            "mirrored" if isinstance(current, tf.distribute.MirroredStrategy) else "default")
     return {"strategy": kind, "replicas": int(current.num_replicas_in_sync)}
 
 
@@ -133,20 +133,7 @@ def broadcast(value: np.ndarray) -> np.ndarray:
     mine = value.astype(dtype) if is_chief() else np.zeros(value.shape, dtype)
     values = strategy().experimental_distribute_values_from_function(
         lambda context: tf.constant(mine if context.replica_id_in_sync_group == 0 else np.zeros_like(mine)))
-    return strategy().experimental_local_results(_summed()(values))[0].numpy().astype(value.dtype)
-
-
-@functools.cache
-def _summed():
-    import tensorflow as tf
-
-    current = strategy()
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def summed(values):
-        return current.run(lambda v: tf.distribute.get_replica_context().all_reduce("sum", v), args=(values,))
-
-    return summed
+    return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
 
 
 def sync_variables(variables) -> None:

@@ -234,4 +234,4 @@ def run_finetune(*, model_path, train_path, valid_path, out_path, work_dir, live
     return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],
                         "valid_loss": last["val_loss"], "valid_accuracy": last["val_accuracy"],
                         "epochs": len(trained.history),
-                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt})
+                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt, **distribute.describe()})
