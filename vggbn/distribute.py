@@ -9,7 +9,7 @@ workers, `mirrored` when several GPUs are visible, `none` otherwise.
 Under `multi_worker` every worker runs the same stage command (SPMD). The chief (TF_CONFIG's `chief` task, else
 worker 0; Slurm's task 0) makes every decision that depends on files (what to resume, what to reuse), broadcasts
 it, and alone writes files; the other workers compute their part of each batch and write nothing.
-`is_chief()` and `cluster()` read only the environment, so stages that run no model need not import TensorFlow.
+`vggbn.launch` reads the cluster from the environment (no TensorFlow), and says which process is the chief.
 """
 
 from __future__ import annotations
@@ -17,64 +17,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import numpy as np
 
-from vggbn import VggbnError
 
-ENV = "VGGBN_STRATEGY"
-CHOICES = ("auto", "none", "mirrored", "multi_worker")
-
-
-class DistributeError(VggbnError):
-    pass
-
-
-class Cluster(NamedTuple):
-    workers: int  # processes taking part (1: no cluster)
-    index: int  # this process' rank among them (the chief is 0)
-    source: str  # "TF_CONFIG", "slurm" or "" (none)
-
-
-def _choice() -> str:
-    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise DistributeError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(CHOICES)}")
-    return choice
-
-
-def cluster() -> Cluster:
-    """The cluster the environment describes: TF_CONFIG's, else a Slurm job step's of several tasks, else none."""
-    if _choice() == "none":
-        return Cluster(1, 0, "")
-    text = os.environ.get("TF_CONFIG", "").strip()
-    if text:
-        try:
-            config = json.loads(text)
-            spec, task = config.get("cluster", {}), config["task"]
-            workers = sum(len(spec.get(kind, [])) for kind in ("chief", "worker"))
-            index = int(task["index"]) + (len(spec.get("chief", [])) if task["type"] == "worker" else 0)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise DistributeError(f"TF_CONFIG: not a cluster description ({type(error).__name__}: {error}); "
-                                  'expected {"cluster": {"worker": [...]}, "task": {"type": "worker", "index": 0}}')
-        if task["type"] not in ("chief", "worker"):
-            raise DistributeError(f"TF_CONFIG: task type {task['type']!r} does not run stages: expected chief or "
-                                  "worker")
-        return Cluster(max(workers, 1), index, "TF_CONFIG")
-    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS")
-    if os.environ.get("SLURM_STEP_ID") is not None and tasks and int(tasks) > 1:
-        return Cluster(int(tasks), int(os.environ.get("SLURM_PROCID", "0")), "slurm")
-    return Cluster(1, 0, "")
-
-
-def is_chief() -> bool:
-    """Whether this process writes the stage's files (always, outside a cluster)."""
-    return cluster().index == 0
-
-
-def multi_worker() -> bool:
-    return cluster().workers > 1
+from vggbn.launch import STRATEGY_ENV as ENV
+from vggbn.launch import DistributeError, cluster, is_chief, multi_worker, strategy_choice
 
 
 @functools.cache
@@ -82,7 +31,7 @@ def strategy():
     """The one strategy of this process (made once: a multi-worker strategy starts a server on its port)."""
     import tensorflow as tf
 
-    choice, described = _choice(), cluster()
+    choice, described = strategy_choice(), cluster()
     if choice == "auto":
         gpus = tf.config.list_physical_devices("GPU")
         choice = "multi_worker" if described.workers > 1 else "mirrored" if len(gpus) > 1 else "none"

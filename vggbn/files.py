@@ -115,7 +115,7 @@ def write_result(result: StageResult, *, metrics: str | os.PathLike | None = Non
     A folder of tables is written whole or not at all; every plot named in `plots` must be in the result.
     Under a multi-worker strategy only the chief writes.
     """
-    from vggbn.distribute import is_chief
+    from vggbn.launch import is_chief
 
     if not is_chief():
         return

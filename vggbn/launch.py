@@ -1,4 +1,5 @@
-"""Run a stage as every worker of a multi-worker job: the launcher prefix that `VGGBN_LAUNCH` names.
+"""Where a stage runs: the cluster the environment describes (which process is the chief, the one that writes), and
+the launcher prefix `VGGBN_LAUNCH` names, which runs a stage as every worker of a multi-worker job.
 
 `dvc repro` runs one command per stage, while under `MultiWorkerMirroredStrategy` every worker must run that same
 command (SPMD). A stage that runs a model, started with `VGGBN_LAUNCH` set, re-executes itself:
@@ -41,6 +42,63 @@ LOG_TAIL_LINES = 20
 
 class LaunchError(VggbnError):
     pass
+
+
+STRATEGY_ENV = "VGGBN_STRATEGY"
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+
+
+class DistributeError(VggbnError):
+    pass
+
+
+class Cluster(NamedTuple):
+    workers: int  # processes taking part (1: no cluster)
+    index: int  # this process' rank among them (the chief is 0)
+    source: str  # "TF_CONFIG", "slurm" or "" (none)
+
+
+def strategy_choice() -> str:
+    """`VGGBN_STRATEGY`, checked: auto (unset), none, mirrored or multi_worker."""
+    choice = os.environ.get(STRATEGY_ENV, "auto").strip().lower() or "auto"
+    if choice not in STRATEGIES:
+        raise DistributeError(f"{STRATEGY_ENV}={os.environ[STRATEGY_ENV]!r}: expected one of {', '.join(STRATEGIES)}")
+    return choice
+
+
+def cluster() -> Cluster:
+    """The cluster the environment describes: TF_CONFIG's, else a Slurm job step's of several tasks, else none
+    (also with VGGBN_STRATEGY=none)."""
+    if strategy_choice() == "none":
+        return Cluster(1, 0, "")
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if text:
+        try:
+            config = json.loads(text)
+            spec, task = config.get("cluster", {}), config["task"]
+            workers = sum(len(spec.get(kind, [])) for kind in ("chief", "worker"))
+            index = int(task["index"]) + (len(spec.get("chief", [])) if task["type"] == "worker" else 0)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DistributeError(f"TF_CONFIG: not a cluster description ({type(error).__name__}: {error}); "
+                                  'expected {"cluster": {"worker": [...]}, "task": {"type": "worker", "index": 0}}')
+        if task["type"] not in ("chief", "worker"):
+            raise DistributeError(f"TF_CONFIG: task type {task['type']!r} does not run stages: expected chief or "
+                                  "worker")
+        return Cluster(max(workers, 1), index, "TF_CONFIG")
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS")
+    if os.environ.get("SLURM_STEP_ID") is not None and tasks and tasks.isdigit() and int(tasks) > 1:
+        return Cluster(int(tasks), int(os.environ.get("SLURM_PROCID", "0")), "slurm")
+    return Cluster(1, 0, "")
+
+
+def is_chief() -> bool:
+    """Whether this process writes the stage's files: always, outside a cluster. Deciding who writes decides no
+    byte of what is written."""
+    return cluster().index == 0
+
+
+def multi_worker() -> bool:
+    return cluster().workers > 1
 
 
 class Local(NamedTuple):

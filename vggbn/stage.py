@@ -93,7 +93,7 @@ def run(main: Callable[[], object], runs_model: bool = False) -> None:
         status = [0]
 
         def relaunched():
-            status[0] = launch.relaunch([sys.executable, *sys.argv])
+            status[0] = launch.relaunch([sys.executable, *sys.orig_argv[1:]])
         first = exit_status(relaunched)
         sys.exit(first or status[0])
 
