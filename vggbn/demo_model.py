@@ -31,12 +31,12 @@ def run_demo_model(*, root: str | Path, out_path: str | Path, size: int, epochs:
     """The demo_model stage: train the demo VGG-style classifier on `root`'s train split and save it to `out_path`;
     its valid loss and accuracy. Per-epoch curves go to `live_dir` through dvclive's Keras callback.
     """
+    strategy = distribute.strategy()  # before TensorFlow runs anything (a multi-worker strategy must be first)
     root = Path(root)
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     x_train, y_train = _load_split(root, "train", classes, size)
     x_valid, y_valid = _load_split(root, "valid", classes, size)
     seed_everything(seed)
-    strategy = distribute.strategy()
     with strategy.scope():
         model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
         compile_for_training(model, lr)

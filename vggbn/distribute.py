@@ -42,15 +42,19 @@ def strategy():
     if described.workers <= 1:
         raise DistributeError(f"{ENV}=multi_worker, but neither TF_CONFIG nor a Slurm job step of several tasks "
                               "describes a cluster (see the README's 'More than one machine')")
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+    resolver = None
     if described.source == "slurm":
         from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import SlurmClusterResolver
 
         resolver = SlurmClusterResolver(gpus_per_node=len(tf.config.list_physical_devices("GPU")),
                                         port_base=int(os.environ.get("VGGBN_PORT_BASE", "8888")))
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except RuntimeError as error:
+        if "must be configured at program startup" not in str(error):
+            raise
+        raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
+                           "vggbn.distribute.strategy() first") from None
 
 
 def describe() -> dict:
