@@ -20,10 +20,11 @@ def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: I
     combined = models.join(models.load_model_file(conv_path), models.load_model_file(dense_path),
                            name=f"{original.name}_bn")
     models.save_model(combined, out_path)
-    if distribute.is_chief():  # the chief alone writes; the others score the same weights in memory
+    if distribute.is_chief():  # the chief alone writes
         with atomic_path(weights_path) as tmp:
             combined.save_weights(tmp)
-    saved = models.load_model_file(out_path) if distribute.is_chief() else combined  # what users get
+    distribute.barrier()  # the file is written before any worker reads it
+    saved = models.load_model_file(out_path)  # evaluate what users get, not the object in memory
     manifest = read_split(sample_dir, "valid")
     classes = read_classes(sample_dir)
     to_output = models.label_map(classes, saved.output_shape[-1])

@@ -89,6 +89,11 @@ def broadcast(value: np.ndarray) -> np.ndarray:
     return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
 
 
+def barrier() -> None:
+    """Every worker waits here until all have arrived (e.g. until the chief has written a file they read)."""
+    broadcast(np.zeros(1))
+
+
 def sync_variables(variables) -> None:
     """Every worker's `variables` (Keras or TensorFlow) set to the chief's values (after the chief alone resumed)."""
     if multi_worker():

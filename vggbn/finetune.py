@@ -161,11 +161,8 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
         raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={diverged}")
     seed_everything(seed)
     strategy = distribute.strategy()
-    with strategy.scope():
-        model, history, lost = _start(model, work_dir=work_dir, recipe=recipe, dropout=dropout, compute=compute, lr=lr)
-        trainer = Trainer(model, strategy)
-    if distribute.multi_worker():  # the chief alone read the checkpoint: every worker starts from its state
-        distribute.sync_variables(model.variables + model.optimizer.variables)
+    model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=dropout,
+                                           compute=compute, lr=lr)
     with features.open_features(train_path) as file:
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
@@ -183,20 +180,34 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     return Trained(models.with_compute_dtype(trainer.finish(), "float32"), history, lost)
 
 
-def _start(model: keras.Model, *, work_dir, recipe, dropout, compute, lr) -> tuple[keras.Model, list[dict], int]:
-    """The model to train (compiled), the epochs already done and the epochs lost to a damaged checkpoint: from the
-    checkpoint of an interrupted run of the same recipe (read by the chief, its state broadcast), else fresh."""
+def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, lr):
+    """(the model to train, compiled; the epochs already done; the epochs lost to a damaged checkpoint; its Trainer):
+    from the checkpoint of an interrupted run of the same recipe, else fresh.
+
+    Only the chief reads the checkpoint (outside the strategy's scope: under a multi-worker strategy every worker
+    must create the same variables in the same order), and broadcasts its state: every worker builds the fresh model,
+    the chief copies the checkpoint's values in, and every worker takes the chief's.
+    """
     resumed, lost = _resume(Path(work_dir), recipe) if work_dir and distribute.is_chief() else (None, 0)
     state = distribute.broadcast_json({"history": resumed.history if resumed else [], "lost": lost,
                                        "rng": _rng_states(resumed.model) if resumed else {}})
-    if resumed:
-        return resumed.model, resumed.history, lost
-    model = with_dropout(model, dropout) if dropout is not None else model
-    model = models.with_compute_dtype(model, compute)
-    compile_for_training(model, lr)
-    if state["history"]:  # another worker's view: the chief resumed; its weights arrive by `sync_variables`
+    with strategy.scope():
+        if resumed and not distribute.multi_worker():
+            model = resumed.model
+        else:
+            model = with_dropout(model, dropout) if dropout is not None else model
+            model = models.with_compute_dtype(model, compute)
+            compile_for_training(model, lr)
+        trainer = Trainer(model, strategy)
+    if distribute.multi_worker() and state["history"]:
+        variables = model.variables + model.optimizer.variables
+        if resumed:
+            for variable, value in zip(variables, resumed.model.variables + resumed.model.optimizer.variables,
+                                       strict=True):
+                variable.assign(value)
+        distribute.sync_variables(variables)
         _restore_rng_states(model, state["rng"])
-    return model, state["history"], state["lost"]
+    return model, state["history"], state["lost"], trainer
 
 
 def _prefetched(batches) -> Iterator:
