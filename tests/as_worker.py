@@ -4,12 +4,13 @@ the strategy the environment gives (`vggbn.distribute`), run as a real process (
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
 WORKSPACE holds `model.keras` and `images/` (made by the test); the chief writes `features.h5`, `result.npz` and
-`result.json` there. Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
+`result.json` there; it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left. Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
 Python audit hook) in `$WRITES_DIR/writes-<index>.json`, outside the workspace. LOGICAL_CPUS > 1 splits the CPU
 into that many logical devices first (for `VGGBN_STRATEGY=mirrored`).
 """
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -58,6 +59,8 @@ from vggbn.images import ImageInput  # noqa: E402
 
 
 def main():
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("vggbn.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
     conv, dense = models.split(model, "block2_pool")
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))
@@ -70,7 +73,7 @@ def main():
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
     trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
-                                epochs=2, batch_size=10, lr=1e-3, dropout=0.0, seed=0, shuffle_buffer=16,
+                                epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3, dropout=0.0, seed=0, shuffle_buffer=16,
                                 work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
                                 live_dir=WORKSPACE / "live")
     if distribute.is_chief():

@@ -36,14 +36,17 @@ def workspace(tmp_path_factory):
     return folder
 
 
-def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int = 1, workers: int = 0):
-    """Run the worker script in a copy of the workspace; (workspace copy, {worker index: files it wrote})."""
+def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int = 1, workers: int = 0,
+        epochs: int = 2):
+    """Run the worker script in a copy of the workspace (kept if there is one: a rerun); (the copy, {worker index:
+    files it wrote})."""
     copy = tmp_path / name
-    shutil.copytree(workspace, copy)
-    writes = tmp_path / f"{name}-writes"
+    if not copy.exists():
+        shutil.copytree(workspace, copy)
+    writes = tmp_path / f"{name}-writes-{epochs}"
     writes.mkdir()
     env = {**os.environ, "VGGBN_STRATEGY": strategy, "WRITES_DIR": str(writes), "PYTHONPATH": str(ROOT),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
+           "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": str(epochs)}
     env.pop("TF_CONFIG", None)
     command = [sys.executable, str(WORKER), str(copy), str(logical)]
     if workers:
@@ -52,6 +55,7 @@ def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int 
                    *command]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    run.log = done.stderr
     return copy, {int(p.stem.split("-")[1]): set(json.loads(p.read_text())) for p in writes.glob("writes-*.json")}
 
 
@@ -91,3 +95,16 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(workspace, alon
     assert sorted(writes) == [0, 1]
     assert writes[1] == set(), "a worker other than the chief wrote under the workspace"
     assert CHIEF_WRITES <= writes[0] and any(path.startswith("live/") for path in writes[0])
+
+
+@pytest.mark.slow
+def test_two_workers_resume_the_chiefs_checkpoint(workspace, alone, tmp_path):
+    """One epoch, then a rerun asking for two: every worker continues from the chief's checkpoint, and the result
+    matches an uninterrupted one-process run."""
+    run(workspace, tmp_path, "resumed", "auto", workers=2, epochs=1)
+    assert "resuming" not in run.log
+    both, writes = run(workspace, tmp_path, "resumed", "auto", workers=2, epochs=2)
+    assert "resuming from the checkpoint after epoch 1" in run.log
+    assert len(json.loads((both / "result.json").read_text())["history"]) == 2
+    assert_same_results(alone, both, weights_atol=1e-4)
+    assert writes[1] == set()

@@ -195,7 +195,10 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
         if resumed and not distribute.multi_worker():
             model = resumed.model
         else:
-            model = with_dropout(model, dropout) if dropout is not None else model
+            if dropout is not None:
+                model = with_dropout(model, dropout)
+            elif distribute.replicas() > 1 and not _in_scope(model, strategy):
+                model = models.copy_chain(model, name=model.name)  # its variables mirrored on every replica
             model = models.with_compute_dtype(model, compute)
             compile_for_training(model, lr)
         trainer = Trainer(model, strategy)
@@ -208,6 +211,10 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
         distribute.sync_variables(variables)
         _restore_rng_states(model, state["rng"])
     return model, state["history"], state["lost"], trainer
+
+
+def _in_scope(model: keras.Model, strategy) -> bool:
+    return all(strategy.extended.variable_created_in_scope(getattr(v, "value", v)) for v in model.variables)
 
 
 def _prefetched(batches) -> Iterator:

@@ -145,6 +145,8 @@ def transfer_table(transfer: Mapping) -> Table:
 def calibration_table(bn_stats: Mapping) -> Table:
     rows = []
     for layer, stats in bn_stats.items():
+        if not isinstance(stats, Mapping):
+            continue  # strategy, replicas
         units, dead = stats.get("units", 0), stats.get("dead_units", 0)
         share = f"{dead / units:.0%}" if units else "–"
         rows.append((layer, str(units), str(dead), share, str(stats.get("rows", "–"))))
@@ -183,7 +185,8 @@ def key_numbers(metrics: Mapping[str, Mapping]) -> dict[str, object]:
             if value is not None:
                 found[f"transfer: {start}.{key}"] = value
     for layer, stats in metrics.get("bn_stats", {}).items():
-        found[f"bn_stats: {layer}.dead_units"] = stats.get("dead_units")
+        if isinstance(stats, Mapping):
+            found[f"bn_stats: {layer}.dead_units"] = stats.get("dead_units")
     return found
 
 

@@ -132,4 +132,7 @@ FORMATTERS: dict[str, Callable[[dict], str]] = {
 
 def summary(script: str, metrics: dict) -> str:
     """The line stage script `script` (its module's name, e.g. `conv_features`) logs about `metrics`."""
-    return FORMATTERS[script](metrics)
+    line = FORMATTERS[script](metrics)
+    if metrics.get("replicas", 1) > 1:
+        line += f" ({metrics['replicas']} replicas, {metrics.get('strategy')})"
+    return line
