@@ -79,8 +79,11 @@ def _rows(m: dict, split: str) -> str:
 
 
 def conv_features(m: dict) -> str:
-    return (f"train {_rows(m, 'train')}, valid {_rows(m, 'valid')}; dense-on-features diff "
-            f"{_small(m['split_max_abs_diff'])} over {_plural(m['split_checked_images'], 'image')}")
+    text = f"train {_rows(m, 'train')}, valid {_rows(m, 'valid')}"
+    if "split_max_abs_diff" in m:  # the chief's check (another worker's line has none)
+        text += (f"; dense-on-features diff {_small(m['split_max_abs_diff'])} over "
+                 f"{_plural(m['split_checked_images'], 'image')}")
+    return text
 
 
 def bn_stats(m: dict) -> str:
