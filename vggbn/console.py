@@ -46,11 +46,6 @@ def debug() -> bool:
     return level() <= logging.DEBUG
 
 
-def keras_verbosity() -> int:
-    """`verbose` for Keras' fit: its per-epoch lines under VGGBN_LOG=debug, else none (a progress bar instead)."""
-    return 2 if debug() else 0
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time, around any progress bar on it (tqdm redraws the bar)."""
 
