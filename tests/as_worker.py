@@ -73,7 +73,8 @@ def main():
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
     trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
-                                epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3, dropout=0.0, seed=0, shuffle_buffer=16,
+                                epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3, dropout=0.5, seed=0,
+                                shuffle_buffer=16,
                                 work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
                                 live_dir=WORKSPACE / "live")
     if distribute.is_chief():

@@ -3,13 +3,17 @@ per-epoch logs, progress and dvclive curves."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import shutil
+import threading
 from typing import Callable, Iterable
 
 import keras
 import tensorflow as tf
+from keras.src.backend.tensorflow import random as keras_random
+from keras.src.random.seed_generator import draw_seed
 
 from vggbn import console
 
@@ -50,8 +54,8 @@ class Trainer:
     Global-batch semantics: every worker passes the same global batch; replica r takes a contiguous slice of it, the
     loss is the global batch's mean (each replica's sum over its rows divided by the global row count, gradients
     summed across replicas), and BatchNormalization layers normalize by the global batch's statistics
-    (`synchronized`). So N replicas train what one process trains, up to the order of floating-point sums, except
-    for Dropout: each replica draws its own masks for its rows. With one replica it is a plain traced step.
+    (`synchronized`), and Dropout drops what it drops over the global batch. So N replicas train what one process
+    trains, up to the order of floating-point sums. With one replica it is a plain traced step.
     """
 
     def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
@@ -63,28 +67,38 @@ class Trainer:
                                 and not layer.synchronized] if self.replicas > 1 else []
         for layer in self._unsynchronized:
             layer.synchronized = True
+        self._rows = threading.local()
+        self._dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)
+                          and layer.noise_shape is None] if self.replicas > 1 else []
+        for layer in self._dropouts:
+            layer.call = functools.partial(self._global_batch_dropout, layer)
         self._train = tf.function(self._train_replicas, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
 
     def _slices(self, x, y):
-        """Per replica, its contiguous slice of the global batch (the first `len % replicas` get one row more)."""
+        """Per replica, its contiguous slice of the global batch (the first `len % replicas` get one row more) and the
+        index of its first row; and the global batch's row count."""
         x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32)
-        if self.replicas == 1:
-            return x, y, tf.constant(float(len(y)), tf.float32)
         count = int(y.shape[0])
+        if self.replicas == 1:
+            return x, y, tf.constant(0), tf.constant(float(count), tf.float32)
         bounds = [count * r // self.replicas for r in range(self.replicas + 1)]
-        values = self.strategy.experimental_distribute_values_from_function(
-            lambda context: (x[bounds[context.replica_id_in_sync_group]:bounds[context.replica_id_in_sync_group + 1]],
-                             y[bounds[context.replica_id_in_sync_group]:bounds[context.replica_id_in_sync_group + 1]]))
-        return values[0], values[1], tf.constant(float(count), tf.float32)
+
+        def part(context):
+            first, stop = bounds[context.replica_id_in_sync_group], bounds[context.replica_id_in_sync_group + 1]
+            return x[first:stop], y[first:stop], tf.constant(first)
+        x, y, first = self.strategy.experimental_distribute_values_from_function(part)
+        return x, y, first, tf.constant(float(count), tf.float32)
 
     def _sums(self, probabilities, y):
         losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
         correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), y), tf.float32)
         return tf.reduce_sum(losses), tf.reduce_sum(correct)
 
-    def _train_replicas(self, x, y, count):
-        def step(x, y):
+    def _train_replicas(self, x, y, first, count):
+        def step(x, y, first):
+            # for the global batch's dropout masks, while tracing; MirroredStrategy traces each replica in a thread
+            self._rows.value = (first, tf.cast(count, tf.int32))
             with tf.GradientTape() as tape:
                 probabilities = self.model(x, training=True)
                 loss_sum, correct = self._sums(tf.cast(probabilities, tf.float32), y)
@@ -92,7 +106,7 @@ class Trainer:
             variables = self.model.trainable_variables
             self.model.optimizer.apply(tape.gradient(loss, variables), variables)  # gradients summed over replicas
             return loss_sum, correct
-        return self._reduced(self.strategy.run(step, args=(x, y)))
+        return self._reduced(self.strategy.run(step, args=(x, y, first)))
 
     def _evaluate_replicas(self, x, y):
         def step(x, y):
@@ -107,16 +121,30 @@ class Trainer:
         strategy that trained it)."""
         for layer in self._unsynchronized:
             layer.synchronized = False
+        for layer in self._dropouts:
+            del layer.call  # the class's own again
         return self.model
+
+    def _global_batch_dropout(self, layer: keras.layers.Dropout, inputs, training=False):
+        """Dropout as one process draws it over the whole global batch, this replica's rows of it: each replica
+        draws the global batch's mask from the same seed (the generator's state is the same on every replica) and
+        keeps its slice, so N replicas drop exactly what one process drops."""
+        if not training or layer.rate <= 0:
+            return inputs
+        first, count = self._rows.value
+        seed = keras_random._cast_seed(draw_seed(layer.seed_generator))  # Keras' own draw (its TF backend)
+        shape = tf.concat([[count], tf.shape(inputs)[1:]], axis=0)
+        kept = tf.nn.experimental.stateless_dropout(tf.ones(shape, inputs.dtype), rate=layer.rate, seed=seed)
+        return inputs * kept[first:first + tf.shape(inputs)[0]]
 
     def train_batch(self, x, y) -> tuple[float, float]:
         """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas."""
-        x, y, count = self._slices(x, y)
-        loss_sum, correct = self._train(x, y, count)
+        x, y, first, count = self._slices(x, y)
+        loss_sum, correct = self._train(x, y, first, count)
         return float(loss_sum), float(correct)
 
     def evaluate_batch(self, x, y) -> tuple[float, float]:
-        x, y, _ = self._slices(x, y)
+        x, y, _, _ = self._slices(x, y)
         loss_sum, correct = self._evaluate(x, y)
         return float(loss_sum), float(correct)
 
