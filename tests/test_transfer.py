@@ -161,3 +161,19 @@ def test_grid_memory_does_not_grow_with_its_trainings(feature_files):
     rss = rss_after_each_training(width, 3, 2, train, valid)
     assert len(rss) == 6
     assert max(rss[2:]) - rss[1] < run_mb / 4, f"RSS after each training: {rss} MB (one training: {run_mb:.0f} MB)"
+
+
+def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, mini_vgg):
+    """`models.split`'s dense part shares its layers with the whole classifier (the pipeline's without-BN start):
+    the frozen part is rebuilt on an input of its own."""
+    from vggbn import models
+    from vggbn.transfer import compare_transfer
+
+    _, dense = models.split(mini_vgg)
+    row_shape = tuple(dense.input_shape[1:])
+    write_features(tmp_path / "train.h5", 16, rng, row_shape=row_shape)
+    write_features(tmp_path / "valid.h5", 8, rng, row_shape=row_shape)
+    report = compare_transfer({"without_bn": dense}, train_path=tmp_path / "train.h5",
+                              valid_path=tmp_path / "valid.h5", num_classes=3, train_mode="head", lrs=[0.01],
+                              seeds=[0], epochs=1, batch_size=8, work_dir=tmp_path / "work")
+    assert 0 <= report["without_bn"]["best_accuracy"] <= 1

@@ -88,15 +88,23 @@ def _copy_chain(dense: keras.Model, *, configure) -> keras.Model:
 
 
 def frozen_part(dense: keras.Model) -> keras.Model:
-    """The layers of `dense` whose output head mode caches (sharing `dense`'s weights; run it in inference)."""
-    return keras.Model(dense.input, dense.layers[_cached_end(dense)].output, name=f"{dense.name}_frozen")
+    """The layers of `dense` whose output head mode caches, applied anew to an input of their own (sharing `dense`'s
+    weights; the layers may also belong to a bigger model, as `models.split`'s do); run it in inference."""
+    inputs = keras.Input(dense.input_shape[1:], name=dense.layers[0].name)
+    x = inputs
+    for layer in dense.layers[1:_cached_end(dense) + 1]:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"{dense.name}_frozen")
 
 
 def head_model(dense: keras.Model, num_classes: int, *, seed: int) -> keras.Model:
     """What head mode trains on `frozen_part(dense)`'s cached rows: the Dropout layers right before the head (same
     config and seed as in `new_task_model`, so the same masks) and the new softmax layer."""
     cached_end, last = _cached_end(dense), _head_index(dense)
-    inputs = keras.Input(dense.layers[cached_end].output.shape[1:], name="frozen_features")
+    shape = tuple(dense.input_shape)
+    for layer in dense.layers[1:cached_end + 1]:
+        shape = tuple(layer.compute_output_shape(shape))
+    inputs = keras.Input(shape[1:], name="frozen_features")
     x = inputs
     for layer in dense.layers[cached_end + 1:last]:
         x = layer.__class__.from_config(layer.get_config())(x)
