@@ -8,7 +8,13 @@ on disk (decode, resize, preprocess, the conv part, the chunked HDF5 file) with 
 of that model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory
 flat: a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
 
-    python3 bench/memory.py [--n 1000] [--finetune-n 2000]
+The transfer run is `vggbn.transfer.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
+dense part (`models.vgg16('none')` split at block5_pool: 25088 -> 4096 -> 4096 -> 1000, 124M parameters, random
+weights) on 64 synthetic train rows and 32 valid rows, over a 2 x 2 grid (learning rates x seeds) against a
+1 x 1 grid: one training's model and optimizer at a time keeps the ratio near 1; TensorFlow keeping each
+training (as it did before `vggbn.tfmemory`) would add about 1.4 GB per training.
+
+    python3 bench/memory.py [--n 1000] [--finetune-n 2000] [--skip-transfer]
 """
 
 from __future__ import annotations
@@ -58,6 +64,17 @@ def child_finetune(train_path: Path, valid_path: Path) -> None:
                                epochs=1, batch_size=64, lr=1e-4, dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER)
 
 
+def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int) -> None:
+    from vggbn import models, transfer
+
+    full = models.vgg16("none")
+    _, dense = models.split(full, "block5_pool")
+    del full  # the conv part's weights go with it: the dense part keeps only its own layers
+    transfer.compare_transfer({"without_bn": dense}, train_path=train_path, valid_path=valid_path, num_classes=3,
+                              train_mode="dense", lrs=[1e-4 * 10 ** i for i in range(lrs)], seeds=list(range(seeds)),
+                              epochs=1, batch_size=16)
+
+
 def peak_rss(args: list[str]) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of this script run as a child with `args`."""
     start = time.perf_counter()
@@ -73,6 +90,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="images of the small conv_features run (4N: the big)")
     parser.add_argument("--finetune-n", type=int, default=2000, help="feature rows of the small finetune run")
+    parser.add_argument("--skip-transfer", action="store_true",
+                        help="leave out the transfer grid at VGG16 scale (about a minute and 3 GB)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -84,6 +103,8 @@ def main():
         kind, *rest = args.child
         if kind == "conv":
             child_conv(Path(rest[0]), int(rest[1]), Path(rest[2]))
+        elif kind == "transfer":
+            child_transfer(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
         else:
             child_finetune(Path(rest[0]), Path(rest[1]))
         return
@@ -120,9 +141,27 @@ def main():
         figures["finetune_rss_n_mb"], figures["finetune_rss_4n_mb"] = rss[m], rss[4 * m]
         held = 3 * m * row_mb
         print(f"if held: the 3N more feature rows would add {held:.0f} MB (ratio {(rss[m] + held) / rss[m]:.2f})")
+
+        if not args.skip_transfer:
+            vgg_rows = (7, 7, 512)  # VGG16 at block5_pool
+            for split, rows in (("train", 64), ("valid", 32)):
+                write_features(tmp / f"vgg_{split}.h5", tmp / f"work-vgg-{split}", rows, vgg_rows, classes=3,
+                               seed=rows, block=64)
+            grid = {}
+            for lrs, seeds in ((1, 1), (2, 2)):
+                grid[lrs * seeds], seconds = peak_rss(["transfer", str(tmp / "vgg_train.h5"),
+                                                       str(tmp / "vgg_valid.h5"), str(lrs), str(seeds)])
+                print(f"transfer (transfer.compare_transfer, VGG16's dense part, 124M parameters, dense mode, 1 epoch "
+                      f"of 64 rows at batch 16): {lrs} x {seeds} grid: peak RSS {grid[lrs * seeds]:.0f} MB, "
+                      f"{seconds:.1f} s", flush=True)
+            figures["transfer_rss_ratio_grid"] = grid[4] / grid[1]
+            figures["transfer_rss_1_mb"], figures["transfer_rss_4_mb"] = grid[1], grid[4]
+            print("if held: each of the 3 more trainings' model, gradients and Adam slots would add about 1,400 MB "
+                  f"(ratio {(grid[1] + 3 * 1400) / grid[1]:.2f})")
     figures.update({"n": n, "finetune_n": m})
     print("rss_ratio_4n = peak RSS (os.wait4's ru_maxrss of the child) on 4N images / on N images (target <= 1.15); "
-          "finetune_rss_ratio_4n the same on 4N / N cached rows (target <= 1.15)")
+          "finetune_rss_ratio_4n the same on 4N / N cached rows (target <= 1.15); transfer_rss_ratio_grid the same "
+          "for a 2 x 2 transfer grid / a 1 x 1 grid (target <= 1.15)")
     print_figures(figures)
 
 

@@ -27,7 +27,7 @@ def test_repro_runs_every_stage_and_the_insertion_is_exact(pipeline):
     transfer = metrics(project, "transfer")
     assert transfer["classes"] == ["7", "8", "9"]
     for start in ("with_bn", "without_bn"):
-        assert set(transfer[start]["per_lr"]) == {"0.0001", "0.001", "0.01"}
+        assert set(transfer[start]["per_lr"]) == {"0.001", "0.01", "0.1"}
         assert transfer[start]["best_accuracy"] > 0.6  # three classes from 20 images each: well above chance
     assert identity["loss_before"] == pytest.approx(identity["loss_after"], abs=1e-5)
     assert metrics(project, "conv_features")["split_max_abs_diff"] <= 1e-5

@@ -140,9 +140,9 @@ class FinetuneParams:
 @dataclass(frozen=True)
 class TransferParams:
     root: str = _param("data/transfer", _non_empty, "image folder of the new task (ImageNet layout), e.g. your cats and dogs")
-    train: str = _param("dense", _choice(*TRANSFER_TRAIN), "head: train only the new softmax layer; dense: all dense layers")
-    lrs: tuple[float, ...] = _param((1e-4, 1e-3, 1e-2), _positive, "learning rates compared with and without BN")
-    seeds: tuple[int, ...] = _param((0, 1), _at_least(0), "seeds each learning rate is trained with")
+    train: str = _param("head", _choice(*TRANSFER_TRAIN), "head: train only the new softmax layer; dense: all dense layers")
+    lrs: tuple[float, ...] = _param((1e-3, 1e-2, 1e-1), _positive, "learning rates compared with and without BN")
+    seeds: tuple[int, ...] = _param((0,), _at_least(0), "seeds each learning rate is trained with")
     epochs: int = _param(10, _at_least(1), "epochs per training run")
     batch_size: int = _param(16, _at_least(1), "batch size")
 

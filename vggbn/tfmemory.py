@@ -1,0 +1,55 @@
+"""Give back what TensorFlow keeps of a finished training, so a grid of trainings holds one model at a time.
+
+Measured with TF 2.21 / Keras 3.15: a model trained in a `tf.function` (Keras' `fit`, or a loop of our own over
+`optimizer.apply_gradients`) is never freed, weights and Adam slots included, even after `del`, `gc.collect()` and
+`keras.backend.clear_session()`. The chain: Keras' TensorFlow optimizer sums the gradients with
+`tf.distribute.get_replica_context().all_reduce`, which is a `tf.custom_gradient`; traced in graph mode, each
+such call registers its gradient function in TensorFlow's global gradient registry under a fresh
+`CustomGradient-<n>` name, and nothing ever unregisters it (tensorflow/tensorflow#97697, #27492). The gradient
+function's closure holds the traced graph's tensors, the graph holds the variable handles it captured, and a
+resource variable lives as long as a handle does: about 1.4 GB per training of VGG16's dense part.
+
+`released()` unregisters the gradient functions that the trainings inside it registered, once they are over, and
+collects the cycles they held. A registered gradient is only looked up while a graph that uses it is being traced
+and differentiated, which ends with the training that traced it; whatever was registered before the block (a
+model that lives on) is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+PREFIX = "CustomGradient-"  # the names `tf.custom_gradient` registers in graph mode
+
+
+def _registry() -> dict | None:
+    """TensorFlow's gradient registry (name -> {type, location}), or None where this TensorFlow keeps it elsewhere."""
+    from tensorflow.python.framework import ops
+
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else None
+
+
+@contextlib.contextmanager
+def released() -> Iterator[None]:
+    """Run a training inside; on leaving, free what TensorFlow kept of it once the caller has dropped the model.
+
+    The caller drops its own references (the model, its optimizer, the returned history's tensors if any) inside
+    the block; whatever it still holds stays valid: only the global registry's entries are removed.
+    """
+    registry = _registry()
+    before = set(registry) if registry is not None else set()
+    try:
+        yield
+    finally:
+        if registry is None:
+            log.debug("TensorFlow's gradient registry is not where vggbn.tfmemory looks: nothing unregistered")
+        else:
+            for name in [name for name in registry if name.startswith(PREFIX) and name not in before]:
+                del registry[name]
+        gc.collect()
