@@ -24,4 +24,4 @@ def main():
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, runs_model=True)

@@ -21,4 +21,4 @@ def main():
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, runs_model=True)

@@ -27,4 +27,4 @@ def main():
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, runs_model=True)

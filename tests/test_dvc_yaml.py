@@ -25,6 +25,8 @@ NOT_DEPS = {
     "vggbn/console.py": "what the terminal shows: log level, TensorFlow's start-up chatter filtered, progress bars "
                         "(loops pass their items through unchanged)",
     "vggbn/summary.py": "the one-line summary a stage logs, formatted from metrics already computed",
+    "vggbn/launch.py": "where a stage runs (its cluster, which worker writes, the launcher prefix): the environment's "
+                       "business, so moving to a cluster reruns nothing",
 }
 
 

@@ -91,11 +91,12 @@ def test_a_damaged_checkpoint_is_dropped_and_training_starts_over(feature_files,
 
 
 def broken_dense_part():
-    """A dense part whose file holds a NaN weight: the loss is NaN from the first batch."""
+    """A dense part whose file holds a NaN weight (the classifier's bias: every output depends on it, while ReLU may
+    turn a NaN hidden unit into 0): the loss is NaN from the first batch."""
     model = dense_part()
-    kernel, bias = model.get_layer("fc1").get_weights()
-    kernel[0, 0] = np.nan
-    model.get_layer("fc1").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("predictions").get_weights()
+    bias[0] = np.nan
+    model.get_layer("predictions").set_weights([kernel, bias])
     return model
 
 

@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 
-from vggbn import VggbnError, console, features, models, surgery
+from vggbn import VggbnError, console, distribute, features, models, surgery
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import CHECK_IMAGES, ImageInput
@@ -36,7 +36,10 @@ def save_statistics(path, moments: dict[str, Moments], attrs: dict | None = None
     """One HDF5 group per layer, in layer order: float64 `mean` and `variance`, and the row count as an attribute.
 
     The file is byte-reproducible, so rerunning the stage with the same result reruns nothing downstream.
+    Under a multi-worker strategy only the chief writes.
     """
+    if not distribute.is_chief():
+        return
     with atomic_path(path) as tmp, h5py.File(h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC,
                                                             fcpl=_ordered_untimed(h5py.h5p.FILE_CREATE))) as file:
         for name, m in moments.items():
@@ -122,7 +125,7 @@ def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_
     moments = {name: moments[name] for name in surgery.targets(model, layers)}  # model order
     save_statistics(out_path, moments, {"position": position, "layers": layers})
     summary, tables = calibration_tables(moments)
-    return StageResult(summary, {"calibration": tables})
+    return StageResult({**summary, **distribute.describe()}, {"calibration": tables})
 
 
 def run_insert_bn(*, model_path, stats_path, valid_path, sample_dir, inputs: ImageInput, dense_out, conv_out,
@@ -156,4 +159,4 @@ def run_insert_bn(*, model_path, stats_path, valid_path, sample_dir, inputs: Ima
     models.save_model(dense_bn, dense_out)
     models.save_model(conv_bn, conv_out)
     report["bn_layers"] = sum(isinstance(l, keras.layers.BatchNormalization) for l in dense_bn.layers + conv_bn.layers)
-    return StageResult(report, {"identity": Table(("before", "after"), points)})
+    return StageResult({**report, **distribute.describe()}, {"identity": Table(("before", "after"), points)})

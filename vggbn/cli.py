@@ -4,6 +4,7 @@
     vggbn info [PATH] [--stats PATH] [--metrics DIR] [--json]
     vggbn report --rev A [--rev B] [--out DIR]
     vggbn plots-template [--out PATH]
+    vggbn launch --workers N [--cores-per-worker C] COMMAND...
 
 Arguments are parsed, and every input that can be checked without TensorFlow (params, image files, the model
 file's existence) is checked, before TensorFlow is imported (about 4 s): `--help` and a typo answer at once.
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "For a clone whose `dvc repro` has not run that stage (fresh, or after `dvc pull`).")
     template.add_argument("--out", default=DEFAULT_TEMPLATE, metavar="PATH",
                           help=f"the template file (default: {DEFAULT_TEMPLATE}, the stage's output)")
+
+    launch = commands.add_parser(
+        "launch", help="run a command (dvc repro) with every stage that runs a model as N local workers",
+        description="Run COMMAND (e.g. dvc repro, dvc exp run, or one stage's python command) with VGGBN_LAUNCH set: "
+                    "every stage that runs a model then starts as N worker processes on 127.0.0.1, each with its "
+                    "TF_CONFIG, under tf.distribute's MultiWorkerMirroredStrategy; the chief alone writes files. "
+                    "Results equal a one-process run's (see the README's 'More than one machine'), so DVC reruns "
+                    "nothing when you switch.")
+    launch.add_argument("--workers", type=_integer, required=True, metavar="N", help="worker processes (>= 1)")
+    launch.add_argument("--cores-per-worker", type=_integer, metavar="C",
+                        help="pin worker i to cores i*C .. i*C+C-1, with C threads (default: no pinning)")
+    launch.add_argument("run", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command to run")
     return parser
 
 
@@ -121,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             info(args)
         elif args.command == "report":
             compare_report(args)
+        elif args.command == "launch":
+            launch_command(args)
         else:
             plots_template(args)
         sys.stdout.flush()
@@ -131,6 +147,23 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def launch_command(args) -> None:
+    """`vggbn launch`: COMMAND with VGGBN_LAUNCH=local:N[:C] (`vggbn.launch`), exiting with its status."""
+    from vggbn import launch
+
+    run = args.run[1:] if args.run[:1] == ["--"] else args.run
+    if not run:
+        raise CliError("launch: expected a command to run, e.g. vggbn launch --workers 2 dvc repro")
+    value = f"local:{args.workers}" + (f":{args.cores_per_worker}" if args.cores_per_worker else "")
+    launch.parse(value)  # N, C >= 1
+    try:
+        status = subprocess.call(run, env={**os.environ, launch.ENV: value})
+    except FileNotFoundError:
+        raise CliError(f"launch: command not found: {run[0]}") from None
+    if status:
+        sys.exit(status)
 
 
 # --- checks that need no TensorFlow, and TensorFlow's import ---------------------------------------------------

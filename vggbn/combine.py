@@ -3,7 +3,7 @@ combine stage."""
 
 from __future__ import annotations
 
-from vggbn import console, models
+from vggbn import console, distribute, models
 from vggbn.atomic import atomic_path
 from vggbn.files import StageResult, Table
 from vggbn.images import ImageInput
@@ -20,9 +20,10 @@ def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: I
     combined = models.join(models.load_model_file(conv_path), models.load_model_file(dense_path),
                            name=f"{original.name}_bn")
     models.save_model(combined, out_path)
-    with atomic_path(weights_path) as tmp:
-        combined.save_weights(tmp)
-
+    if distribute.is_chief():  # the chief alone writes
+        with atomic_path(weights_path) as tmp:
+            combined.save_weights(tmp)
+    distribute.barrier()  # the file is written before any worker reads it
     saved = models.load_model_file(out_path)  # evaluate what users get, not the object in memory
     manifest = read_split(sample_dir, "valid")
     classes = read_classes(sample_dir)
@@ -42,4 +43,4 @@ def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: I
     result = {"images": scores["combined"].count}
     for name, score in scores.items():
         result.update({f"{name}_{key}": value for key, value in score.result().items()})
-    return StageResult(result, {"confusion": Table(("actual", "predicted"), confusion)})
+    return StageResult({**result, **distribute.describe()}, {"confusion": Table(("actual", "predicted"), confusion)})

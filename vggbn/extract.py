@@ -9,7 +9,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import features, models
+from vggbn import distribute, features, models
 from vggbn.dvccache import previous_output
 from vggbn.files import StageResult, file_md5
 from vggbn.images import CHECK_IMAGES, ImageInput
@@ -43,19 +43,23 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
             for batch in inputs.dataset([paths[i] for i in part], size, flip=flipped):
                 yield np.asarray(predict(batch), dtype=np.float32)
 
-    return features.build_feature_file(
-        out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
-        flipped=[False] * count + [True] * count * (copies - 1), extract=extract,
-        row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
-        chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)),
-        previous=previous_output(out_path), image_root=inputs.root)
+    def build(extract_rows):  # on the chief alone: it reads and writes the files
+        return features.build_feature_file(
+            out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
+            flipped=[False] * count + [True] * count * (copies - 1), extract=extract_rows,
+            row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
+            chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)),
+            previous=previous_output(out_path), image_root=inputs.root)
+
+    return distribute.led_by_chief(build, extract)
 
 
 def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feature_path: str | Path,
                 limit: int = CHECK_IMAGES) -> dict:
     """Largest difference between the whole model on the images and the dense part on their cached features.
 
-    This proves the cached features and the split are right (the 2017 notebook checked it by hand).
+    This proves the cached features and the split are right (the 2017 notebook checked it by hand). The chief
+    alone runs it, in one process: it reads the file just written.
     """
     _, dense = models.split(model, cut)
     batch_size = inputs.batch_size
@@ -64,7 +68,7 @@ def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feat
         cached = features.read_rows(feature_path, file["features"], 0, count)
         rel_paths = file["paths"].asstr()[:count]
     dataset = inputs.dataset(list(rel_paths), models.input_size(model))
-    whole_model, dense_part = models.predictor(model), models.predictor(dense)
+    whole_model, dense_part = models.predictor(model, local=True), models.predictor(dense, local=True)
     whole = np.concatenate([whole_model(batch) for batch in dataset]) if count else np.zeros((0,))
     from_cache = np.concatenate([dense_part(cached[i:i + batch_size])
                                  for i in range(0, count, batch_size)]) if count else np.zeros((0,))
@@ -89,5 +93,6 @@ def run_conv_features(*, model_path: str | Path, sample_dir: str | Path, inputs:
                               out_path=out_paths[split], work_dir=Path(work_dir) / split, dtype=dtype,
                               compute=compute, flip=flip and split == "train")
         metrics.update({f"{split}_{key}": value for key, value in stats.items()})
-    metrics.update(check_split(model=model, cut=cut, inputs=inputs, feature_path=out_paths["valid"]))
-    return StageResult(metrics)
+    if distribute.is_chief():
+        metrics.update(check_split(model=model, cut=cut, inputs=inputs, feature_path=out_paths["valid"]))
+    return StageResult({**metrics, **distribute.describe()})

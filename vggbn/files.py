@@ -113,7 +113,12 @@ def write_result(result: StageResult, *, metrics: str | os.PathLike | None = Non
     """Write a stage's metrics (JSON) and each named plot to the path its dvc.yaml declares.
 
     A folder of tables is written whole or not at all; every plot named in `plots` must be in the result.
+    Under a multi-worker strategy only the chief writes.
     """
+    from vggbn.launch import is_chief
+
+    if not is_chief():
+        return
     for name, path in (plots or {}).items():
         plot = result.plots[name]
         if isinstance(plot, Table):

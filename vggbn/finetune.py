@@ -7,20 +7,19 @@ import json
 import logging
 import math
 import os
-from itertools import count
+import itertools
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import keras
 import tensorflow as tf
 
-from vggbn import VggbnError, console, features, models
+from vggbn import VggbnError, distribute, features, models
 from vggbn.atomic import atomic_path, staging_folder
 from vggbn.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
 from vggbn.tfdata import without_autotune
-from vggbn.training import (EpochProgress, History, compile_for_training, floats, live_callback, live_logger,
-                            seed_everything)
+from vggbn.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -32,70 +31,39 @@ def with_dropout(model: keras.Model, rate: float) -> keras.Model:
     return models.copy_chain(model, name=model.name, configure=set_rate)
 
 
-def _dataset(generator, row_shape, batches: int) -> tf.data.Dataset:
-    """The generator's batches, declared to be `batches` many (tf.data.INFINITE_CARDINALITY: endless), so Keras
-    neither has to run out of data to learn where an epoch ends nor warns that it did."""
-    signature = (tf.TensorSpec((None, *row_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
-    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
-    return without_autotune(dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2))
-
-
 class TrainingDiverged(VggbnError):
     pass
 
 
-class _StopOnNonFinite(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss (or metric), before the epoch is checkpointed, with one line
-    naming the epoch: a diverged model is no result to save or to resume from."""
-
-    def __init__(self, lr: float):
-        super().__init__()
-        self.lr, self.epoch = lr, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def _check(self, logs, where: str):
-        bad = {key: float(value) for key, value in (logs or {}).items() if not math.isfinite(float(value))}
-        if bad:
-            shown = ", ".join(f"{key} {value}" for key, value in bad.items())
-            raise TrainingDiverged(f"epoch {self.epoch + 1}{where}: training diverged ({shown}); a lower learning "
-                                   f"rate than {self.lr:g} may hold")
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check({"loss": logs["loss"]} if logs and "loss" in logs else None, f", batch {batch + 1}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, "")
+def _check_finite(logs: dict, lr: float, where: str) -> None:
+    """A non-finite loss (or metric) stops training before the epoch is checkpointed, with one line naming the epoch
+    (and batch): a diverged model is no result to save or to resume from."""
+    bad = {key: float(value) for key, value in logs.items() if not math.isfinite(float(value))}
+    if bad:
+        shown = ", ".join(f"{key} {value}" for key, value in bad.items())
+        raise TrainingDiverged(f"{where}: training diverged ({shown}); a lower learning rate than {lr:g} may hold")
 
 
-class _Checkpoint(keras.callbacks.Callback):
-    """Saves model and optimizer after each epoch, atomically, with the epoch number beside it.
+def _save_checkpoint(model: keras.Model, work_dir: Path, epoch: int, history: list[dict]) -> None:
+    """Model and optimizer after `epoch`, atomically, with the epoch's record beside it.
 
     `epoch.json` names the checkpoint file of its epoch with the digest of its bytes, holds the dropout RNG states,
     which `model.save` does not keep, and a digest of itself: a kill between writing the two files leaves the
     previous epoch's pair, a resumed run draws the same dropout masks as one that never stopped, and a damaged
     checkpoint or record is never resumed from.
     """
-
-    def __init__(self, work_dir: Path, history: list[dict]):
-        super().__init__()
-        self.work_dir, self.history = work_dir, history
-
-    def on_epoch_end(self, epoch, logs=None):
-        name = f"checkpoint-{epoch:04d}.keras"
-        path = self.work_dir / name
-        with atomic_path(path, needed=models.variable_bytes(self.model, optimizer=True)) as tmp, \
-                staging_folder(path) as staging:  # Keras may put a temporary file beside the one it writes
-            self.model.save(staging / name)
-            os.replace(staging / name, tmp)
-        self.history.append(floats(logs))
-        state = {"epoch": epoch, "checkpoint": name, "checkpoint_digest": file_digest(path),
-                 "rng": _rng_states(self.model), "history": self.history}
-        write_json(self.work_dir / "epoch.json", {**state, "digest": _state_digest(state)})
-        for old in self.work_dir.glob("checkpoint*.keras"):
-            if old.name != name:
-                old.unlink()
+    name = f"checkpoint-{epoch:04d}.keras"
+    path = work_dir / name
+    with atomic_path(path, needed=models.variable_bytes(model, optimizer=True)) as tmp, \
+            staging_folder(path) as staging:  # Keras may put a temporary file beside the one it writes
+        model.save(staging / name)
+        os.replace(staging / name, tmp)
+    state = {"epoch": epoch, "checkpoint": name, "checkpoint_digest": file_digest(path),
+             "rng": _rng_states(model), "history": history}
+    write_json(work_dir / "epoch.json", {**state, "digest": _state_digest(state)})
+    for old in work_dir.glob("checkpoint*.keras"):
+        if old.name != name:
+            old.unlink()
 
 
 def _state_digest(state: dict) -> str:
@@ -192,41 +160,66 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     if diverged not in ("raise", "record"):
         raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={diverged}")
     seed_everything(seed)
-    resumed, lost = _resume(Path(work_dir), recipe) if work_dir else (None, 0)
-    if resumed:
-        model, history = resumed
-    else:
-        model = with_dropout(model, dropout) if dropout is not None else model
-        model, history = models.with_compute_dtype(model, compute), []
-        compile_for_training(model, lr)
-    initial_epoch = len(history)
+    strategy = distribute.strategy()
+    model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=dropout,
+                                           compute=compute, lr=lr)
     with features.open_features(train_path) as file:
-        rows, row_shape = file["features"].shape[0], file["features"].shape[1:]
-    with features.open_features(valid_path) as file:
-        valid_batches_count = math.ceil(file["features"].shape[0] / batch_size)
-
-    def train_batches():
-        for epoch in count(initial_epoch):
-            yield from features.shuffled_batches(train_path, batch_size, shuffle_buffer, seed=seed * 100_003 + epoch)
-
-    def valid_batches():
-        yield from features.iter_batches(valid_path, batch_size)
-
-    callbacks = [_StopOnNonFinite(lr)] if diverged == "raise" else []  # first: before the epoch is checkpointed
-    callbacks.append(_Checkpoint(Path(work_dir), history) if work_dir else History(history))
-    live = live_logger(live_dir, history) if live_dir else None
-    if live is not None:
-        callbacks.append(live_callback(live))
-    if show_progress:
-        callbacks.append(EpochProgress())
-    if initial_epoch < epochs:  # batches are shuffled by train_batches (shuffle=False: fit cannot shuffle them)
-        model.fit(_dataset(train_batches, row_shape, tf.data.INFINITE_CARDINALITY),
-                  validation_data=_dataset(valid_batches, row_shape, valid_batches_count), epochs=epochs,
-                  initial_epoch=initial_epoch, steps_per_epoch=math.ceil(rows / batch_size), shuffle=False,
-                  callbacks=callbacks, verbose=console.keras_verbosity())
+        rows = file["features"].shape[0]
+    chief_writes = work_dir is not None and distribute.is_chief()
+    live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
+    train_epochs(
+        trainer, epochs=epochs, history=history, steps=math.ceil(rows / batch_size),
+        train_batches=lambda epoch: _prefetched(features.shuffled_batches(train_path, batch_size, shuffle_buffer,
+                                                                          seed=seed * 100_003 + epoch)),
+        valid_batches=lambda: _prefetched(features.iter_batches(valid_path, batch_size)),
+        check=(lambda logs, where: _check_finite(logs, lr, where)) if diverged == "raise" else None,
+        after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,
+        live=live, show_progress=show_progress and distribute.is_chief())
     if live is not None:
         live.end()
-    return Trained(models.with_compute_dtype(model, "float32"), history, lost)
+    return Trained(models.with_compute_dtype(trainer.finish(), "float32"), history, lost)
+
+
+def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, lr):
+    """(the model to train, compiled; the epochs already done; the epochs lost to a damaged checkpoint; its Trainer):
+    from the checkpoint of an interrupted run of the same recipe, else fresh.
+
+    Only the chief reads the checkpoint (outside the strategy's scope: under a multi-worker strategy every worker
+    must create the same variables in the same order), and broadcasts its state: every worker builds the fresh model,
+    the chief copies the checkpoint's values in, and every worker takes the chief's.
+    """
+    resumed, lost = _resume(Path(work_dir), recipe) if work_dir and distribute.is_chief() else (None, 0)
+    state = distribute.broadcast_json({"history": resumed.history if resumed else [], "lost": lost,
+                                       "rng": _rng_states(resumed.model) if resumed else {}})
+    with strategy.scope():
+        if resumed and not distribute.multi_worker():
+            model = resumed.model
+        else:
+            model = with_dropout(model, dropout) if dropout is not None else model
+            model = models.with_compute_dtype(model, compute)
+            compile_for_training(model, lr)
+        trainer = Trainer(model, strategy)
+    if distribute.multi_worker() and state["history"]:
+        variables = model.variables + model.optimizer.variables
+        if resumed:
+            for variable, value in zip(variables, resumed.model.variables + resumed.model.optimizer.variables,
+                                       strict=True):
+                variable.assign(value)
+        distribute.sync_variables(variables)
+        _restore_rng_states(model, state["rng"])
+    return model, state["history"], state["lost"], trainer
+
+
+def _prefetched(batches) -> Iterator:
+    """The batches, read ahead by a tf.data pipeline (two batches), so HDF5 reads overlap the training steps."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        return iter(())
+    x, y = first
+    signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32))
+    dataset = tf.data.Dataset.from_generator(lambda: itertools.chain([first], iterator), output_signature=signature)
+    return iter(without_autotune(dataset.prefetch(2)))
 
 
 def evaluate(model: keras.Model, path: str | Path, batch_size: int) -> dict:
@@ -252,4 +245,4 @@ def run_finetune(*, model_path, train_path, valid_path, out_path, work_dir, live
     return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],
                         "valid_loss": last["val_loss"], "valid_accuracy": last["val_accuracy"],
                         "epochs": len(trained.history),
-                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt})
+                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt, **distribute.describe()})

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vggbn import VggbnError
+from vggbn import VggbnError, distribute
 from vggbn.files import StageResult
 
 DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks; vggbn.layer_names.DEMO_LAYERS names their layers
@@ -65,7 +65,8 @@ def load_model_file(path: str | Path) -> keras.Model:
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        with distribute.strategy().scope():  # variables mirrored on every replica's device
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as error:
         if "safe_mode" in str(error) or "lambda" in str(error).lower():
             raise ModelError(f"{path}: refused to load: it holds a Lambda layer (arbitrary code), which safe_mode "
@@ -143,14 +144,24 @@ def join(conv: keras.Model, dense: keras.Model, name: str) -> keras.Model:
     return keras.Model(conv.input, x, name=name)
 
 
-def predictor(model: keras.Model) -> Callable[[object], object]:
+def predictor(model: keras.Model, local: bool = False) -> Callable[[object], object]:
     """`model` in inference mode as a function of one batch (array or tensor), returning numpy arrays (a list of
     them for several outputs), traced once for every batch size.
 
     Keras' `predict_on_batch` traces its function again for a new batch size (a last, smaller batch); TensorFlow
     counts the traces of every Keras model's function together and warns of retracing when a few models in a row
     do so (conv_features' split check did).
+    Under a strategy of several replicas, each replica computes a contiguous slice of every batch and every worker
+    gets the whole output (every worker must call it with the same batches); `local` computes the whole batch in
+    this process alone (a check only the chief runs).
     """
+    if not local and distribute.replicas() > 1:  # each replica computes a slice of every batch
+        def forward(x):
+            return model(x, training=False)
+
+        def predict_split(batch):
+            return distribute.split_run(forward, np.asarray(batch, dtype=np.float32))
+        return predict_split
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
     run = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
 
@@ -228,6 +239,9 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     import zipfile
 
     from vggbn.atomic import atomic_path, require_space, staging_folder
+
+    if not distribute.is_chief():
+        return  # the chief alone writes
 
     if getattr(model, "optimizer", None) is not None:
         bare = model.__class__.from_config(model.get_config())

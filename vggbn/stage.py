@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from vggbn import VggbnError, console
+from vggbn import VggbnError, console, launch
 from vggbn.atomic import disk_full_error, is_disk_full
 from vggbn.layer_names import layer_names
 from vggbn.params import Params, ParamsError, load_params
@@ -80,14 +80,22 @@ def _fullest_output() -> str:
     return min(paths, key=free) if paths else "."
 
 
-def run(main: Callable[[], object]) -> None:
+def run(main: Callable[[], object], runs_model: bool = False) -> None:
     """Run a stage's main() and exit with its status; log the one-line summary of the StageResult it returns.
 
     Log lines carry the DVC stage's name (`transfer_listing` runs the listing script), and TensorFlow, if the
-    stage imports it, starts without its chatter (`vggbn.console`).
+    stage imports it, starts without its chatter (`vggbn.console`). A stage that `runs_model`, started with
+    `VGGBN_LAUNCH` set, runs as every worker of a multi-worker job instead (`vggbn.launch`).
     """
     script = Path(sys.argv[0]).stem
     name = os.environ.get("DVC_STAGE") or script
+    if runs_model and launch.wanted():
+        status = [0]
+
+        def relaunched():
+            status[0] = launch.relaunch([sys.executable, *sys.orig_argv[1:]])
+        first = exit_status(relaunched)
+        sys.exit(first or status[0])
 
     def main_then_summary():
         console.setup_logging(name)

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import keras
 import numpy as np
 
-from vggbn import models
+from vggbn import distribute, models
 from vggbn.moments import Moments
 from vggbn.scoring import Score
 
@@ -73,6 +73,8 @@ def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] 
     names = hidden_dense_names(model) if names is None else names
     taps = tap_model(model, names, position)
     moments = {name: Moments(taps.outputs[i].shape[-1]) for i, name in enumerate(names)}
+    if distribute.replicas() > 1:
+        return _measure_on_replicas(taps, names, batches, moments)
     predict = models.predictor(taps)
     for number, batch in enumerate(batches):
         outputs = predict(batch)
@@ -84,6 +86,40 @@ def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] 
                 units = np.flatnonzero(~finite.reshape(-1, output.shape[-1]).all(axis=0)).tolist()
                 raise NonFiniteActivations(name, units, number, int(np.argmin(rows)))
             moments[name].update(output)
+    return moments
+
+
+def _measure_on_replicas(taps: keras.Model, names: list[str], batches, moments: dict[str, Moments]):
+    """`measure` with each replica reducing its slice of every batch to float64 count, mean and M2 per unit, merged
+    on every worker in replica order (Chan's merge, as for batches): activations never travel, only moments."""
+    import tensorflow as tf
+
+    def slice_moments(x, valid):
+        outputs = taps(x, training=False)
+        result = []
+        for output in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+            per_row = tf.reshape(tf.cast(output, tf.float64), (tf.shape(output)[0], -1, output.shape[-1]))
+            weight = tf.cast(valid, tf.float64)[:, None, None]  # padding rows count for nothing
+            count = tf.reduce_sum(weight) * tf.cast(tf.shape(per_row)[1], tf.float64)
+            mean = tf.math.divide_no_nan(tf.reduce_sum(per_row * weight, axis=(0, 1)), count)
+            m2 = tf.reduce_sum(tf.square(per_row - mean) * weight, axis=(0, 1))
+            finite = tf.math.is_finite(per_row) | (weight == 0)
+            result += [count[None], mean[None], m2[None], tf.cast(~tf.reduce_all(finite, axis=(0, 1)), tf.int32)[None],
+                       tf.cast(~tf.reduce_all(finite, axis=(1, 2)), tf.int32)]
+        return result
+
+    for number, batch in enumerate(batches):
+        batch = np.asarray(batch)
+        outputs = distribute.split_run(slice_moments, batch, np.ones(len(batch), np.float32), trim=False)
+        for index, name in enumerate(names):
+            counts, means, m2s, bad_units, bad_rows = outputs[5 * index:5 * index + 5]
+            if bad_units.any():
+                raise NonFiniteActivations(name, np.flatnonzero(bad_units.any(axis=0)).tolist(), number,
+                                           int(np.argmax(bad_rows[:len(batch)])))
+            for count, mean, m2 in zip(counts, means, m2s):
+                part = Moments(len(mean))
+                part.count, part.mean, part.m2 = int(round(count)), mean, m2
+                moments[name].merge(part)
     return moments
 
 

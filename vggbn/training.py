@@ -1,14 +1,19 @@
-"""Keras training helpers shared by every stage that trains: seeding, compiling, per-epoch logs, progress and
-dvclive curves."""
+"""The training loop of every stage that trains, under any `tf.distribute` strategy: seeding, compiling, the step,
+per-epoch logs, progress and dvclive curves."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import shutil
+from typing import Callable, Iterable
 
 import keras
 import tensorflow as tf
 
 from vggbn import console
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -23,61 +28,156 @@ def compile_for_training(model: keras.Model, lr: float) -> None:
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def floats(logs) -> dict:
-    """A Keras epoch's logs as plain floats (JSON-ready)."""
-    return {key: float(value) for key, value in (logs or {}).items()}
-
-
-class History(keras.callbacks.Callback):
-    """Appends each epoch's logs to `history`."""
-
-    def __init__(self, history: list[dict]):
-        super().__init__()
-        self.history = history
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.history.append(floats(logs))
-
-
-class EpochProgress(keras.callbacks.Callback):
-    """A progress bar over each epoch's training steps (`console.progress`), in place of Keras' own lines, which
-    `fit(verbose=console.keras_verbosity())` shows under VGGBN_LOG=debug instead."""
-
-    bar = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not console.debug():
-            self.bar = console.open_progress(self.params.get("steps"), f"epoch {epoch + 1}/{self.params['epochs']}",
-                                             "batch")
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def live_callback(live) -> keras.callbacks.Callback:
-    from dvclive.keras import DVCLiveCallback
-
-    return DVCLiveCallback(live=live)
-
-
 def live_logger(live_dir, history: list[dict]):
-    """A fresh dvclive logger in `live_dir` holding the epochs already done, as its Keras callback names them.
+    """A fresh dvclive logger in `live_dir` holding the epochs already done, named as its Keras callback names them.
 
     It neither edits dvc.yaml nor saves experiments itself: the curves are declared as plots in dvc.yaml.
     """
     from dvclive import Live
-    from dvclive.utils import standardize_metric_name
 
     shutil.rmtree(live_dir, ignore_errors=True)
     live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
     for logs in history:
-        for name, value in logs.items():
-            live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
-        live.next_step()
+        log_epoch(live, logs)
     return live
+
+
+class Trainer:
+    """One training loop for every `tf.distribute` strategy (Keras' `fit` fails under MultiWorkerMirroredStrategy,
+    keras-team/keras#20585): `model` (compiled with `compile_for_training`, built under the strategy's scope) is
+    trained batch by batch with `strategy.run`.
+
+    Global-batch semantics: every worker passes the same global batch; replica r takes a contiguous slice of it, the
+    loss is the global batch's mean (each replica's sum over its rows divided by the global row count, gradients
+    summed across replicas), and BatchNormalization layers normalize by the global batch's statistics
+    (`synchronized`). So N replicas train what one process trains, up to the order of floating-point sums, except
+    for Dropout: each replica draws its own masks for its rows. With one replica it is a plain traced step.
+    """
+
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
+        self.model, self.strategy = model, strategy
+        self.replicas = int(strategy.num_replicas_in_sync)
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        self._unsynchronized = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+                                and not layer.synchronized] if self.replicas > 1 else []
+        for layer in self._unsynchronized:
+            layer.synchronized = True
+        self._train = tf.function(self._train_replicas, reduce_retracing=True)
+        self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
+
+    def _slices(self, x, y):
+        """Per replica, its contiguous slice of the global batch (the first `len % replicas` get one row more)."""
+        x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32)
+        if self.replicas == 1:
+            return x, y, tf.constant(float(len(y)), tf.float32)
+        count = int(y.shape[0])
+        bounds = [count * r // self.replicas for r in range(self.replicas + 1)]
+        values = self.strategy.experimental_distribute_values_from_function(
+            lambda context: (x[bounds[context.replica_id_in_sync_group]:bounds[context.replica_id_in_sync_group + 1]],
+                             y[bounds[context.replica_id_in_sync_group]:bounds[context.replica_id_in_sync_group + 1]]))
+        return values[0], values[1], tf.constant(float(count), tf.float32)
+
+    def _sums(self, probabilities, y):
+        losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+        correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), y), tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(correct)
+
+    def _train_replicas(self, x, y, count):
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                probabilities = self.model(x, training=True)
+                loss_sum, correct = self._sums(tf.cast(probabilities, tf.float32), y)
+                loss = loss_sum / count
+            variables = self.model.trainable_variables
+            self.model.optimizer.apply(tape.gradient(loss, variables), variables)  # gradients summed over replicas
+            return loss_sum, correct
+        return self._reduced(self.strategy.run(step, args=(x, y)))
+
+    def _evaluate_replicas(self, x, y):
+        def step(x, y):
+            return self._sums(tf.cast(self.model(x, training=False), tf.float32), y)
+        return self._reduced(self.strategy.run(step, args=(x, y)))
+
+    def _reduced(self, per_replica):
+        return tuple(self.strategy.reduce("SUM", value, axis=None) for value in per_replica)
+
+    def finish(self) -> keras.Model:
+        """The model as it came (BN layers no longer `synchronized`: a saved model is the same whatever the
+        strategy that trained it)."""
+        for layer in self._unsynchronized:
+            layer.synchronized = False
+        return self.model
+
+    def train_batch(self, x, y) -> tuple[float, float]:
+        """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas."""
+        x, y, count = self._slices(x, y)
+        loss_sum, correct = self._train(x, y, count)
+        return float(loss_sum), float(correct)
+
+    def evaluate_batch(self, x, y) -> tuple[float, float]:
+        x, y, _ = self._slices(x, y)
+        loss_sum, correct = self._evaluate(x, y)
+        return float(loss_sum), float(correct)
+
+
+class Epochs:
+    """Running sums of one epoch's losses and correct predictions: Keras' `loss` and `accuracy` logs."""
+
+    def __init__(self):
+        self.loss = self.correct = self.count = 0.0
+
+    def add(self, loss_sum: float, correct: float, count: int) -> None:
+        self.loss, self.correct, self.count = self.loss + loss_sum, self.correct + correct, self.count + count
+
+    def logs(self, prefix: str = "") -> dict:
+        count = max(self.count, 1)
+        return {f"{prefix}loss": self.loss / count, f"{prefix}accuracy": self.correct / count}
+
+
+def evaluate_batches(trainer: Trainer, batches) -> dict:
+    """`val_loss` and `val_accuracy` over the batches (the model in inference mode)."""
+    totals = Epochs()
+    for x, y in batches:
+        totals.add(*trainer.evaluate_batch(x, y), len(y))
+    return totals.logs("val_")
+
+
+def log_epoch(live, logs: dict) -> None:
+    """One epoch's logs to dvclive, named as its Keras callback names them."""
+    from dvclive.utils import standardize_metric_name
+
+    for name, value in logs.items():
+        live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
+    live.next_step()
+
+
+def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_batches: Callable[[int], Iterable],
+                 steps: int, valid_batches: Callable[[], Iterable], check: Callable[[dict, str], None] | None = None,
+                 after_epoch: Callable[[int], None] | None = None, live=None, show_progress: bool = True) -> None:
+    """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`,
+    then the valid batches; its logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to
+    `check` (which may raise: per batch, with the batch's loss, and per epoch, before anything is saved), then
+    `after_epoch(epoch)` (a checkpoint), and logged to `live`.
+    """
+    for epoch in range(len(history), epochs):
+        totals = Epochs()
+        bar = console.open_progress(steps, f"epoch {epoch + 1}/{epochs}", "batch") if show_progress else None
+        for number, (x, y) in enumerate(itertools.islice(train_batches(epoch), steps)):
+            loss_sum, correct = trainer.train_batch(x, y)
+            if check is not None:
+                check({"loss": loss_sum / max(len(y), 1)}, f"epoch {epoch + 1}, batch {number + 1}")
+            totals.add(loss_sum, correct, len(y))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        logs = {**totals.logs(), **evaluate_batches(trainer, valid_batches())}
+        log.debug("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        if check is not None:
+            check(logs, f"epoch {epoch + 1}")
+        history.append(logs)
+        if after_epoch is not None:
+            after_epoch(epoch)
+        if live is not None:
+            log_epoch(live, logs)

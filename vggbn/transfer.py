@@ -14,7 +14,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import console, extract, features, models
+from vggbn import console, distribute, extract, features, models
 from vggbn.files import StageResult, Table, file_md5
 from vggbn.finetune import evaluate, train_on_features
 from vggbn.images import ImageInput
@@ -116,4 +116,5 @@ def run_transfer(*, pretrained_path, finetuned_path, cut_from, listing, inputs: 
     report["classes"] = classes
     report["train_mode"] = params.train
     report["features_recomputed_corrupt"] = recomputed_corrupt
+    report.update(distribute.describe())
     return StageResult(report, {"transfer": accuracy_tables(report)})

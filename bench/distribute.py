@@ -1,0 +1,179 @@
+"""Benchmark of tf.distribute: conv_features and finetune as two local workers (one core each) against one process
+with one core, and the communication share of a distributed training step.
+
+Every measurement is a fresh set of processes started by `vggbn.launch.run_local` (this script with `--child`),
+pinned to cores: one worker on one core, or two workers on a core each, under MultiWorkerMirroredStrategy on
+127.0.0.1. The chief writes its timings to a JSON file.
+
+- conv: `extract.extract_split` (JPEG files -> decode, resize, preprocess -> a VGG at VGG16's widths, random
+  weights, at `--size` px (VGG16 itself at 224) -> chunked HDF5) over a quarter of the images, then over all of them; the rate is the difference in
+  images over the difference in time, so start-up, tracing and the strategy's set-up cancel.
+- train: `training.Trainer` steps of that VGG's dense part (4096-wide, with calibrated BN, Adam) on a global batch of
+  `--batch-size` rows, the batches read from a feature file by `features.shuffled_batches`; rows/s over timed steps
+  after warm-up. Under two workers each computes half of each batch and the gradients are summed across them.
+- comm: the all-reduce of a gradient-sized set of tensors alone, timed in the two-worker run, over the step's time.
+
+    python3 bench/distribute.py [--images 1024] [--size 64] [--rows 4096] [--batch-size 1024] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_figures, print_load, write_features, write_jpegs  # noqa: E402
+
+CUT = "block5_pool"
+
+
+def vgg16(size: int):
+    """VGG16 (random weights) at `size` px, or a VGG at its widths with two convs a block below 224 px (Keras'
+    VGG16 with its dense part needs 224)."""
+    from vggbn import models
+
+    if size == 224:
+        return models.vgg16("none")
+    return models.build_demo_classifier(input_size=size, num_classes=1000, filters=(64, 128, 256, 512, 512),
+                                        dense_units=4096)
+
+
+def child_conv(args, work: Path) -> dict:
+    from vggbn import distribute, extract, models
+    from vggbn.images import ImageInput
+
+    with distribute.strategy().scope():
+        conv, _ = models.split(vgg16(args.size), CUT)
+    paths = sorted(str(p.relative_to(work / "images")) for p in (work / "images").rglob("*.JPEG"))
+    inputs = ImageInput(root=str(work / "images"), batch_size=32, resize="squash", preprocess="caffe")
+    times = {}
+    for label, count in (("quarter", len(paths) // 4), ("all", len(paths))):
+        out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))
+        start = time.perf_counter()
+        extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
+                              md5s=["-"] * count, out_path=out / "f.h5", work_dir=out / "work")
+        times[label] = (count, time.perf_counter() - start)
+    (n1, t1), (n2, t2) = times["quarter"], times["all"]
+    return {"conv_img_s": (n2 - n1) / (t2 - t1)}
+
+
+def child_train(args, work: Path) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from vggbn import distribute, features, models, surgery
+    from vggbn.training import Trainer, compile_for_training, seed_everything
+
+    seed_everything(0)
+    strategy = distribute.strategy()
+    with strategy.scope():
+        _, dense = models.split(vgg16(args.size), CUT)
+        rng = np.random.default_rng(0)
+        stats = {name: (rng.uniform(0, 1, 4096), rng.uniform(0.5, 2, 4096)) for name in surgery.hidden_dense_names(dense)}
+        model = surgery.insert_bn(dense, stats)
+        compile_for_training(model, 1e-4)
+        trainer = Trainer(model, strategy)
+    batches = features.shuffled_batches(work / "train.h5", args.batch_size, 4096, seed=0)
+    batches = [next(batches) for _ in range(2)]
+    for x, y in batches:  # warm-up: tracing, first touches of the Adam slots
+        trainer.train_batch(x, y)
+    start = time.perf_counter()
+    for step in range(args.steps):
+        trainer.train_batch(*batches[step % 2])
+    step_s = (time.perf_counter() - start) / args.steps
+    result = {"train_rows_s": args.batch_size / step_s, "step_ms": step_s * 1e3}
+    if distribute.replicas() > 1:
+        shapes = [v.shape for v in model.trainable_variables]
+
+        @tf.function
+        def all_reduce():
+            def per_replica():
+                return tf.distribute.get_replica_context().all_reduce("sum", [tf.ones(s) for s in shapes])
+            return strategy.run(per_replica)
+
+        all_reduce()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            tf.nest.map_structure(lambda t: t, strategy.experimental_local_results(all_reduce())[0][0].numpy())
+        result["allreduce_ms"] = (time.perf_counter() - start) / args.steps * 1e3
+    return result
+
+
+def measure(kind: str, workers: int, args, work: Path) -> dict:
+    from vggbn import launch
+
+    out = work / f"{kind}-{workers}.json"
+    command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--out", str(out),
+               "--images", str(args.images), "--size", str(args.size), "--rows", str(args.rows),
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    env = {**os.environ, "VGGBN_STRATEGY": "auto" if workers > 1 else "none", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "VGGBN_LOG": "warning"}
+    old = os.environ.copy()
+    os.environ.update(env)
+    try:
+        status = launch.run_local(command, workers, 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    if status:
+        raise SystemExit(f"{kind} with {workers} workers failed (exit status {status})")
+    return json.loads(out.read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--size", type=int, default=64, help="image side fed to VGG16's conv part")
+    parser.add_argument("--rows", type=int, default=4096, help="rows of the feature file training reads")
+    parser.add_argument("--batch-size", type=int, default=1024, help="global batch of a training step")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--child", choices=("conv", "train"))
+    parser.add_argument("--work")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.child:
+        from vggbn import distribute
+
+        result = (child_conv if args.child == "conv" else child_train)(args, Path(args.work))
+        if distribute.is_chief():
+            Path(args.out).write_text(json.dumps(result))
+        return
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs 2 cores: two workers on a core each")
+    print_load()
+    with tempfile.TemporaryDirectory(prefix="bench-distribute-") as folder:
+        work = Path(folder)
+        write_jpegs(work / "images", args.images, crop=(224, 224), classes=4, mirror=True)
+        side = args.size // 32
+        write_features(work / "train.h5", work / "features-work", args.rows, (side, side, 512), classes=1000, seed=0,
+                       block=256)
+        conv1, conv2 = measure("conv", 1, args, work), measure("conv", 2, args, work)
+        train1, train2 = measure("train", 1, args, work), measure("train", 2, args, work)
+    figures = {
+        "conv_scaling_2w": conv2["conv_img_s"] / conv1["conv_img_s"],
+        "train_scaling_2w": train2["train_rows_s"] / train1["train_rows_s"],
+        "train_comm_share_2w": train2["allreduce_ms"] / train2["step_ms"],
+        "conv_img_s_1w": conv1["conv_img_s"], "conv_img_s_2w": conv2["conv_img_s"],
+        "train_rows_s_1w": train1["train_rows_s"], "train_rows_s_2w": train2["train_rows_s"],
+        "step_ms_1w": train1["step_ms"], "step_ms_2w": train2["step_ms"], "allreduce_ms_2w": train2["allreduce_ms"],
+        "images": args.images, "size": args.size, "batch_size": args.batch_size,
+        "cpu": subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True,
+                              text=True).stdout.strip().replace(" ", "_") or "unknown",
+    }
+    print(f"conv_scaling_2w = img/s of extract.extract_split (JPEG -> VGG16 conv part at {args.size} px -> HDF5), "
+          f"two workers on a core each / one process on one core (target >= 1.6)")
+    print(f"train_scaling_2w = rows/s of Trainer steps of VGG16's dense part with BN (Adam, global batch "
+          f"{args.batch_size}), two workers / one process (target >= 1.6)")
+    print("train_comm_share_2w = time of the all-reduce of gradient-sized tensors alone / the step's time, two workers")
+    print_figures(figures)
+
+
+if __name__ == "__main__":
+    main()

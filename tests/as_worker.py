@@ -1,0 +1,91 @@
+"""One worker of the distributed tests: the image pass, the conv statistics and a fine-tuning of a mini VGG, under
+the strategy the environment gives (`vggbn.distribute`), run as a real process (alone, or by `vggbn.launch`).
+
+    python tests/as_worker.py WORKSPACE LOGICAL_CPUS
+
+WORKSPACE holds `model.keras` and `images/` (made by the test); the chief writes `features.h5`, `result.npz` and
+`result.json` there. Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
+Python audit hook) in `$WRITES_DIR/writes-<index>.json`, outside the workspace. LOGICAL_CPUS > 1 splits the CPU
+into that many logical devices first (for `VGGBN_STRATEGY=mirrored`).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+WORKSPACE = Path(sys.argv[1]).resolve()
+WRITES: list[str] = []
+
+
+def record(event, args):
+    """Writes under the workspace: open() for writing, os.rename/replace/remove/mkdir/rmdir."""
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path, mode = args[0], args[1]
+        if isinstance(mode, str) and any(flag in mode for flag in "wax+"):
+            touch(path)
+        elif isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            touch(path)
+    elif event in ("os.rename", "os.replace"):
+        touch(args[0])
+        touch(args[1])
+    elif event in ("os.remove", "os.mkdir", "os.rmdir", "os.truncate"):
+        touch(args[0])
+
+
+def touch(path):
+    try:
+        resolved = Path(os.fsdecode(path)).resolve()
+    except (TypeError, ValueError):
+        return
+    if resolved.is_relative_to(WORKSPACE):
+        WRITES.append(str(resolved.relative_to(WORKSPACE)))
+
+
+sys.addaudithook(record)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+logical = int(sys.argv[2])
+if logical > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
+
+from vggbn import distribute, extract, features, models, surgery  # noqa: E402
+from vggbn.finetune import train_on_features  # noqa: E402
+from vggbn.images import ImageInput  # noqa: E402
+
+
+def main():
+    model = models.load_model_file(WORKSPACE / "model.keras")
+    conv, dense = models.split(model, "block2_pool")
+    paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))
+    labels = [int(Path(p).parent.name) for p in paths]
+    inputs = ImageInput(str(WORKSPACE / "images"), 6, "squash", "caffe")  # 6 rows a batch: not a multiple of 4
+    stats = extract.extract_split(conv=conv, model_md5="m", inputs=inputs, paths=paths, labels=labels,
+                                  md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
+                                  work_dir=WORKSPACE / "work" / "features")
+    moments = surgery.measure(conv, inputs.dataset(paths, (32, 32)), surgery.conv_names(conv))
+    dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
+    with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
+    trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
+                                epochs=2, batch_size=10, lr=1e-3, dropout=0.0, seed=0, shuffle_buffer=16,
+                                work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
+                                live_dir=WORKSPACE / "live")
+    if distribute.is_chief():
+        with features.open_features(WORKSPACE / "features.h5") as file:
+            rows = file["features"][:]
+        arrays = {"features": rows, **{f"weight{i}": w for i, w in enumerate(trained.model.get_weights())}}
+        for name, m in {**moments, **dense_moments}.items():
+            arrays[f"{name}_mean"], arrays[f"{name}_variance"] = m.mean, m.variance
+        np.savez(WORKSPACE / "result.npz", **arrays)
+        (WORKSPACE / "result.json").write_text(json.dumps({"stats": stats, "history": trained.history,
+                                                           **distribute.describe()}))
+
+
+try:
+    main()
+finally:
+    out = Path(os.environ["WRITES_DIR"]) / f"writes-{distribute.cluster().index}.json"
+    out.write_text(json.dumps(sorted(set(WRITES))))

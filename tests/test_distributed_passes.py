@@ -1,0 +1,93 @@
+"""The image pass, the conv statistics and fine-tuning under MirroredStrategy (two logical CPU devices) and under
+MultiWorkerMirroredStrategy (two worker processes on 127.0.0.1, started by `vggbn.launch`) equal one process's,
+and only the chief writes files."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vggbn import launch
+
+WORKER = Path(__file__).with_name("as_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+CHIEF_WRITES = {"features.h5", "result.npz", "result.json"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A model file and 23 images of 3 classes (23: no batch size or replica count divides it)."""
+    from vggbn import models
+
+    folder = tmp_path_factory.mktemp("workspace")
+    rng = np.random.default_rng(0)
+    for i in range(23):
+        path = folder / "images" / str(i % 3) / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(path)
+    model = models.build_demo_classifier(input_size=32, num_classes=3, filters=(8, 16), dense_units=32, seed=1)
+    models.save_model(model, folder / "model.keras")
+    return folder
+
+
+def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int = 1, workers: int = 0):
+    """Run the worker script in a copy of the workspace; (workspace copy, {worker index: files it wrote})."""
+    copy = tmp_path / name
+    shutil.copytree(workspace, copy)
+    writes = tmp_path / f"{name}-writes"
+    writes.mkdir()
+    env = {**os.environ, "VGGBN_STRATEGY": strategy, "WRITES_DIR": str(writes), "PYTHONPATH": str(ROOT),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
+    command = [sys.executable, str(WORKER), str(copy), str(logical)]
+    if workers:
+        env[launch.ENV] = f"local:{workers}"
+        command = [sys.executable, "-c", "import sys; from vggbn import launch; sys.exit(launch.relaunch(sys.argv[1:]))",
+                   *command]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return copy, {int(p.stem.split("-")[1]): set(json.loads(p.read_text())) for p in writes.glob("writes-*.json")}
+
+
+@pytest.fixture(scope="module")
+def alone(workspace, tmp_path_factory):
+    return run(workspace, tmp_path_factory.mktemp("alone"), "alone", "none")[0]
+
+
+def assert_same_results(one: Path, other: Path, weights_atol: float):
+    a, b = np.load(one / "result.npz"), np.load(other / "result.npz")
+    assert sorted(a.files) == sorted(b.files)
+    np.testing.assert_allclose(b["features"], a["features"], rtol=0, atol=1e-5)
+    for key in a.files:
+        if key.endswith(("_mean", "_variance")):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-9, err_msg=key)
+        elif key.startswith("weight"):
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=weights_atol, err_msg=key)
+    one_run, other_run = (json.loads((path / "result.json").read_text()) for path in (one, other))
+    for x, y in zip(one_run["history"], other_run["history"], strict=True):
+        assert y == pytest.approx(x, abs=1e-5)
+    return other_run
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_equals_one_process(workspace, alone, tmp_path):
+    mirrored, _ = run(workspace, tmp_path, "mirrored", "mirrored", logical=2)
+    result = assert_same_results(alone, mirrored, weights_atol=1e-4)
+    assert (result["strategy"], result["replicas"]) == ("mirrored", 2)
+    assert json.loads((alone / "result.json").read_text())["strategy"] == "default"
+
+
+@pytest.mark.slow
+def test_two_workers_equal_one_process_and_only_the_chief_writes(workspace, alone, tmp_path):
+    both, writes = run(workspace, tmp_path, "workers", "auto", workers=2)
+    result = assert_same_results(alone, both, weights_atol=1e-4)
+    assert (result["strategy"], result["replicas"]) == ("multi_worker", 2)
+    assert sorted(writes) == [0, 1]
+    assert writes[1] == set(), "a worker other than the chief wrote under the workspace"
+    assert CHIEF_WRITES <= writes[0] and any(path.startswith("live/") for path in writes[0])

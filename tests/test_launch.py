@@ -1,0 +1,131 @@
+"""Where a stage runs: the cluster read from the environment, the chief, and the launcher (real processes)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vggbn import launch
+from vggbn.launch import Cluster, DistributeError, LaunchError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "TF_CONFIG", "VGGBN_")):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def tf_config(index, workers=2, chief=False, kind="worker"):
+    cluster = {"worker": [f"127.0.0.1:{1000 + i}" for i in range(workers)]}
+    if chief:
+        cluster["chief"] = ["127.0.0.1:999"]
+    return json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})
+
+
+def test_no_cluster_described_means_one_process_that_writes(env):
+    assert launch.cluster() == Cluster(1, 0, "") and launch.is_chief() and not launch.multi_worker()
+
+
+@pytest.mark.parametrize("config, expected", [
+    (tf_config(0), Cluster(2, 0, "TF_CONFIG")), (tf_config(1), Cluster(2, 1, "TF_CONFIG")),
+    (tf_config(0, chief=True), Cluster(3, 1, "TF_CONFIG")), (tf_config(0, chief=True, kind="chief"),
+                                                            Cluster(3, 0, "TF_CONFIG"))])
+def test_tf_config_names_the_workers_and_the_chief(env, config, expected):
+    env.setenv("TF_CONFIG", config)
+    assert launch.cluster() == expected and launch.is_chief() == (expected.index == 0)
+
+
+def test_a_slurm_job_step_of_several_tasks_is_a_cluster(env):
+    env.setenv("SLURM_STEP_ID", "0")
+    env.setenv("SLURM_STEP_NUM_TASKS", "4")
+    env.setenv("SLURM_PROCID", "3")
+    assert launch.cluster() == Cluster(4, 3, "slurm") and not launch.is_chief()
+    env.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert launch.cluster() == Cluster(1, 0, "")
+
+
+def test_strategy_none_ignores_the_cluster(env):
+    env.setenv("TF_CONFIG", tf_config(1))
+    env.setenv("VGGBN_STRATEGY", "none")
+    assert launch.cluster() == Cluster(1, 0, "") and launch.is_chief()
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("VGGBN_STRATEGY", "tpu", "VGGBN_STRATEGY='tpu': expected one of auto, none, mirrored, multi_worker"),
+    ("TF_CONFIG", "{not json", "TF_CONFIG: not a cluster description"),
+    ("TF_CONFIG", tf_config(0, kind="ps"), "TF_CONFIG: task type 'ps' does not run stages")])
+def test_a_bad_environment_is_one_line_naming_the_variable(env, name, value, message):
+    env.setenv(name, value)
+    with pytest.raises(DistributeError) as caught:
+        launch.cluster()
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value, expected", [("local:2", launch.Local(2, None)), ("local:4:1", launch.Local(4, 1)),
+                                             ("srun --kill-on-bad-exit=1", ["srun", "--kill-on-bad-exit=1"])])
+def test_launch_values(value, expected):
+    assert launch.parse(value) == expected
+
+
+@pytest.mark.parametrize("value", ["local:", "local:0", "local:two", "local:2:1:1", "  "])
+def test_a_bad_launch_value_is_refused(value):
+    with pytest.raises(LaunchError, match="VGGBN_LAUNCH"):
+        launch.parse(value)
+
+
+def test_a_launched_process_does_not_launch_again(env):
+    env.setenv("VGGBN_LAUNCH", "local:2")
+    assert launch.wanted() == "local:2"
+    env.setenv("VGGBN_LAUNCHED", "1")
+    assert launch.wanted() is None
+
+
+def test_local_workers_get_distinct_ports_and_their_index(env, tmp_path):
+    script = ("import json, os, sys; c = json.loads(os.environ['TF_CONFIG']); "
+              "open(sys.argv[1] + str(c['task']['index']), 'w').write(json.dumps([c, os.environ['TF_NUM_INTRAOP_THREADS'], "
+              "sorted(os.sched_getaffinity(0))]))")
+    cores = len(os.sched_getaffinity(0))
+    workers = min(2, cores)
+    assert launch.run_local([sys.executable, "-c", script, str(tmp_path / "w")], workers, 1) == 0
+    seen = [json.loads((tmp_path / f"w{i}").read_text()) for i in range(workers)]
+    addresses = seen[0][0]["cluster"]["worker"]
+    assert len(set(addresses)) == workers and all(s[0]["cluster"]["worker"] == addresses for s in seen)
+    assert [s[1] for s in seen] == ["1"] * workers
+    assert [len(s[2]) for s in seen] == [1] * workers and len({s[2][0] for s in seen}) == workers
+
+
+def test_a_failing_worker_stops_the_others_and_its_status_is_returned(env, tmp_path, capsys):
+    # worker 1 fails at once; worker 0 would run for a minute: it is stopped, and worker 1's output is shown
+    script = ("import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+              "print('worker', i, 'says goodbye', flush=True); time.sleep(60) if i == 0 else sys.exit(3)")
+    env.setattr(tempfile, "tempdir", str(tmp_path))  # where the other workers' logs go
+    start = time.monotonic()
+    assert launch.run_local([sys.executable, "-c", script], 2) == 3
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert "worker 1 of 2 failed (exit status 3)" in err and "worker 1 says goodbye" in err
+    assert not list(tmp_path.iterdir())  # the log is removed
+
+
+def test_more_cores_than_there_are_is_refused(env):
+    with pytest.raises(LaunchError, match="cores"):
+        launch.run_local([sys.executable, "-c", "pass"], 2, 10_000)
+
+
+def test_vggbn_launch_runs_the_command_with_the_launch_set(env, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vggbn.cli", "launch", "--workers", "3", "--cores-per-worker", "1",
+                           "--", sys.executable, "-c", "import os; print(os.environ['VGGBN_LAUNCH'])"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "local:3:1"
+    done = subprocess.run([sys.executable, "-m", "vggbn.cli", "launch", "--workers", "2"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: launch: expected a command to run")
