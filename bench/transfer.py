@@ -3,9 +3,11 @@
 
 The model: `models.split(models.vgg16("none"))`'s dense part (25088 -> 4096 -> 4096 -> 1000, random weights) with
 calibrated BN after fc1 and fc2 from `surgery.insert_bn` (synthetic statistics) and, as in VGG16, Dropout(0.5)
-after each of them; fp32, under `training.seed_everything` (op determinism). The step is a plain `tf.function`:
-forward in training mode, sparse cross-entropy, a gradient tape and `optimizer.apply`. Both optimizers train the
-same model (one copy of its 124M weights; each optimizer holds its own two slots).
+after each of them; fp32, under `training.seed_everything` (op determinism). The step is the pipeline's own, what
+the finetune and transfer stages run: `training.compile_for_training` (`optimizers.FusedAdam`), then
+`training.Trainer(model, tf.distribute.get_strategy()).train_batch(x, y)` (forward in training mode, sparse
+cross-entropy, a gradient tape and `optimizer.apply` inside `strategy.run` in a `tf.function`; it returns the loss
+and accuracy sums as floats). Keras' Adam trains a second copy of the model through the same step.
 
 The bound of a step is the larger of two:
 - memory: an Adam step must at least write the gradient and read it back, and read and write the weights and both
@@ -91,7 +93,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from vggbn import optimizers, training
+    from vggbn import training
 
     print_load()
     training.seed_everything(0)
@@ -104,17 +106,17 @@ def main():
           f"weights ({kernels / 1e6:.2f}M in Dense kernels), fp32; an Adam step touches at least "
           f"{adam_bytes / 1e9:.2f} GB (8 x 4 bytes a weight)")
 
+    # The pipeline's own step (what finetune and transfer run): compile_for_training (FusedAdam), then
+    # Trainer.train_batch under the default strategy. Keras' Adam: a second copy of the model, the same step.
+    strategy = tf.distribute.get_strategy()
+    training.compile_for_training(model, 1e-4)
+    keras_model = dense_bn_dropout_model()
+    keras_model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4),
+                        loss=keras.losses.SparseCategoricalCrossentropy())
+    trainers = {"fused": training.Trainer(model, strategy), "keras": training.Trainer(keras_model, strategy)}
+
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     variables = model.trainable_variables
-
-    def step_function(optimizer):
-        @tf.function
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-            optimizer.apply(tape.gradient(loss, variables), variables)
-            return loss
-        return step
 
     @tf.function
     def forward_backward(x, y):
@@ -123,18 +125,18 @@ def main():
         grads = tape.gradient(loss, variables)
         return loss + tf.add_n([tf.reduce_sum(g[:1]) for g in grads])  # every gradient computed, nothing applied
 
-    fused, keras_adam = optimizers.FusedAdam(learning_rate=1e-4), keras.optimizers.Adam(learning_rate=1e-4)
-    steps = {"fused": step_function(fused), "keras": step_function(keras_adam), "fwd_bwd": forward_backward}
+    steps = {"fused": trainers["fused"].train_batch, "keras": trainers["keras"].train_batch,
+             "fwd_bwd": lambda x, y: float(forward_backward(x, y))}
     rng = np.random.default_rng(0)
     data = {batch: (tf.constant(rng.standard_normal((batch, *model.input_shape[1:]), dtype=np.float32)),
-                    tf.constant(rng.integers(0, 1000, batch))) for batch in BATCHES}
+                    tf.constant(rng.integers(0, 1000, batch, dtype=np.int32))) for batch in BATCHES}
     rates = {(name, batch): Rates() for batch in BATCHES for name in steps}
     rates.update({"add": Rates(), "axpy": Rates(), "matmul": Rates()})
 
     print("warm-up: 2 steps of each configuration (traces, creates each optimizer's slots)")
     for (name, batch) in [key for key in rates if isinstance(key, tuple)]:
         for _ in range(2):
-            float(steps[name](*data[batch]))
+            steps[name](*data[batch])
 
     for round_ in range(args.rounds):
         bandwidth(weights, rates)
@@ -145,8 +147,7 @@ def main():
 
             def run():
                 for _ in range(args.steps):
-                    loss = step(x, y)
-                float(loss)
+                    step(x, y)  # returns floats: each step waits for its result, as train_epochs does
 
             rates[key].time(run, args.steps)
         print(f"round {round_ + 1} (ms a step; GB/s; GFLOP/s): " + ", ".join(
