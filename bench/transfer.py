@@ -109,6 +109,7 @@ def main():
     # The pipeline's own step (what finetune and transfer run): compile_for_training (FusedAdam), then
     # Trainer.train_batch under the default strategy. Keras' Adam: a second copy of the model, the same step.
     strategy = tf.distribute.get_strategy()
+    model = training.for_training(model)
     training.compile_for_training(model, 1e-4)
     keras_model = dense_bn_dropout_model()
     keras_model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4),

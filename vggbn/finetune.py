@@ -19,7 +19,8 @@ from vggbn.atomic import atomic_path, staging_folder
 from vggbn.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
 from vggbn.tfdata import without_autotune
-from vggbn.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
+from vggbn.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
+                            train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
             model = resumed.model
         else:
             model = with_dropout(model, dropout) if dropout is not None else model
-            model = models.with_compute_dtype(model, compute)
+            model = for_training(models.with_compute_dtype(model, compute))  # Dense kernels stored transposed
             compile_for_training(model, lr)
         trainer = Trainer(model, strategy)
     if distribute.multi_worker() and state["history"]:
