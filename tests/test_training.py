@@ -36,34 +36,48 @@ def test_each_plain_dense_is_replaced_with_the_same_name_and_transposed_weights(
     assert [type(layer).__name__ for layer in converted.layers] == [
         "InputLayer", "Flatten", "TransposedDense", "BatchNormalization", "Dropout", "TransposedDense"]
     assert [layer.name for layer in converted.layers] == [layer.name for layer in model.layers]
-    np.testing.assert_array_equal(converted.get_layer("fc1").kernel_t.numpy(), model.get_layer("fc1").kernel.numpy().T)
+    np.testing.assert_array_equal(converted.get_layer("fc1").kernel_t, model.get_layer("fc1").kernel.numpy().T)
 
 
+@pytest.mark.parametrize("chunk_bytes", [training.CHUNK_BYTES, 400])  # fc1's kernel whole, and in 5 pieces
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 16, 64])
-def test_forward_and_gradients_equal_dense_within_float_rounding(bias, rows):
+def test_forward_and_gradients_equal_dense_within_float_rounding(bias, rows, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK_BYTES", chunk_bytes)
     model = chain(bias)
     converted = training.for_training(model)
+    assert converted.get_layer("fc1").chunks == (5 if chunk_bytes == 400 else 1)
     x, y = batch(rows)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
-    def gradients(m):
+    def gradients_by_layer(m):
         x_in = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(x_in)
             out = m(x_in, training=False)
             loss = loss_fn(y, out)
-        return out, tape.gradient(loss, [x_in, *m.trainable_variables])
+        dx, *grads = tape.gradient(loss, [x_in, *m.trainable_variables])
+        by_layer = {}
+        for variable, grad in zip(m.trainable_variables, grads, strict=True):
+            layer, name = variable.path.split("/")
+            if name.startswith("kernel_t"):
+                by_layer.setdefault((layer, "kernel"), []).append(grad.numpy())
+            else:
+                by_layer[layer, name] = grad.numpy()
+        return out, dx, {key: np.concatenate(value).T if isinstance(value, list) else value
+                         for key, value in by_layer.items()}
 
-    (out_a, grads_a), (out_b, grads_b) = gradients(model), gradients(converted)
+    (out_a, dx_a, grads_a), (out_b, dx_b, grads_b) = gradients_by_layer(model), gradients_by_layer(converted)
     np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-7)
-    for variable, g_a, g_b in zip(converted.trainable_variables, grads_a[1:], grads_b[1:], strict=True):
-        g_a = g_a.numpy().T if variable.path.endswith("kernel_t") else g_a.numpy()
-        np.testing.assert_allclose(g_b, g_a, rtol=1e-5, atol=1e-6, err_msg=variable.path)
-    np.testing.assert_allclose(grads_b[0], grads_a[0], rtol=1e-5, atol=1e-7)  # the input's gradient too
+    assert grads_b.keys() == grads_a.keys()
+    for key in grads_a:
+        np.testing.assert_allclose(grads_b[key], grads_a[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+    np.testing.assert_allclose(dx_b, dx_a, rtol=1e-5, atol=1e-7)  # the input's gradient too
 
 
-def test_back_to_plain_dense_bit_for_bit_and_saved_as_standard_keras(tmp_path):
+@pytest.mark.parametrize("chunk_bytes", [training.CHUNK_BYTES, 400])
+def test_back_to_plain_dense_bit_for_bit_and_saved_as_standard_keras(tmp_path, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK_BYTES", chunk_bytes)
     model = chain()
     back = training.for_saving(training.for_training(model))
     assert [type(layer) for layer in back.layers] == [type(layer) for layer in model.layers]
@@ -85,10 +99,11 @@ def test_a_trainer_returns_plain_dense_after_training():
     trainer.train_batch(*batch())
     finished = trainer.finish()
     assert not any(isinstance(layer, training.TransposedDense) for layer in finished.layers)
-    np.testing.assert_array_equal(finished.get_layer("fc1").kernel.numpy(), model.get_layer("fc1").kernel_t.numpy().T)
+    np.testing.assert_array_equal(finished.get_layer("fc1").kernel.numpy(), np.asarray(model.get_layer("fc1").kernel_t).T)
 
 
-def test_a_checkpoint_holding_it_loads_with_safe_mode_and_trains_on_identically(tmp_path):
+def test_a_checkpoint_holding_it_loads_with_safe_mode_and_trains_on_identically(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK_BYTES", 400)  # fc1 in 5 pieces
     training.seed_everything(0)
     model = training.for_training(chain())
     training.compile_for_training(model, 1e-3)

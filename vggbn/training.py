@@ -9,6 +9,7 @@ import shutil
 from typing import Callable, Iterable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from vggbn import console, optimizers
@@ -54,20 +55,29 @@ class TransposedDense(keras.layers.Layer):
     checkpoint saved during training holds this layer; it loads with safe_mode on (it is registered).
     """
 
-    def __init__(self, units: int, activation=None, use_bias: bool = True, dense_config: dict | None = None,
-                 **kwargs):
+    def __init__(self, units: int, activation=None, use_bias: bool = True, chunks: int = 1,
+                 dense_config: dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.units, self.use_bias = int(units), bool(use_bias)
+        self.units, self.use_bias, self.chunks = int(units), bool(use_bias), int(chunks)
+        if self.chunks < 1 or self.units % self.chunks:
+            raise ValueError(f"Expected `chunks` to divide units={units}. Received: chunks={chunks}")
         self.activation = keras.activations.get(activation)
         self.dense_config = dense_config  # the Dense layer's own config, to give it back as it was
 
     def build(self, input_shape):
-        self.kernel_t = self.add_weight(name="kernel_t", shape=(self.units, int(input_shape[-1])),
-                                        initializer="glorot_uniform")
+        rows = self.units // self.chunks
+        self.kernels_t = [self.add_weight(name=f"kernel_t_{i}", shape=(rows, int(input_shape[-1])),
+                                          initializer="glorot_uniform") for i in range(self.chunks)]
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros") if self.use_bias else None
 
+    @property
+    def kernel_t(self):
+        """The whole kernel, (units, input features)."""
+        return keras.ops.concatenate([keras.ops.convert_to_tensor(k) for k in self.kernels_t], axis=0)
+
     def call(self, inputs):
-        y = _matmul_transposed_kernel(inputs, tf.cast(self.kernel_t, self.compute_dtype))
+        parts = [_matmul_transposed_kernel(inputs, tf.cast(kernel, self.compute_dtype)) for kernel in self.kernels_t]
+        y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         if self.bias is not None:
             y = y + tf.cast(self.bias, self.compute_dtype)
         return self.activation(y) if self.activation is not None else y
@@ -76,7 +86,7 @@ class TransposedDense(keras.layers.Layer):
         return (*input_shape[:-1], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
+        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias, "chunks": self.chunks,
                 "activation": keras.activations.serialize(self.activation), "dense_config": self.dense_config}
 
 
@@ -115,6 +125,18 @@ def _is_chain(model: keras.Model) -> bool:
         return False
 
 
+CHUNK_BYTES = 8 << 20
+
+
+def chunks(inputs: int, units: int) -> int:
+    """Pieces a kernel of `inputs` x `units` is stored in while training: the fewest that divide `units` into pieces
+    of at most about `CHUNK_BYTES` (8 MiB: VGG16's fc1 in 64 pieces, fc2 in 8). Each piece's gradient is its own
+    tensor, so its Adam update can run as soon as it is computed, while it is still in the CPU's cache, instead of
+    after the whole 411 MB gradient has gone to memory and come back."""
+    wanted = -(-inputs * units * 4 // CHUNK_BYTES)
+    return next(n for n in range(max(wanted, 1), units + 1) if units % n == 0)
+
+
 def for_training(model: keras.Model) -> keras.Model:
     """`model` (a chain) with each plain Dense layer replaced by a `TransposedDense` computing the same, with the
     same name, dtype policy and weights (kernel transposed); `model` itself when it has none or is no chain."""
@@ -127,9 +149,9 @@ def for_training(model: keras.Model) -> keras.Model:
         config = layer.get_config()
         new = TransposedDense(config["units"], activation=config["activation"], use_bias=config["use_bias"],
                               name=layer.name, dtype=config.get("dtype"), trainable=layer.trainable,
-                              dense_config=config)
+                              chunks=chunks(*layer.kernel.shape), dense_config=config)
         kernel, *bias = layer.get_weights()
-        return new, [kernel.T.copy(), *bias]
+        return new, [*np.split(kernel.T.copy(), new.chunks), *bias]
 
     return _rebuilt_chain(model, convert)
 
@@ -147,8 +169,9 @@ def for_saving(model: keras.Model) -> keras.Model:
                   "activation": keras.activations.serialize(layer.activation), "name": layer.name,
                   "dtype": layer.dtype_policy, "trainable": layer.trainable}
         new = keras.layers.Dense.from_config(config)
-        kernel_t, *bias = layer.get_weights()
-        return new, [kernel_t.T.copy(), *bias]
+        weights = layer.get_weights()
+        kernel_t = np.concatenate(weights[:layer.chunks], axis=0)
+        return new, [kernel_t.T.copy(), *weights[layer.chunks:]]
 
     return _rebuilt_chain(model, convert)
 
