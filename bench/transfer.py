@@ -1,13 +1,15 @@
-"""Benchmark of one training step of VGG16's dense part (what the transfer and finetune stages repeat) with
-`optimizers.FusedAdam` against Keras' Adam, and against the step's bound on this machine, measured in one run.
+"""Benchmark of one training step of VGG16's dense part (what the transfer and finetune stages repeat) against a
+plain Keras model's step (Dense, Keras' Adam), and against the step's bound on this machine, measured in one run.
 
 The model: `models.split(models.vgg16("none"))`'s dense part (25088 -> 4096 -> 4096 -> 1000, random weights) with
 calibrated BN after fc1 and fc2 from `surgery.insert_bn` (synthetic statistics) and, as in VGG16, Dropout(0.5)
 after each of them; fp32, under `training.seed_everything` (op determinism). The step is the pipeline's own, what
-the finetune and transfer stages run: `training.compile_for_training` (`optimizers.FusedAdam`), then
+the finetune and transfer stages run: `training.for_training` (each Dense a `TransposedDense`: kernel stored
+transposed, in pieces), `training.compile_for_training` (`optimizers.FusedAdam`), then
 `training.Trainer(model, tf.distribute.get_strategy()).train_batch(x, y)` (forward in training mode, sparse
 cross-entropy, a gradient tape and `optimizer.apply` inside `strategy.run` in a `tf.function`; it returns the loss
-and accuracy sums as floats). Keras' Adam trains a second copy of the model through the same step.
+and accuracy sums as floats). A second copy of the model, plain Dense layers compiled with Keras' Adam, trains
+through the same `Trainer` step (today's Keras way, for `speedup`).
 
 The bound of a step is the larger of two:
 - memory: an Adam step must at least write the gradient and read it back, and read and write the weights and both
@@ -177,7 +179,7 @@ def main():
     figures.update({"add_gb_s": rates["add"].best(), "axpy_gb_s": rates["axpy"].best(),
                     "matmul_gflops": rates["matmul"].best(), "util_min": util_min(rates), "cores": CORES})
     for batch in BATCHES:
-        print(f"batch {batch}: FusedAdam step {figures[f'fused_ms_b{batch}']:.0f} ms, Keras Adam step "
+        print(f"batch {batch}: pipeline step {figures[f'fused_ms_b{batch}']:.0f} ms, plain Keras (Dense, Adam) step "
               f"{figures[f'keras_ms_b{batch}']:.0f} ms, forward + backward alone {figures[f'fwd_bwd_ms_b{batch}']:.0f} "
               f"ms; bound max(memory {figures[f'memory_bound_ms_b{batch}']:.0f} ms (in-place axpy's bandwidth: "
               f"{figures[f'memory_bound_inplace_ms_b{batch}']:.0f}), matmul {figures[f'matmul_bound_ms_b{batch}']:.0f}"
