@@ -19,7 +19,8 @@ from vggbn.atomic import atomic_path, staging_folder
 from vggbn.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
 from vggbn.tfdata import without_autotune
-from vggbn.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
+from vggbn.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
+                            train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
                 model = with_dropout(model, dropout)
             elif distribute.replicas() > 1 and not _in_scope(model, strategy):
                 model = models.copy_chain(model, name=model.name)  # its variables mirrored on every replica
-            model = models.with_compute_dtype(model, compute)
+            model = for_training(models.with_compute_dtype(model, compute))  # Dense kernels stored transposed
             compile_for_training(model, lr)
         trainer = Trainer(model, strategy)
     if distribute.multi_worker() and state["history"]:
