@@ -87,7 +87,8 @@ def previous_output(out_path: str | os.PathLike) -> CachedOutput | None:
     if path is None:
         return None
     if not path.is_file():
-        log.info("%s: the previous version (md5 %s) is not in DVC's cache: nothing to reuse", name, entry["md5"])
+        # Debug only: the normal case in a fresh clone, and the stage's summary says "0 reused" anyway.
+        log.debug("%s: the previous version (md5 %s) is not in DVC's cache: nothing to reuse", name, entry["md5"])
         return None
     size = entry.get("size")
     return CachedOutput(name, path, str(entry["md5"]), int(size) if size is not None else None)
