@@ -106,18 +106,22 @@ def test_params_yaml_sets_every_param():
 
 
 def readme_metric_keys() -> dict[str, set[str]]:
-    """metrics file -> the keys the README's Metrics table names for it (`{a,b}_{c,d}` expanded)."""
+    """metrics file -> the keys the README's Metrics table names for it (`{a,b}_{c,d}` expanded, in file names
+    too)."""
     import itertools
+
+    def expand(token: str) -> list[str]:
+        return ["".join(p) for p in itertools.product(*(part.split(",") for part in re.split(r"[{}]", token) if part))]
 
     text = (ROOT / "README.md").read_text()
     table = text[text.index("## Metrics"):].split("\n\n")[1]
-    named, current = {}, None
+    named, current = {}, []
     for row in table.splitlines()[2:]:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        current = cells[0].strip("`") or current
+        current = expand(cells[0].strip("`")) if cells[0] else current
         for token in re.findall(r"`([^`]+)`", cells[1]):
-            parts = [part.split(",") for part in re.split(r"[{}]", token) if part]
-            named.setdefault(current, set()).update("".join(p) for p in itertools.product(*parts))
+            for path in current:
+                named.setdefault(path, set()).update(expand(token))
     return named
 
 
