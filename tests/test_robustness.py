@@ -4,6 +4,7 @@ Each test works on its own copy (`cp -a`) of the session's `pipeline` project, e
 checks out the same sources afresh. Kills are SIGKILLs to the process group of `dvc repro` (DVC and the stage).
 """
 
+import errno
 import filecmp
 import hashlib
 import json
@@ -315,6 +316,22 @@ def test_kill_during_a_model_save_leaves_git_status_clean_and_the_next_run_remov
 # --- a full disk ---
 
 
+def fill_up(path: Path) -> None:
+    """Takes every byte left on `path`'s file system, while a stage may be writing there too (what it takes between
+    measuring the free space and allocating it makes the allocation fail: measure again)."""
+    with open(path, "wb") as filler:
+        for _ in range(100):
+            free = shutil.disk_usage(path.parent).free
+            if free == 0:
+                return
+            try:
+                os.posix_fallocate(filler.fileno(), os.fstat(filler.fileno()).st_size, free)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+    raise AssertionError(f"{path.parent}: could not take all of its free space")
+
+
 def test_a_disk_filling_up_during_conv_features_fails_in_one_line_and_the_rerun_resumes(pipeline, tmp_path,
                                                                                         small_disks):
     """On a small tmpfs mounted as the work folder, filled up by someone else half-way through the train split."""
@@ -333,8 +350,7 @@ def test_a_disk_filling_up_during_conv_features_fails_in_one_line_and_the_rerun_
             assert proc.poll() is None, f"the run ended before the disk filled:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        with open(work / "filler", "wb") as filler:  # every byte left
-            os.posix_fallocate(filler.fileno(), 0, shutil.disk_usage(work).free)
+        fill_up(work / "filler")
         assert proc.wait(timeout=600) != 0
     output = log.read_text()
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
