@@ -163,6 +163,32 @@ def test_grid_memory_does_not_grow_with_its_trainings(feature_files):
     assert max(rss[2:]) - rss[1] < run_mb / 4, f"RSS after each training: {rss} MB (one training: {run_mb:.0f} MB)"
 
 
+def test_a_grid_leaves_no_feature_stream_behind(feature_files):
+    """Each training's feature streams (tf.data generators over open HDF5 files, with their shuffle buffers: ~28 MB
+    a training at VGG16's rows) are gone once the grid is over, in both modes."""
+    import gc
+
+    import h5py
+    from tensorflow.python.data.ops import dataset_ops
+    from tensorflow.python.framework import ops
+
+    from vggbn.transfer import compare_transfer
+
+    def alive():
+        gc.collect()
+        objects = gc.get_objects()
+        return (len(getattr(ops.get_default_graph(), "_py_funcs_used_in_graph", [])),
+                sum(isinstance(o, dataset_ops.DatasetV2._GeneratorState) for o in objects),
+                sum(isinstance(o, h5py.File) and bool(o.id.valid) for o in objects))
+
+    train, valid = feature_files
+    before = alive()
+    for mode in ("dense", "head"):
+        compare_transfer({"start": start_model()}, train_path=train, valid_path=valid, num_classes=3, train_mode=mode,
+                         lrs=[0.01, 0.1], seeds=[0, 1], epochs=2, batch_size=8)
+        assert alive() == before, mode
+
+
 def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, mini_vgg):
     """`models.split`'s dense part shares its layers with the whole classifier (the pipeline's without-BN start):
     the frozen part is rebuilt on an input of its own."""
