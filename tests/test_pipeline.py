@@ -97,12 +97,12 @@ def test_a_fresh_clone_reproduces_the_committed_lock_metrics_and_plots(pipeline)
         assert stale == [], f"{stage}: the committed dvc.lock was made with other code or inputs: {stale}"
 
     changed = run(["git", "diff", "--name-only", "HEAD~1", "HEAD"], project).stdout.split()
-    for name in changed:
+    for name in [name for name in changed if name.endswith((".json", ".csv", ".tsv"))]:  # not the report's PNGs
         before = run(["git", "show", f"HEAD~1:{name}"], project).stdout
-        after = (project / name).read_text(errors="replace")
+        after = (project / name).read_text()
         if name.endswith(".json"):
             assert _shape(json.loads(after)) == _shape(json.loads(before)), f"{name}: other keys than committed"
-        elif name.endswith((".csv", ".tsv")):
+        else:
             assert (after.splitlines()[0], len(after.splitlines())) == \
                    (before.splitlines()[0], len(before.splitlines())), f"{name}: other columns or rows than committed"
 

@@ -15,9 +15,10 @@ open HDF5 files and shuffle buffers of each training's feature streams (about 28
 part, measured with two epochs).
 
 `released()` unregisters the gradient functions that the trainings inside it registered, once they are over, drops
-the py_funcs they added to the global graph, and collects the cycles they held. A registered gradient is only looked up while a graph that uses it is being traced
-and differentiated, which ends with the training that traced it; whatever was registered before the block (a
-model that lives on) is left alone.
+the py_funcs they added to the global graph, and collects the cycles they held. A registered gradient is only looked
+up while a graph that uses it is being traced and differentiated, which ends with the training that traced it, and a
+dataset's py_func is only called while the dataset is iterated; whatever was registered before the block (a model or
+dataset that lives on) is left alone.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def released() -> Iterator[None]:
     """Run a training inside; on leaving, free what TensorFlow kept of it once the caller has dropped the model.
 
     The caller drops its own references (the model, its optimizer, the returned history's tensors if any) inside
-    the block; whatever it still holds stays valid: only the global registry's entries are removed.
+    the block; a model it still holds stays valid (only global entries are removed), but a `from_generator` dataset
+    made inside the block cannot be iterated after it: its generator is gone.
     """
     registry, py_funcs = _registry(), _global_py_funcs()
     before = set(registry) if registry is not None else set()
