@@ -1,7 +1,7 @@
 """Stage bn_stats: per-unit mean and variance of every layer that gets BN (bn.layers), in one streaming pass:
 dense-part layers over the cached train features, conv-part layers (conv BN) over the train images."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -12,9 +12,9 @@ def main():
                            plots="folder for the calibration plot: <layer>.csv per layer")
     params = stage.params()
 
-    from vggbn.calibration import run_bn_stats
-    from vggbn.files import write_result
-    from vggbn.images import ImageInput
+    from vggbn.numerics.calibration import run_bn_stats
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.images import ImageInput
 
     result = run_bn_stats(model_path=args.model, train_path=args.train, sample_dir=args.sample,
                           inputs=ImageInput.from_params(params), out_path=args.out, layers=params.bn.layers,

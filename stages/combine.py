@@ -1,6 +1,6 @@
 """Stage combine: join the conv part and the fine-tuned dense part; evaluate both models on the valid images."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -12,9 +12,9 @@ def main():
                            confusion="CSV: actual and predicted class of each valid image")
     params = stage.params()
 
-    from vggbn.combine import run_combine
-    from vggbn.files import write_result
-    from vggbn.images import ImageInput
+    from vggbn.numerics.combine import run_combine
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.images import ImageInput
 
     result = run_combine(pretrained_path=args.pretrained, conv_path=args.conv, dense_path=args.dense,
                          sample_dir=args.sample, inputs=ImageInput.from_params(params), out_path=args.out,

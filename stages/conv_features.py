@@ -1,6 +1,6 @@
 """Stage conv_features: cache the conv part's output (up to features.cut) for the sampled images in HDF5."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -11,9 +11,9 @@ def main():
                            metrics="JSON with row counts and the split check")
     params = stage.params()
 
-    from vggbn.extract import run_conv_features
-    from vggbn.files import write_result
-    from vggbn.images import ImageInput
+    from vggbn.numerics.extract import run_conv_features
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.images import ImageInput
 
     result = run_conv_features(model_path=args.model, sample_dir=args.sample, inputs=ImageInput.from_params(params),
                                out_paths={"train": args.train_out, "valid": args.valid_out}, work_dir=args.work,

@@ -1,7 +1,7 @@
 """Stage demo_data: write the demo's image folders (ImageNet layout) from scikit-learn's bundled digits: the
 demo classifier's digits, and the held-back digits as a transfer task."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -9,8 +9,8 @@ def main():
                            transfer_out="image folder of the held-back digits", metrics="JSON with the image counts")
     demo = stage.params().demo
 
-    from vggbn.demo import run_demo_data
-    from vggbn.files import write_result
+    from vggbn.numerics.demo import run_demo_data
+    from vggbn.storage.files import write_result
 
     result = run_demo_data(demo_out=args.out, transfer_out=args.transfer_out, size=demo.size,
                            valid_fraction=demo.valid_fraction, seed=demo.seed, classes=demo.classes,

@@ -1,6 +1,6 @@
 """Stage demo_model: train the demo's small VGG-style classifier (no batch normalization) on the demo folder."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -8,8 +8,8 @@ def main():
                            live="dvclive folder for the per-epoch curves", metrics="JSON with the valid accuracy")
     demo = stage.params().demo
 
-    from vggbn.demo_model import run_demo_model
-    from vggbn.files import write_result
+    from vggbn.numerics.demo_model import run_demo_model
+    from vggbn.storage.files import write_result
 
     result = run_demo_model(root=args.data, out_path=args.out, size=demo.size, epochs=demo.epochs,
                             batch_size=demo.batch_size, lr=demo.lr, seed=demo.seed, live_dir=args.live)

@@ -1,6 +1,6 @@
 """Stage finetune: train the dense part with BN on cached train features streamed from HDF5."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -11,8 +11,8 @@ def main():
                            metrics="JSON with the last epoch's loss and accuracy")
     params = stage.params()
 
-    from vggbn.files import write_result
-    from vggbn.finetune import run_finetune
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.finetune import run_finetune
 
     result = run_finetune(model_path=args.model, train_path=args.train, valid_path=args.valid, out_path=args.out,
                           work_dir=args.work, live_dir=args.live, params=params.finetune)

@@ -1,7 +1,7 @@
 """Stage insert_bn: rebuild the classifier's parts with identity-calibrated BatchNormalization and prove that
 they compute exactly what the original did."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -15,9 +15,9 @@ def main():
                            plot="CSV: top-class probability before and after, per sample")
     params = stage.params()
 
-    from vggbn.calibration import run_insert_bn
-    from vggbn.files import write_result
-    from vggbn.images import ImageInput
+    from vggbn.numerics.calibration import run_insert_bn
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.images import ImageInput
 
     result = run_insert_bn(model_path=args.model, stats_path=args.stats, valid_path=args.valid,
                            sample_dir=args.sample, inputs=ImageInput.from_params(params), dense_out=args.dense_out,

@@ -6,7 +6,7 @@ unchanged, so nothing downstream reruns.
 
 import argparse
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -17,7 +17,7 @@ def main():
     args = parser.parse_args()
     params = stage.params()
 
-    from vggbn.listing import run_listing
+    from vggbn.storage.listing import run_listing
 
     if args.folder == "data":
         return run_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)

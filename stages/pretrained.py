@@ -1,6 +1,6 @@
 """Stage pretrained: materialize the classifier that model.source names (demo, vgg16 or a file) as one .keras file."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -8,7 +8,7 @@ def main():
                            out="the pretrained classifier every later stage reads (.keras)")
     model = stage.params().model
 
-    from vggbn.models import run_pretrained
+    from vggbn.numerics.models import run_pretrained
 
     return run_pretrained(source=model.source, weights=model.weights, demo_path=args.demo_model, out_path=args.out)
 

@@ -3,7 +3,7 @@
 
 import argparse
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -14,7 +14,7 @@ def main():
     args = parser.parse_args()
     params = stage.params()
 
-    from vggbn.report import run_report
+    from vggbn.pages.report import run_report
 
     return run_report(metrics=args.metrics, out_dir=args.out, model_source=params.model.source)
 

@@ -1,6 +1,6 @@
 """Stage sample: a stable, seeded sample of the listed images, each checked to decode, as manifests (no copies)."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -9,8 +9,8 @@ def main():
                            metrics="JSON with the image and rejection counts")
     params = stage.params()
 
-    from vggbn.files import write_result
-    from vggbn.sample import run_sample
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.sample import run_sample
 
     result = run_sample(listing=args.listing, out=args.out, root=params.data.root,
                         valid_labels=params.data.valid_labels, train=params.sample.train, valid=params.sample.valid,

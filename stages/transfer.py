@@ -1,7 +1,7 @@
 """Stage transfer (the notebook's vgg_ft_bn): train a new softmax layer for a new task's classes on top of the
 fine-tuned dense part with BN and, side by side, the original dense part without BN, over learning rates."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
 def main():
@@ -15,9 +15,9 @@ def main():
                            plots="folder: accuracy against learning rate, one CSV per start")
     params = stage.params()
 
-    from vggbn.files import write_result
-    from vggbn.images import ImageInput
-    from vggbn.transfer import run_transfer
+    from vggbn.storage.files import write_result
+    from vggbn.numerics.images import ImageInput
+    from vggbn.numerics.transfer import run_transfer
 
     result = run_transfer(pretrained_path=args.pretrained, finetuned_path=args.finetuned, cut_from=args.cut_from,
                           listing=args.listing, inputs=ImageInput.from_params(params, root=params.transfer.root),

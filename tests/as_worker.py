@@ -1,5 +1,5 @@
 """One worker of the distributed tests: the image pass, the conv statistics and a fine-tuning of a mini VGG, under
-the strategy the environment gives (`vggbn.distribute`), run as a real process (alone, or by `vggbn.launch`).
+the strategy the environment gives (`vggbn.numerics.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
 
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
@@ -53,14 +53,16 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn import distribute, extract, features, models, surgery  # noqa: E402
-from vggbn.finetune import train_on_features  # noqa: E402
-from vggbn.images import ImageInput  # noqa: E402
+from vggbn.numerics import distribute, extract, models
+from vggbn.storage import features
+from vggbn.numerics import surgery  # noqa: E402
+from vggbn.numerics.finetune import train_on_features  # noqa: E402
+from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
 def main():
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("vggbn.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
+    logging.getLogger("vggbn.numerics.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
     conv, dense = models.split(model, "block2_pool")
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))

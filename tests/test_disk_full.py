@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from vggbn import atomic, features, stage
-from vggbn.files import write_json
-from vggbn.models import build_demo_classifier, save_model
+from vggbn.storage import atomic, features
+from vggbn.runner import stage
+from vggbn.storage.files import write_json
+from vggbn.numerics.models import build_demo_classifier, save_model
 
 ROW_SHAPE = (16, 16, 8)  # 8 KB a row in float32
 
@@ -109,7 +110,7 @@ def test_a_model_save_on_a_full_disk_leaves_nothing(small_disks):
 
 
 def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(small_disks, tmp_path):
-    from vggbn.finetune import train_on_features
+    from vggbn.numerics.finetune import train_on_features
     import keras
 
     rng = np.random.default_rng(0)

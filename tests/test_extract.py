@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggbn import calibration, extract, features, images, models
-from vggbn.images import ImageInput
+from vggbn.numerics import calibration, extract, images, models
+from vggbn.storage import features
+from vggbn.numerics.images import ImageInput
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_bn_stats_names_the_layer_units_and_row_of_non_finite_activations(tmp_pa
 
 
 def test_insert_bn_refuses_statistics_that_are_not_finite(tmp_path):
-    from vggbn.moments import Moments
+    from vggbn.numerics.moments import Moments
 
     moments = Moments(3).update(np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 4.0]]))
     moments.m2[1] = np.inf

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from vggbn import features
-from vggbn.finetune import TrainingDiverged, train_on_features
+from vggbn.storage import features
+from vggbn.numerics.finetune import TrainingDiverged, train_on_features
 
 RECIPE = {"run": "test"}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vggbn import launch
-from vggbn.launch import Cluster, DistributeError, LaunchError
+from vggbn.runner import launch
+from vggbn.runner.launch import Cluster, DistributeError, LaunchError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vggbn.listing import HEADER, Entry, ListingError, read_listing, run_listing, scan, shell_word
+from vggbn.storage.listing import HEADER, Entry, ListingError, read_listing, run_listing, scan, shell_word
 
 ROOT = Path(__file__).resolve().parents[1]
 

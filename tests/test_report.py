@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vggbn import report
-from vggbn.figures import Figure, FiguresError, figures_from_dvc_json, render_svg, scoped_svg, slug
-from vggbn.report import Document, ReportError, Table
+from vggbn.pages import report
+from vggbn.pages.figures import Figure, FiguresError, figures_from_dvc_json, render_svg, scoped_svg, slug
+from vggbn.pages.report import Document, ReportError, Table
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / ".dvc" / "plots"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggbn.listing import read_listing, run_listing
-from vggbn.manifest import read_manifest, write_sample
-from vggbn.sample import SampleError, build_sample, check_image, rank, run_sample
+from vggbn.storage.listing import read_listing, run_listing
+from vggbn.storage.manifest import read_manifest, write_sample
+from vggbn.numerics.sample import SampleError, build_sample, check_image, rank, run_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -362,7 +362,7 @@ def test_stage_script(root, tmp_path):
 
 
 def test_read_manifest_names_the_file_and_the_line(tmp_path):
-    from vggbn.manifest import SampleError, read_manifest
+    from vggbn.storage.manifest import SampleError, read_manifest
 
     good = tmp_path / "train.tsv"
     good.write_text("path\tlabel\tmd5\ntrain/a b/ü.JPEG\t3\tabc\n", encoding="utf-8")

@@ -11,12 +11,15 @@ import h5py
 import keras
 import numpy as np
 
-from vggbn import VggbnError, console, distribute, features, models, surgery
-from vggbn.atomic import atomic_path
-from vggbn.files import StageResult, Table
-from vggbn.images import CHECK_IMAGES, ImageInput
-from vggbn.manifest import read_split
-from vggbn.moments import Moments
+from vggbn import VggbnError
+from vggbn.runner import console
+from vggbn.numerics import distribute, models, surgery
+from vggbn.storage import features
+from vggbn.storage.atomic import atomic_path
+from vggbn.storage.files import StageResult, Table
+from vggbn.numerics.images import CHECK_IMAGES, ImageInput
+from vggbn.storage.manifest import read_split
+from vggbn.numerics.moments import Moments
 
 IDENTITY_POINTS = 5000  # enough to see a straight line; a plot of 50,000 points is slow to draw
 

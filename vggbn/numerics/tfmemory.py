@@ -68,12 +68,12 @@ def released() -> Iterator[None]:
         yield
     finally:
         if registry is None:
-            log.debug("TensorFlow's gradient registry is not where vggbn.tfmemory looks: nothing unregistered")
+            log.debug("TensorFlow's gradient registry is not where vggbn.numerics.tfmemory looks: nothing unregistered")
         else:
             for name in [name for name in registry if name.startswith(PREFIX) and name not in before]:
                 del registry[name]
         if py_funcs is None:
-            log.debug("TensorFlow's global graph keeps no list of py_funcs where vggbn.tfmemory looks")
+            log.debug("TensorFlow's global graph keeps no list of py_funcs where vggbn.numerics.tfmemory looks")
         else:
             del py_funcs[py_funcs_before:]  # the list only grows: what the block's datasets added
         gc.collect()

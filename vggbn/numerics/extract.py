@@ -9,11 +9,12 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import distribute, features, models
-from vggbn.dvccache import previous_output
-from vggbn.files import StageResult, file_md5
-from vggbn.images import CHECK_IMAGES, ImageInput
-from vggbn.manifest import read_classes, read_split
+from vggbn.numerics import distribute, models
+from vggbn.storage import features
+from vggbn.storage.dvccache import previous_output
+from vggbn.storage.files import StageResult, file_md5
+from vggbn.numerics.images import CHECK_IMAGES, ImageInput
+from vggbn.storage.manifest import read_classes, read_split
 
 
 def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, paths: Sequence[str],

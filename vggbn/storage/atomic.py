@@ -5,7 +5,7 @@ A killed stage then never leaves a file that looks finished: at worst a `.partia
 them), which the next write of the same output removes, as does any later write into that folder once the process
 named by the pid is gone. A write that runs out of space fails with a `DiskFullError` naming the path, the space it
 needed and the space left, and removes its temporary file. This module decides no byte of any output (see
-`vggbn.files` for that), so it is no stage's DVC dependency.
+`vggbn.storage.files` for that), so it is no stage's DVC dependency.
 """
 
 from __future__ import annotations

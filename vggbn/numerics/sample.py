@@ -4,7 +4,7 @@ The sample never copies images: its manifests name them by path relative to the 
 seeded hash of their path, and the first usable ones in rank order are taken, so adding or removing a few files
 changes the sample by about as many entries, and a rejected file is replaced by the next one in rank.
 
-The output folder's format (manifests, class names, rejections) is `vggbn.manifest`'s.
+The output folder's format (manifests, class names, rejections) is `vggbn.storage.manifest`'s.
 
 Nothing here imports TensorFlow; images are checked with Pillow, accepting what `tf.io.decode_image` reads.
 """
@@ -27,10 +27,10 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from vggbn import console
-from vggbn.files import StageResult
-from vggbn.listing import BADNAME, LINK, Entry, read_listing, shell_word
-from vggbn.manifest import Row, Sample, SampleError, write_sample
+from vggbn.runner import console
+from vggbn.storage.files import StageResult
+from vggbn.storage.listing import BADNAME, LINK, Entry, read_listing, shell_word
+from vggbn.storage.manifest import Row, Sample, SampleError, write_sample
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def _require_usable_image(root: Path, split: str, folders: list[str], rows: list
 def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: int | None = None,
                  valid: int | None = None, seed: int = 0, strict: bool = False, valid_labels: str | None = None,
                  class_order: Sequence[str] | None = None, workers: int | None = None) -> Sample:
-    """Sample and check images named by a listing (see `vggbn.listing`).
+    """Sample and check images named by a listing (see `vggbn.storage.listing`).
 
     Args:
         entries: the listing's rows, e.g. `read_listing("data/listing.tsv")`.

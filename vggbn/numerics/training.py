@@ -16,7 +16,8 @@ import tensorflow as tf
 from keras.src.backend.tensorflow import random as keras_random
 from keras.src.random.seed_generator import draw_seed
 
-from vggbn import console, optimizers
+from vggbn.runner import console
+from vggbn.numerics import optimizers
 
 log = logging.getLogger(__name__)
 

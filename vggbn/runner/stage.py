@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from vggbn import VggbnError, console, launch
-from vggbn.atomic import disk_full_error, is_disk_full
-from vggbn.layer_names import layer_names
-from vggbn.params import Params, ParamsError, load_params
-from vggbn.summary import summary
+from vggbn import VggbnError
+from vggbn.runner import console, launch
+from vggbn.storage.atomic import disk_full_error, is_disk_full
+from vggbn.runner.layer_names import layer_names
+from vggbn.runner.params import Params, ParamsError, load_params
+from vggbn.runner.summary import summary
 
 PARAMS_FILE = "params.yaml"
 
@@ -84,8 +85,8 @@ def run(main: Callable[[], object], runs_model: bool = False) -> None:
     """Run a stage's main() and exit with its status; log the one-line summary of the StageResult it returns.
 
     Log lines carry the DVC stage's name (`transfer_listing` runs the listing script), and TensorFlow, if the
-    stage imports it, starts without its chatter (`vggbn.console`). A stage that `runs_model`, started with
-    `VGGBN_LAUNCH` set, runs as every worker of a multi-worker job instead (`vggbn.launch`).
+    stage imports it, starts without its chatter (`vggbn.runner.console`). A stage that `runs_model`, started with
+    `VGGBN_LAUNCH` set, runs as every worker of a multi-worker job instead (`vggbn.runner.launch`).
     """
     script = Path(sys.argv[0]).stem
     name = os.environ.get("DVC_STAGE") or script
@@ -102,8 +103,8 @@ def run(main: Callable[[], object], runs_model: bool = False) -> None:
         console.quiet_tensorflow_import()
         result = main()
         try:
-            logging.getLogger("vggbn.stage").info(summary(script, result.metrics))
+            logging.getLogger("vggbn.runner.stage").info(summary(script, result.metrics))
         except Exception as error:  # the outputs are written: a summary that fails must not fail the stage
-            logging.getLogger("vggbn.stage").warning("no summary of %s: %s: %s", script, type(error).__name__, error)
+            logging.getLogger("vggbn.runner.stage").warning("no summary of %s: %s: %s", script, type(error).__name__, error)
 
     sys.exit(exit_status(main_then_summary))

@@ -2,7 +2,7 @@
 
 `report/index.html` holds the figures as inline SVG and needs no script and no network; `report/README.md` shows
 the same tables and the figures as PNGs (`report/figures/`), for a repository browser or a chat. The figures are the
-plots of dvc.yaml as `dvc plots show --json` fills them (vggbn.figures). `vggbn report --rev A --rev B` writes the
+plots of dvc.yaml as `dvc plots show --json` fills them (vggbn.pages.figures). `vggbn report --rev A --rev B` writes the
 same kind of report for two experiments or revisions side by side: their differing params, their key numbers and
 `dvc plots diff`'s figures.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from vggbn import VggbnError
-from vggbn.atomic import atomic_path
-from vggbn.files import StageResult
+from vggbn.storage.atomic import atomic_path
+from vggbn.storage.files import StageResult
 
 # The bounds the README states for metrics/insert_bn.json.
 IDENTITY_BOUNDS = {"max_abs_diff": 1e-5, "max_abs_diff_logits": 1e-4}
@@ -45,7 +45,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Document:
-    """What a report shows: a title, an introduction (plain text), tables, and figures (vggbn.figures.Figure)."""
+    """What a report shows: a title, an introduction (plain text), tables, and figures (vggbn.pages.figures.Figure)."""
     title: str
     intro: str
     tables: list[Table]
@@ -311,7 +311,7 @@ def _parse_metrics(path, text: str) -> dict:
 def write_report(out_dir: str | os.PathLike, document: Document) -> None:
     """Render the figures and write `index.html`, `README.md` and `figures/*.png` to `out_dir`, as one folder
     renamed into place when complete."""
-    from vggbn.figures import render_png, render_svg, scoped_svg, slug
+    from vggbn.pages.figures import render_png, render_svg, scoped_svg, slug
 
     svgs, images, pngs = [], [], []
     for number_, figure in enumerate(document.figures, start=1):
@@ -336,7 +336,7 @@ def run_report(*, metrics: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                model_source: str) -> StageResult:
     """Stage report: the run's report from its metrics files and DVC's filled plot specs; the folder and how many
     tables and figures it holds (no metrics file: for the stage's summary)."""
-    from vggbn.figures import filled_specs
+    from vggbn.pages.figures import filled_specs
 
     metrics = read_metrics(metrics)
     tables = run_tables(metrics, demo=model_source == "demo")
@@ -370,7 +370,7 @@ def metrics_at(rev: str, folder: str = "metrics") -> dict[str, dict]:
 
 def params_diff(revs: Sequence[str]) -> dict[str, dict[str, object]]:
     """{param: {rev: value}} of the params that differ between two revisions (`dvc params diff`)."""
-    from vggbn.figures import dvc_json
+    from vggbn.pages.figures import dvc_json
 
     if len(revs) != 2:
         return {}
@@ -384,7 +384,7 @@ def params_diff(revs: Sequence[str]) -> dict[str, dict[str, object]]:
 
 def run_compare(revs: Sequence[str], out_dir: str | os.PathLike) -> Path:
     """`vggbn report --rev A --rev B`: the two revisions' report side by side in `out_dir`; returns its page."""
-    from vggbn.figures import filled_specs
+    from vggbn.pages.figures import filled_specs
 
     revs = list(dict.fromkeys(revs))
     if revs == [WORKSPACE]:

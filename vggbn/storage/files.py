@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence, Union
 
 from vggbn import VggbnError
-from vggbn.atomic import atomic_path, remove_stale_partials
+from vggbn.storage.atomic import atomic_path, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def write_result(result: StageResult, *, metrics: str | os.PathLike | None = Non
     A folder of tables is written whole or not at all; every plot named in `plots` must be in the result.
     Under a multi-worker strategy only the chief writes.
     """
-    from vggbn.launch import is_chief
+    from vggbn.runner.launch import is_chief
 
     if not is_chief():
         return

@@ -16,7 +16,7 @@ CLASSES_FILE = "imagenet_classes.txt"
 
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[tuple[str, str], ...]:
-    text = resources.files("vggbn").joinpath(CLASSES_FILE).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(CLASSES_FILE).read_text(encoding="utf-8")
     return tuple(tuple(line.split("\t", 1)) for line in text.splitlines() if line)
 
 

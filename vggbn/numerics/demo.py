@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vggbn.atomic import atomic_path
-from vggbn.files import StageResult
+from vggbn.storage.atomic import atomic_path
+from vggbn.storage.files import StageResult
 
 def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 8x8 digits (ships with the package) as uint8 RGB images of size x size, and labels."""

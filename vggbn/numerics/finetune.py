@@ -14,12 +14,14 @@ from typing import Iterator, NamedTuple
 import keras
 import tensorflow as tf
 
-from vggbn import VggbnError, distribute, features, models
-from vggbn.atomic import atomic_path, staging_folder
-from vggbn.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
-from vggbn.scoring import Score
-from vggbn.tfdata import without_autotune
-from vggbn.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
+from vggbn import VggbnError
+from vggbn.numerics import distribute, models
+from vggbn.storage import features
+from vggbn.storage.atomic import atomic_path, staging_folder
+from vggbn.storage.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
+from vggbn.numerics.scoring import Score
+from vggbn.numerics.tfdata import without_autotune
+from vggbn.numerics.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
                             train_epochs)
 
 log = logging.getLogger(__name__)

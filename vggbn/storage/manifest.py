@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from vggbn import VggbnError
-from vggbn.atomic import atomic_path
-from vggbn.files import read_tsv
+from vggbn.storage.atomic import atomic_path
+from vggbn.storage.files import read_tsv
 
 MANIFEST_HEADER = "path\tlabel\tmd5"
 REJECTED_HEADER = "path\treason"

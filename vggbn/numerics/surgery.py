@@ -15,9 +15,9 @@ from typing import Iterable, Mapping
 import keras
 import numpy as np
 
-from vggbn import distribute, models
-from vggbn.moments import Moments
-from vggbn.scoring import Score
+from vggbn.numerics import distribute, models
+from vggbn.numerics.moments import Moments
+from vggbn.numerics.scoring import Score
 
 EPSILON = 1e-3  # Keras' default BatchNormalization epsilon
 

@@ -9,7 +9,7 @@ workers, `mirrored` when several GPUs are visible, `none` otherwise.
 Under `multi_worker` every worker runs the same stage command (SPMD). The chief (TF_CONFIG's `chief` task, else
 worker 0; Slurm's task 0) makes every decision that depends on files (what to resume, what to reuse), broadcasts
 it, and alone writes files; the other workers compute their part of each batch and write nothing.
-`vggbn.launch` reads the cluster from the environment (no TensorFlow), and says which process is the chief.
+`vggbn.runner.launch` reads the cluster from the environment (no TensorFlow), and says which process is the chief.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 
-from vggbn.launch import STRATEGY_ENV as ENV
-from vggbn.launch import DistributeError, cluster, is_chief, multi_worker, strategy_choice
+from vggbn.runner.launch import STRATEGY_ENV as ENV
+from vggbn.runner.launch import DistributeError, cluster, is_chief, multi_worker, strategy_choice
 
 
 @functools.cache
@@ -54,7 +54,7 @@ def strategy():
         if "must be configured at program startup" not in str(error):
             raise
         raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
-                           "vggbn.distribute.strategy() first") from None
+                           "vggbn.numerics.distribute.strategy() first") from None
 
 
 def describe() -> dict:

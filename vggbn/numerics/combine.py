@@ -3,12 +3,13 @@ combine stage."""
 
 from __future__ import annotations
 
-from vggbn import console, distribute, models
-from vggbn.atomic import atomic_path
-from vggbn.files import StageResult, Table
-from vggbn.images import ImageInput
-from vggbn.manifest import read_classes, read_split
-from vggbn.scoring import Score
+from vggbn.runner import console
+from vggbn.numerics import distribute, models
+from vggbn.storage.atomic import atomic_path
+from vggbn.storage.files import StageResult, Table
+from vggbn.numerics.images import ImageInput
+from vggbn.storage.manifest import read_classes, read_split
+from vggbn.numerics.scoring import Score
 
 
 def run_combine(*, pretrained_path, conv_path, dense_path, sample_dir, inputs: ImageInput, out_path,

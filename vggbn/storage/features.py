@@ -8,7 +8,7 @@ Nothing is reused without being checked. Work in progress lives in a work folder
 (DVC deletes those before a stage runs): one `.npy` file per completed chunk, renamed into place when whole and
 named with the digest of its rows, so a killed run resumes at the last completed chunk and a resumed chunk whose
 bytes changed since is recomputed. Rows whose path, content hash and flip are unchanged are copied from the
-previous run's file, which DVC's cache keeps (`vggbn.dvccache`: no second copy here), one whole chunk at a time,
+previous run's file, which DVC's cache keeps (`vggbn.storage.dvccache`: no second copy here), one whole chunk at a time,
 each checked against its digest; a chunk that fails is recomputed. Either failure is a warning naming the file and
 counted in the returned `recomputed_corrupt`; the result equals a clean run's. The digests are checked where bytes
 are reused, not on every read: a stage reading a feature file DVC has just checked out pays nothing (HDF5's own
@@ -26,9 +26,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import h5py
 import numpy as np
 
-from vggbn import VggbnError, console
-from vggbn.atomic import atomic_path, remove_stale_partials, require_space
-from vggbn.files import bytes_digest, prepare_work
+from vggbn import VggbnError
+from vggbn.runner import console
+from vggbn.storage.atomic import atomic_path, remove_stale_partials, require_space
+from vggbn.storage.files import bytes_digest, prepare_work
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
         attrs: extra attributes to store in the file.
         previous: the previous run's file to reuse rows from: an object with `path`, `out` (the output's name),
             `size` (bytes expected, or None) and `discard(reason)` (drop it, found damaged), such as
-            `vggbn.dvccache.previous_output(out_path)`; None: reuse nothing.
+            `vggbn.storage.dvccache.previous_output(out_path)`; None: reuse nothing.
         image_root: the folder `paths` are relative to, to name an image whose features are not finite.
     Returns: rows computed now, reused from the previous run, resumed from chunks, and `recomputed_corrupt`: rows
         whose reused or resumed bytes failed their check and were made again (also counted where they came from).

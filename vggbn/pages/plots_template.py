@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from vggbn import VggbnError
-from vggbn.files import StageResult, write_text
+from vggbn.storage.files import StageResult, write_text
 
 
 VEGA_LITE_VERSION = "5.21"  # DVC's templates declare the Vega-Lite v5 schema

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from vggbn.params import PREPROCESS_MODES, RESIZE_MODES
-from vggbn.tfdata import without_autotune
+from vggbn.runner.params import PREPROCESS_MODES, RESIZE_MODES
+from vggbn.numerics.tfdata import without_autotune
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode 'caffe'
 TORCH_MEAN = (0.485, 0.456, 0.406)  # mode 'torch', on RGB scaled to [0, 1]

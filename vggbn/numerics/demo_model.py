@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggbn import distribute, images, models
-from vggbn.files import StageResult
-from vggbn.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
+from vggbn.numerics import distribute, images, models
+from vggbn.storage.files import StageResult
+from vggbn.numerics.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
 
 DEMO_PREPROCESS = "caffe"  # the same preprocessing as VGG16, so the demo exercises the same path
 DEMO_RESIZE = "squash"

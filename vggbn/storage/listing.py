@@ -42,9 +42,10 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-from vggbn import VggbnError, console
-from vggbn.atomic import atomic_path
-from vggbn.files import StageResult, file_md5, read_tsv
+from vggbn import VggbnError
+from vggbn.runner import console
+from vggbn.storage.atomic import atomic_path
+from vggbn.storage.files import StageResult, file_md5, read_tsv
 
 HEADER = "path\tsize\tkind"
 SPLITS = ("train", "valid")

@@ -17,12 +17,14 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn import console, distribute, extract, features, models, tfmemory
-from vggbn.files import StageResult, Table, file_md5
-from vggbn.finetune import evaluate, train_on_features
-from vggbn.images import ImageInput
-from vggbn.listing import read_listing
-from vggbn.sample import build_sample
+from vggbn.runner import console
+from vggbn.numerics import distribute, extract, models, tfmemory
+from vggbn.storage import features
+from vggbn.storage.files import StageResult, Table, file_md5
+from vggbn.numerics.finetune import evaluate, train_on_features
+from vggbn.numerics.images import ImageInput
+from vggbn.storage.listing import read_listing
+from vggbn.numerics.sample import build_sample
 
 
 def _head_index(dense: keras.Model) -> int:
@@ -188,7 +190,7 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
     "best_lr", "spread"}}, where accuracy is the mean over seeds and spread is the best minus the worst
     learning rate's accuracy: how much the choice of learning rate matters.
 
-    One training's model and optimizer are alive at a time, whatever the grid (`vggbn.tfmemory`). In 'head' mode
+    One training's model and optimizer are alive at a time, whatever the grid (`vggbn.numerics.tfmemory`). In 'head' mode
     the frozen part's output is computed once per start, cached in `work_dir` (a temporary folder if None) and
     the head alone trained on it: the same result as training the whole model with the frozen part in inference.
     """

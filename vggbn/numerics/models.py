@@ -14,10 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vggbn import VggbnError, distribute
-from vggbn.files import StageResult
+from vggbn import VggbnError
+from vggbn.numerics import distribute
+from vggbn.storage.files import StageResult
 
-DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks; vggbn.layer_names.DEMO_LAYERS names their layers
+DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks; vggbn.runner.layer_names.DEMO_LAYERS names their layers
 
 # Layers that may make up a classifier's head after the flatten or global pooling.
 HEAD_LAYERS = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Activation, keras.layers.Softmax,
@@ -238,7 +239,7 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     import json
     import zipfile
 
-    from vggbn.atomic import atomic_path, require_space, staging_folder
+    from vggbn.storage.atomic import atomic_path, require_space, staging_folder
 
     if not distribute.is_chief():
         return  # the chief alone writes
@@ -331,7 +332,7 @@ def output_names(class_names: list[str], num_outputs: int) -> list[str]:
     """The class name of each model output: the folders' names, or ImageNet's WordNet ids (see label_map)."""
     if num_outputs == len(class_names):
         return list(class_names)
-    from vggbn.imagenet import imagenet_wnids
+    from vggbn.storage.imagenet import imagenet_wnids
 
     label_map(class_names, num_outputs)  # the same checks
     return imagenet_wnids()
@@ -346,7 +347,7 @@ def label_map(class_names: list[str], num_outputs: int) -> list[int]:
     """
     if num_outputs == len(class_names):
         return list(range(num_outputs))
-    from vggbn.imagenet import imagenet_wnids
+    from vggbn.storage.imagenet import imagenet_wnids
 
     wnids = imagenet_wnids()
     if num_outputs == len(wnids) and all(name in wnids for name in class_names):
