@@ -73,20 +73,24 @@ def _state_digest(state: dict) -> str:
     return bytes_digest(json.dumps(state, sort_keys=True).encode())
 
 
-def _seed_generators(model: keras.Model) -> dict[str, list]:
-    """layer name -> the layer's SeedGenerators (Dropout's masks come from them), in attribute order."""
-    return {layer.name: [value for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
-            for layer in model.layers}
+def _seed_states(model: keras.Model) -> dict[str, list]:
+    """layer name -> the state variables of the layer's seed generators (Dropout's masks come from them): what
+    Keras documents `layer.variables` to hold beyond `layer.weights`, in its order."""
+    def states(layer):
+        weights = {id(weight) for weight in layer.weights}
+        return [variable for variable in layer.variables if id(variable) not in weights]
+    return {layer.name: states(layer) for layer in model.layers}
 
 
 def _rng_states(model: keras.Model) -> dict[str, list]:
-    return {name: [g.state.numpy().tolist() for g in gens] for name, gens in _seed_generators(model).items() if gens}
+    return {name: [state.numpy().tolist() for state in states]
+            for name, states in _seed_states(model).items() if states}
 
 
 def _restore_rng_states(model: keras.Model, states: dict[str, list]) -> None:
-    for name, gens in _seed_generators(model).items():
-        for generator, state in zip(gens, states.get(name, []), strict=True):
-            generator.state.assign(state)
+    for name, variables in _seed_states(model).items():
+        for variable, state in zip(variables, states.get(name, []), strict=True):
+            variable.assign(state)
 
 
 CHECKPOINT_FILES = ("checkpoint*.keras", "epoch.json")
@@ -154,7 +158,8 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
     `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe,
     and only if it and its record pass their digests (else training starts over, with a warning);
     without a `work_dir`, nothing is checkpointed (short runs). `dropout` None keeps the model's rates.
-    Per-epoch curves go to `live_dir` through dvclive's Keras callback, replayed from the checkpoint on resume.
+    Per-epoch curves go to `live_dir` through dvclive (named as its Keras callback names them), replayed from the
+    checkpoint on resume.
     `compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
     `diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
     goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).

@@ -27,6 +27,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from vggbn import compat
+
 _FUSED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
@@ -45,9 +47,8 @@ class FusedAdam(keras.optimizers.Adam):
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices) or var.dtype not in _FUSED_DTYPES:
             return super().update_step(gradient, variable, learning_rate)
         dtype = var.dtype
-        index = self._get_variable_index(variable)
-        m = _tf_variable(self._momentums[index])
-        v = _tf_variable(self._velocities[index])
+        momentum, velocity = compat.adam_slots(self, variable)  # Keras' own slots (private: vggbn.compat)
+        m, v = _tf_variable(momentum), _tf_variable(velocity)
         # As Keras' Adam: the step counted from 1, beta powers in the variable's dtype.
         local_step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)

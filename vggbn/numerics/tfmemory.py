@@ -25,32 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 from typing import Iterator
 
-log = logging.getLogger(__name__)
-
-PREFIX = "CustomGradient-"  # the names `tf.custom_gradient` registers in graph mode
-
-
-def _registry() -> dict | None:
-    """TensorFlow's gradient registry (name -> {type, location}), or None where this TensorFlow keeps it elsewhere."""
-    from tensorflow.python.framework import ops
-
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    return registry if isinstance(registry, dict) else None
-
-
-def _global_py_funcs() -> list | None:
-    """The global default graph's list of the py_funcs it keeps alive (made here if none was made yet, as
-    `script_ops` makes it on first use), or None where this TensorFlow keeps them otherwise."""
-    from tensorflow.python.framework import ops
-
-    graph = ops.get_default_graph()
-    if not hasattr(graph, "_py_funcs_used_in_graph"):
-        graph._py_funcs_used_in_graph = []
-    kept = graph._py_funcs_used_in_graph
-    return kept if isinstance(kept, list) else None
+from vggbn import compat
 
 
 @contextlib.contextmanager
@@ -59,21 +36,17 @@ def released() -> Iterator[None]:
 
     The caller drops its own references (the model, its optimizer, the returned history's tensors if any) inside
     the block; a model it still holds stays valid (only global entries are removed), but a `from_generator` dataset
-    made inside the block cannot be iterated after it: its generator is gone.
+    made inside the block cannot be iterated after it: its generator is gone. Both lists are TensorFlow internals
+    (`vggbn.compat`): where this TensorFlow keeps them elsewhere, `compat.InternalMoved` is raised on entering,
+    before any training.
     """
-    registry, py_funcs = _registry(), _global_py_funcs()
-    before = set(registry) if registry is not None else set()
-    py_funcs_before = len(py_funcs) if py_funcs is not None else 0
+    registry, py_funcs = compat.gradient_registry(), compat.global_py_funcs()
+    before, py_funcs_before = set(registry), len(py_funcs)
     try:
         yield
     finally:
-        if registry is None:
-            log.debug("TensorFlow's gradient registry is not where vggbn.numerics.tfmemory looks: nothing unregistered")
-        else:
-            for name in [name for name in registry if name.startswith(PREFIX) and name not in before]:
-                del registry[name]
-        if py_funcs is None:
-            log.debug("TensorFlow's global graph keeps no list of py_funcs where vggbn.numerics.tfmemory looks")
-        else:
-            del py_funcs[py_funcs_before:]  # the list only grows: what the block's datasets added
+        for name in [name for name in registry if name.startswith(compat.CUSTOM_GRADIENT_PREFIX)
+                     and name not in before]:
+            del registry[name]
+        del py_funcs[py_funcs_before:]  # the list only grows: what the block's datasets added
         gc.collect()

@@ -13,9 +13,7 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.backend.tensorflow import random as keras_random
-from keras.src.random.seed_generator import draw_seed
-
+from vggbn import compat
 from vggbn.runner import console
 from vggbn.numerics import optimizers
 
@@ -220,7 +218,7 @@ class Trainer:
         self._dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)
                           and layer.noise_shape is None] if self.replicas > 1 else []
         for layer in self._dropouts:
-            layer.call = functools.partial(self._global_batch_dropout, layer)
+            compat.replace_call(layer, functools.partial(self._global_batch_dropout, layer))
         self._train = tf.function(self._train_replicas, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
 
@@ -271,7 +269,7 @@ class Trainer:
         for layer in self._unsynchronized:
             layer.synchronized = False
         for layer in self._dropouts:
-            del layer.call  # the class's own again
+            compat.restore_call(layer)
         return for_saving(self.model)
 
     def _global_batch_dropout(self, layer: keras.layers.Dropout, inputs, training=False):
@@ -281,9 +279,9 @@ class Trainer:
         if not training or layer.rate <= 0:
             return inputs
         first, count = self._rows.value
-        seed = keras_random._cast_seed(draw_seed(layer.seed_generator))  # Keras' own draw (its TF backend)
         shape = tf.concat([[count], tf.shape(inputs)[1:]], axis=0)
-        kept = tf.nn.experimental.stateless_dropout(tf.ones(shape, inputs.dtype), rate=layer.rate, seed=seed)
+        # Keras' Dropout.call draws its mask just so: keras.random.dropout with the layer's seed generator
+        kept = keras.random.dropout(tf.ones(shape, inputs.dtype), layer.rate, seed=layer.seed_generator)
         return inputs * kept[first:first + tf.shape(inputs)[0]]
 
     def train_batch(self, x, y) -> tuple[float, float]:

@@ -1,0 +1,229 @@
+"""The private TensorFlow and Keras internals vggbn uses live in `vggbn.compat` alone, and each still does what vggbn
+needs on the installed versions: a newer TensorFlow or Keras that moves one fails here, with a message naming the
+internal and the versions vggbn was tested with, not silently in a training."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPAT = "vggbn/compat.py"
+# Replaced by Slurm's own variables in another change; until then the one private import outside vggbn.compat.
+ALLOWED = {("vggbn/numerics/distribute.py", "tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver")}
+PRIVATE_MODULES = ("keras.src", "tensorflow.python")
+ATTRIBUTE_FUNCTIONS = ("getattr", "hasattr", "setattr", "delattr")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_module(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in PRIVATE_MODULES)
+
+
+def private_uses(source: str, path: str = "<source>") -> list[str]:
+    """'path:line: what' for each private import or private attribute of another object in `source`: an import
+    from `keras.src` or `tensorflow.python`, a `_name` imported from another package, `x._name` where `x` is not
+    `self` or `cls`, and `getattr(x, "_name")` and its kin."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        what = None
+        if isinstance(node, ast.Import):
+            what = next((a.name for a in node.names if _private_module(a.name)), None)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if _private_module(node.module) and (path, node.module) not in ALLOWED:
+                what = f"from {node.module} import ..."
+            elif node.module.split(".")[0] != "vggbn" and any(_private(a.name) for a in node.names):
+                what = f"from {node.module} import {', '.join(a.name for a in node.names)}"
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                what = f"{ast.unparse(node)}"
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ATTRIBUTE_FUNCTIONS
+              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+              and isinstance(node.args[1].value, str) and _private(node.args[1].value)):
+            what = ast.unparse(node)
+        if what:
+            found.append(f"{path}:{node.lineno}: {what}")
+    return found
+
+
+def test_no_private_internal_outside_compat():
+    found = []
+    for file in sorted((ROOT / "vggbn").rglob("*.py")):
+        path = file.relative_to(ROOT).as_posix()
+        if path != COMPAT:
+            found += private_uses(file.read_text(), path)
+    assert not found, "private TensorFlow/Keras internals outside vggbn/compat.py:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("source", [
+    "from keras.src.random.seed_generator import draw_seed",
+    "import tensorflow.python.framework.ops",
+    "from tensorflow.python.framework import ops",
+    "from keras.optimizers import _private_thing",
+    "index = optimizer._get_variable_index(v)",
+    "self.model.optimizer._momentums[0]",
+    "super()._update(x)",
+    "getattr(graph, '_py_funcs_used_in_graph', [])",
+    "setattr(graph, '_py_funcs_used_in_graph', [])",
+])
+def test_the_check_finds_each_kind_of_private_use(source):
+    assert len(private_uses(source)) == 1 and private_uses(source)[0].startswith("<source>:1: ")
+
+
+@pytest.mark.parametrize("source", [
+    "self._rows = 1", "cls._cache.clear()", "x.__class__", "from vggbn.numerics.training import _plain_dense",
+    "getattr(layer, 'rate', None)", "import keras.random", "import tensorflow as tf",
+])
+def test_the_check_leaves_public_and_own_names_alone(source):
+    assert private_uses(source) == []
+
+
+def moved_message(internal: str) -> str:
+    import keras
+    import tensorflow as tf
+
+    from vggbn import compat
+
+    return (f"{internal} no longer does what vggbn.compat relies on in TensorFlow {tf.__version__} / Keras "
+            f"{keras.__version__} (tested with {compat.TESTED})")
+
+
+# --- each internal, on the installed versions ---------------------------------------------------------------------
+
+def test_adam_slots_are_the_slots_adam_updates():
+    """`compat.adam_slots` gives the momentum and velocity Keras' own Adam update writes for that variable."""
+    import keras
+    import tensorflow as tf
+
+    from vggbn import compat
+
+    variables = [keras.Variable(np.ones((2, 3), "float32"), name="a"), keras.Variable(np.ones(4, "float32"), name="b")]
+    optimizer = keras.optimizers.Adam(learning_rate=0.1, beta_1=0.9, beta_2=0.99)
+    gradients = [tf.fill((2, 3), 2.0), tf.fill((4,), 3.0)]
+    optimizer.apply(gradients, variables)
+    for variable, gradient in zip(variables, gradients):
+        momentum, velocity = compat.adam_slots(optimizer, variable)
+        assert momentum.shape == variable.shape, moved_message("Adam's _get_variable_index/_momentums/_velocities")
+        np.testing.assert_allclose(momentum.numpy(), 0.1 * gradient.numpy(), rtol=1e-6,
+                                   err_msg=moved_message("Adam's _momentums"))
+        np.testing.assert_allclose(velocity.numpy(), 0.01 * gradient.numpy() ** 2, rtol=1e-6,
+                                   err_msg=moved_message("Adam's _velocities"))
+
+
+def test_adam_slots_of_an_optimizer_without_them_is_a_one_line_error():
+    import keras
+
+    from vggbn import compat
+
+    variable = keras.Variable(np.ones(2, "float32"))
+    sgd = keras.optimizers.SGD()
+    sgd.build([variable])
+    with pytest.raises(compat.InternalMoved, match=r"^keras\.optimizers\.Adam's _get_variable_index, _momentums "
+                                                   r"and _velocities is not where vggbn uses it in TensorFlow "
+                                                   r"\S+ / Keras \S+ \(tested with TensorFlow 2\.21 and Keras "
+                                                   r"3\.15; .*FusedAdam cannot find the slots") as error:
+        compat.adam_slots(sgd, variable)
+    assert "\n" not in str(error.value)
+
+
+def test_a_replaced_call_is_what_keras_runs_on_that_instance_only():
+    """Keras' `Layer.__call__` runs an instance's own `call`, with `training`, eagerly, in a traced function and
+    while building a functional model; `restore_call` gives the class's back."""
+    import keras
+    import tensorflow as tf
+
+    from vggbn import compat
+
+    patched, other = keras.layers.Dropout(0.5, seed=1), keras.layers.Dropout(0.5, seed=1)
+    seen = []
+
+    def doubled(inputs, training=False):
+        seen.append(training)
+        return inputs * 2.0
+
+    compat.replace_call(patched, doubled)
+    x = tf.ones((4, 3))
+    message = moved_message("an instance's `call` (Keras' Layer.__call__ looking up self.call)")
+    np.testing.assert_array_equal(patched(x, training=True).numpy(), 2 * np.ones((4, 3)), err_msg=message)
+    np.testing.assert_array_equal(tf.function(lambda v: patched(v, training=True))(x).numpy(), 2 * np.ones((4, 3)),
+                                  err_msg=message)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, patched(inputs))
+    np.testing.assert_array_equal(model(x, training=True).numpy(), 2 * np.ones((4, 3)), err_msg=message)
+    assert True in seen, message
+    assert set(np.unique(other(x, training=True).numpy())) <= {0.0, 2.0}  # the other instance: Keras' own dropout
+    compat.restore_call(patched)
+    assert "call" not in vars(patched)
+    dropped = patched(tf.ones((64, 32)), training=True).numpy()
+    assert set(np.unique(dropped)) == {0.0, 2.0}  # Keras' Dropout again: zeros and kept inputs scaled by 2
+
+
+def test_traced_custom_gradients_are_registered_where_compat_looks():
+    """Each `tf.custom_gradient` traced in a `tf.function` adds a `CustomGradient-<n>` entry to the registry
+    `compat.gradient_registry` gives (what `tfmemory.released` removes after a training)."""
+    import tensorflow as tf
+
+    from vggbn import compat
+
+    registry = compat.gradient_registry()
+    before = set(registry)
+
+    @tf.custom_gradient
+    def scaled(x):
+        return 3.0 * x, lambda dy: 3.0 * dy
+
+    def loss(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = scaled(x)
+        return tape.gradient(y, x)
+
+    assert float(tf.function(loss)(tf.constant(1.0))) == 3.0
+    added = [name for name in registry if name not in before]
+    assert added and all(name.startswith(compat.CUSTOM_GRADIENT_PREFIX) for name in added), \
+        moved_message(f"TensorFlow's gradient registry (added: {added})")
+    for name in added:
+        del registry[name]
+
+
+def test_eager_from_generator_datasets_are_kept_where_compat_looks():
+    import tensorflow as tf
+
+    from vggbn import compat
+
+    kept = compat.global_py_funcs()
+    before = len(kept)
+    dataset = tf.data.Dataset.from_generator(lambda: iter([1, 2]), output_signature=tf.TensorSpec((), tf.int32))
+    assert len(compat.global_py_funcs()) > before, moved_message("the global graph's _py_funcs_used_in_graph")
+    assert [int(v) for v in dataset] == [1, 2]
+    del kept[before:]
+
+
+def test_a_moved_gradient_registry_is_a_one_line_error_not_a_silent_leak(monkeypatch):
+    """Where TensorFlow keeps its registry elsewhere, `tfmemory.released` refuses before any training runs."""
+    from tensorflow.python.framework import ops
+
+    from vggbn import compat
+    from vggbn.numerics import tfmemory
+
+    monkeypatch.setattr(ops, "_gradient_registry", object())  # as if TensorFlow had moved it
+    with pytest.raises(compat.InternalMoved, match=r"^tensorflow\.python\.framework\.ops\._gradient_registry\."
+                                                   r"_registry is not where vggbn uses it .*about 1\.4 GB"):
+        with tfmemory.released():
+            pytest.fail("the block ran")
+
+
+def test_a_py_funcs_list_tensorflow_no_longer_fills_is_a_one_line_error(monkeypatch):
+    import tensorflow as tf
+
+    from vggbn import compat
+
+    graph = tf.compat.v1.get_default_graph()
+    monkeypatch.setattr(compat, "_checked_graphs", set())
+    monkeypatch.setattr(graph, "_py_funcs_used_in_graph", ())  # no list: TensorFlow keeps them otherwise
+    with pytest.raises(compat.InternalMoved, match=r"^the global graph's _py_funcs_used_in_graph is not where"):
+        compat.global_py_funcs()
