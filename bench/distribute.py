@@ -1,7 +1,7 @@
 """Benchmark of tf.distribute: conv_features and finetune as two local workers (one core each) against one process
 with one core, and the communication share of a distributed training step.
 
-Every measurement is a fresh set of processes started by `vggbn.runner.launch.run_local` (this script with `--child`),
+Every measurement is a fresh set of processes started by `vggbn.runner.launch.start_local_workers` (this script with `--child`),
 pinned to cores: one worker on one core, or two workers on a core each, under MultiWorkerMirroredStrategy on
 127.0.0.1. The chief writes its timings to a JSON file.
 
@@ -126,7 +126,7 @@ def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = 
     old = os.environ.copy()
     os.environ.update(env)
     try:
-        status = launch.run_local(command, workers, 1)
+        status = launch.start_local_workers(command, workers, 1)
     finally:
         os.environ.clear()
         os.environ.update(old)

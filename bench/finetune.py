@@ -85,7 +85,7 @@ def main():
     import tensorflow as tf
 
     from vggbn.storage import features
-    from vggbn.numerics import finetune, models, training
+    from vggbn.numerics import feature_training as finetune, models, training
 
     # Keras warns that fit's default shuffle=True does not apply to a dataset: train_on_features fits the same way.
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")

@@ -4,11 +4,11 @@ Each run is its own subprocess (this script with `--child`), and its peak RSS is
 `os.wait4` reports for exactly that child. The conv_features run is `vggbn.numerics.extract.extract_split` over JPEG files
 on disk (decode, resize, preprocess, the conv part, the chunked HDF5 file) with a demo-sized VGG
 (`models.build_demo_classifier`, 64x64, cut at its last pool: 64 kB per feature row). The finetune run is
-`vggbn.numerics.finetune.train_on_features` (one epoch, streamed from HDF5 in shuffled batches, validated after the epoch)
+`vggbn.numerics.feature_training.train_on_features` (one epoch, streamed from HDF5 in shuffled batches, validated after the epoch)
 of that model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory
 flat: a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
 
-The transfer run is `vggbn.numerics.transfer.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
+The transfer run is `vggbn.numerics.new_task.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
 dense part (`models.vgg16('none')` split at block5_pool: 25088 -> 4096 -> 4096 -> 1000, 124M parameters, random
 weights) on 64 synthetic train rows and 32 valid rows, over a 2 x 2 grid (learning rates x seeds) against a
 1 x 1 grid: one training's model and optimizer at a time keeps the ratio near 1; TensorFlow keeping each
@@ -55,7 +55,7 @@ def child_conv(root: Path, count: int, out: Path) -> None:
 def child_finetune(train_path: Path, valid_path: Path) -> None:
     import numpy as np
 
-    from vggbn.numerics import finetune, models, surgery
+    from vggbn.numerics import feature_training as finetune, models, surgery
 
     _, dense = models.split(demo_model())
     rng = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def child_finetune(train_path: Path, valid_path: Path) -> None:
 
 
 def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int) -> None:
-    from vggbn.numerics import models, transfer
+    from vggbn.numerics import models, new_task as transfer
 
     full = models.vgg16("none")
     _, dense = models.split(full, "block5_pool")

@@ -56,13 +56,13 @@ if logical > 1:
 from vggbn.numerics import distribute, extract, models
 from vggbn.storage import features
 from vggbn.numerics import surgery  # noqa: E402
-from vggbn.numerics.finetune import train_on_features  # noqa: E402
+from vggbn.numerics.feature_training import train_on_features  # noqa: E402
 from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
 def main():
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("vggbn.numerics.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
+    logging.getLogger("vggbn.numerics.feature_training").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
     conv, dense = models.split(model, "block2_pool")
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))

@@ -186,7 +186,7 @@ def bn_project(root, position, dead_unit=True):
     """models/bn.keras (the tiny model with calibrated BN), data/bn_stats.h5 and metrics/*.json under `root`."""
     from vggbn.numerics import surgery
     from vggbn.numerics.models import save_model
-    from vggbn.numerics.calibration import save_statistics
+    from vggbn.storage.statistics import save_statistics
     from vggbn.numerics.moments import Moments
 
     rng = np.random.default_rng(1)

@@ -202,7 +202,7 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
     batches is known, so it never runs out of data (70 valid rows at batch 16: a last, partial batch)."""
     import keras
 
-    from vggbn.numerics.finetune import train_on_features
+    from vggbn.numerics.feature_training import train_on_features
 
     write_features(tmp_path / "train.h5", 50, 3, rng)
     write_features(tmp_path / "valid.h5", 70, 3, rng)
@@ -235,7 +235,7 @@ def every_step(monkeypatch):
 
 
 def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
-    from vggbn.numerics.finetune import train_on_features
+    from vggbn.numerics.feature_training import train_on_features
 
     write_features(tmp_path / "train.h5", 64, 3, rng)
     write_features(tmp_path / "valid.h5", 20, 3, rng)
@@ -249,7 +249,7 @@ def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
 
 
 def test_the_transfer_grid_has_one_bar_over_its_runs(tmp_path, rng, caplog, every_step):
-    from vggbn.numerics.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     write_features(tmp_path / "train.h5", 24, 2, rng)
     write_features(tmp_path / "valid.h5", 12, 2, rng)

@@ -12,7 +12,7 @@ import pytest
 
 from vggbn.storage import atomic, features
 from vggbn.runner import stage
-from vggbn.storage.files import write_json
+from vggbn.storage.tables import write_json
 from vggbn.numerics.models import build_demo_classifier, save_model
 
 ROW_SHAPE = (16, 16, 8)  # 8 KB a row in float32
@@ -110,7 +110,7 @@ def test_a_model_save_on_a_full_disk_leaves_nothing(small_disks):
 
 
 def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(small_disks, tmp_path):
-    from vggbn.numerics.finetune import train_on_features
+    from vggbn.numerics.feature_training import train_on_features
     import keras
 
     rng = np.random.default_rng(0)

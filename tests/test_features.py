@@ -7,7 +7,7 @@ import pytest
 
 from vggbn.storage import features
 from vggbn.storage.dvccache import CachedOutput
-from vggbn.storage.files import file_md5
+from vggbn.storage.hashing import file_md5
 
 RECIPE = {"model_md5": "abc", "cut": "block2_pool"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vggbn.storage import features
-from vggbn.numerics.finetune import TrainingDiverged, train_on_features
+from vggbn.numerics.feature_training import TrainingDiverged, train_on_features
 
 RECIPE = {"run": "test"}
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import ALWAYS_CHANGED
 from project import copy_of, metrics, repro, run, set_param
 
-from vggbn.storage.files import file_md5
+from vggbn.storage.hashing import file_md5
 
 pytestmark = pytest.mark.slow
 

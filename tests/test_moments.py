@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vggbn.numerics.calibration import load_statistics, save_statistics
+from vggbn.storage.statistics import load_statistics, save_statistics
 from vggbn.numerics.moments import Moments
 
 

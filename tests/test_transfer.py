@@ -52,7 +52,7 @@ def feature_files(tmp_path, rng):
 
 
 def test_head_mode_freezes_everything_before_the_head_with_inner_dropout_off():
-    from vggbn.numerics.transfer import new_task_model
+    from vggbn.numerics.new_task import new_task_model
 
     head = new_task_model(start_model(), 3, train_mode="head", seed=0)
     layers = {layer.name: layer for layer in head.layers}
@@ -69,8 +69,8 @@ def test_head_mode_freezes_everything_before_the_head_with_inner_dropout_off():
 def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feature_files, dropout):
     """compare_transfer's head mode (the frozen part's output cached once, the head trained on it) against the
     whole model trained with the same semantics, seeded: the same valid accuracy and loss."""
-    from vggbn.numerics.finetune import evaluate, train_on_features
-    from vggbn.numerics.transfer import compare_transfer, new_task_model
+    from vggbn.numerics.feature_training import evaluate, train_on_features
+    from vggbn.numerics.new_task import compare_transfer, new_task_model
 
     train, valid = feature_files
     start = start_model(dropout=dropout)
@@ -87,7 +87,7 @@ def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feat
 
 
 def test_the_dropout_before_the_head_acts_on_the_cached_rows(tmp_path, feature_files):
-    from vggbn.numerics.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     train, valid = feature_files
     losses = [compare_transfer({"start": start_model(dropout=rate)}, train_path=train, valid_path=valid,
@@ -99,7 +99,7 @@ def test_the_dropout_before_the_head_acts_on_the_cached_rows(tmp_path, feature_f
 def test_bad_train_mode_and_a_start_without_classifier_are_one_line_errors(tmp_path, feature_files):
     import keras
 
-    from vggbn.numerics.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     train, valid = feature_files
     with pytest.raises(ValueError, match=r"^Expected `train_mode` to be one of head, dense\. Received: "
@@ -117,7 +117,7 @@ GRID_CHILD = textwrap.dedent("""
     import sys, warnings
     warnings.filterwarnings("ignore")
     import keras
-    from vggbn.numerics import transfer
+    from vggbn.numerics import new_task as transfer
 
     def rss_mb():
         with open("/proc/self/status") as status:
@@ -172,7 +172,7 @@ def test_a_grid_leaves_no_feature_stream_behind(feature_files):
     from tensorflow.python.data.ops import dataset_ops
     from tensorflow.python.framework import ops
 
-    from vggbn.numerics.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     def alive():
         gc.collect()
@@ -193,7 +193,7 @@ def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, m
     """`models.split`'s dense part shares its layers with the whole classifier (the pipeline's without-BN start):
     the frozen part is rebuilt on an input of its own."""
     from vggbn.numerics import models
-    from vggbn.numerics.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     _, dense = models.split(mini_vgg)
     row_shape = tuple(dense.input_shape[1:])

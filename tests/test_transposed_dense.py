@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from vggbn.numerics import models, training
-from vggbn.numerics.finetune import _restore_rng_states, _rng_states
+from vggbn.numerics.feature_training import _restore_rng_states, _rng_states
 
 
 def chain(bias=True):

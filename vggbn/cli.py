@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vggbn import VggbnError
 from vggbn.runner import console
-from vggbn.storage.files import file_md5
+from vggbn.storage.hashing import file_md5
 from vggbn.runner.stage import exit_status
 
 DEFAULT_MODEL = "models/combined.keras"
@@ -176,7 +176,7 @@ def _check_top(top: int) -> None:
 
 def _check_images(paths: list[str]) -> None:
     """Each image must be a file that Pillow decodes fully, in a format TensorFlow reads (the sample's checks)."""
-    from vggbn.numerics.sample import check_image
+    from vggbn.numerics.sampling import check_image
 
     for path in paths:
         if not os.path.lexists(path):
@@ -384,7 +384,7 @@ def describe_model(path: str, stats_path: str, metrics_dir: str) -> dict:
     import keras
 
     from vggbn.numerics import models
-    from vggbn.numerics.calibration import load_statistics
+    from vggbn.storage.statistics import load_statistics
 
     model = models.load_model_file(path)
     stats, attrs = None, {}
@@ -501,9 +501,9 @@ def compare_report(args) -> None:
     _check_dvc_project()
     if len(args.rev) > 2:
         raise CliError(f"--rev: give one or two revisions, got {len(args.rev)}")
-    from vggbn.pages.report import run_compare
+    from vggbn.pages.report import write_comparison
 
-    page = run_compare(args.rev, args.out)
+    page = write_comparison(args.rev, args.out)
     print(page)
 
 

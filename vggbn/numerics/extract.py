@@ -1,5 +1,6 @@
-"""Run the conv part of a classifier over sampled images and cache its output in a feature file; the
-conv_features stage."""
+"""Run the conv part of a classifier over sampled images and cache its output in a feature file (the conv_features
+stage and the transfer stage's new-task features), and check the split: the dense part on cached features equals the
+whole model on the images."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import numpy as np
 from vggbn.numerics import distribute, models
 from vggbn.storage import features
 from vggbn.storage.dvccache import previous_output
-from vggbn.storage.files import StageResult, file_md5
 from vggbn.numerics.images import CHECK_IMAGES, ImageInput
-from vggbn.storage.manifest import read_classes, read_split
 
 
 def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, paths: Sequence[str],
@@ -75,25 +74,3 @@ def check_split(*, model: keras.Model, cut: str | None, inputs: ImageInput, feat
                                  for i in range(0, count, batch_size)]) if count else np.zeros((0,))
     worst = float(np.abs(whole - from_cache).max()) if count else 0.0
     return {"split_max_abs_diff": worst, "split_checked_images": int(count)}
-
-
-def run_conv_features(*, model_path: str | Path, sample_dir: str | Path, inputs: ImageInput,
-                      out_paths: dict[str, str], work_dir: str | Path, cut: str | None, dtype: str = "float32",
-                      compute: str = "float32", flip: bool = False) -> StageResult:
-    """The conv_features stage: a feature file per split (`out_paths`: split -> path); row counts and the split
-    check. Labels in the files are the model's output indices (see `models.label_map`)."""
-    model = models.load_model_file(model_path)
-    conv, _ = models.split(model, cut)
-    to_output = models.label_map(read_classes(sample_dir), model.output_shape[-1])
-    model_md5 = file_md5(model_path)  # once: VGG16's file is 528 MB
-    metrics = {}
-    for split in ("train", "valid"):
-        manifest = read_split(sample_dir, split)
-        stats = extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=manifest.paths,
-                              labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
-                              out_path=out_paths[split], work_dir=Path(work_dir) / split, dtype=dtype,
-                              compute=compute, flip=flip and split == "train")
-        metrics.update({f"{split}_{key}": value for key, value in stats.items()})
-    if distribute.is_chief():
-        metrics.update(check_split(model=model, cut=cut, inputs=inputs, feature_path=out_paths["valid"]))
-    return StageResult({**metrics, **distribute.describe()})

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from vggbn import VggbnError
 from vggbn.numerics import distribute
-from vggbn.storage.files import StageResult
 
 DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks; vggbn.runner.layer_names.DEMO_LAYERS names their layers
 
@@ -215,13 +214,6 @@ def pretrained_classifier(*, source: str, weights: str | None, demo_path: str | 
     head_start(model)
     input_size(model)
     return model
-
-
-def run_pretrained(*, source: str, weights: str | None, demo_path: str | Path, out_path: str | Path) -> StageResult:
-    """The pretrained stage: the classifier `source` names, saved to `out_path`; its name and size."""
-    model = pretrained_classifier(source=source, weights=weights, demo_path=demo_path)
-    save_model(model, out_path)
-    return StageResult({"name": model.name, "params": model.count_params(), "layers": len(model.layers)})
 
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from vggbn import VggbnError
-from vggbn.storage.files import StageResult, write_text
+from vggbn.storage.tables import write_text
 
 
 VEGA_LITE_VERSION = "5.21"  # DVC's templates declare the Vega-Lite v5 schema
@@ -242,10 +242,3 @@ def point_dvc_at(template: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc
     except ConfigError as error:
         raise PlotsTemplateError(f"{local}: cannot set {CONFIG_KEY}: {error}") from None
     return f"{CONFIG_KEY} = {value} in {local}: `dvc plots show` and `dvc plots diff` draw offline"
-
-
-def run_plots_template(out: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc") -> StageResult:
-    """Stage plots_template: write the offline template to `out` and point DVC's local config at it; the template's
-    path and what was done to the config, as a sentence (no metrics file: for the stage's summary)."""
-    write_template(out)
-    return StageResult({"template": os.fspath(out), "config": point_dvc_at(out, dvc_dir)})

@@ -22,7 +22,6 @@ from typing import Mapping, Sequence
 
 from vggbn import VggbnError
 from vggbn.storage.atomic import atomic_path
-from vggbn.storage.files import StageResult
 
 # The bounds the README states for metrics/insert_bn.json.
 IDENTITY_BOUNDS = {"max_abs_diff": 1e-5, "max_abs_diff_logits": 1e-4}
@@ -154,7 +153,7 @@ def calibration_table(bn_stats: Mapping) -> Table:
                  "dead units have variance 0 over the calibration rows (after a ReLU: never firing)")
 
 
-def run_tables(metrics: Mapping[str, Mapping], *, demo: bool) -> list[Table]:
+def key_tables(metrics: Mapping[str, Mapping], *, demo: bool) -> list[Table]:
     """The key numbers of one run, as tables, from its metrics files (by name: insert_bn, combine, ...)."""
     tables = []
     if metrics.get("insert_bn"):
@@ -332,19 +331,6 @@ RUN_INTRO = ("The numbers and plots of this run of the vggbn pipeline (dvc repro
              "rendered by vl-convert; this page needs no network and no script.")
 
 
-def run_report(*, metrics: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-               model_source: str) -> StageResult:
-    """Stage report: the run's report from its metrics files and DVC's filled plot specs; the folder and how many
-    tables and figures it holds (no metrics file: for the stage's summary)."""
-    from vggbn.pages.figures import filled_specs
-
-    metrics = read_metrics(metrics)
-    tables = run_tables(metrics, demo=model_source == "demo")
-    figures = filled_specs()
-    write_report(out_dir, Document(f"vggbn run report (model.source: {model_source})", RUN_INTRO, tables, figures))
-    return StageResult({"folder": os.fspath(out_dir), "tables": len(tables), "figures": len(figures)})
-
-
 # --- two runs side by side ----------------------------------------------------------------------------------------
 
 def metrics_at(rev: str, folder: str = "metrics") -> dict[str, dict]:
@@ -382,7 +368,7 @@ def params_diff(revs: Sequence[str]) -> dict[str, dict[str, object]]:
     return found
 
 
-def run_compare(revs: Sequence[str], out_dir: str | os.PathLike) -> Path:
+def write_comparison(revs: Sequence[str], out_dir: str | os.PathLike) -> Path:
     """`vggbn report --rev A --rev B`: the two revisions' report side by side in `out_dir`; returns its page."""
     from vggbn.pages.figures import filled_specs
 

@@ -133,7 +133,7 @@ def relaunch(argv: Sequence[str]) -> int:
     """Run `argv` (this stage's own command line) as the launch `VGGBN_LAUNCH` names; the exit status."""
     how = parse(wanted())
     if isinstance(how, Local):
-        return run_local(argv, how.workers, how.cores_per_worker)
+        return start_local_workers(argv, how.workers, how.cores_per_worker)
     return subprocess.call([*how, *argv], env={**os.environ, LAUNCHED: "1"})
 
 
@@ -170,7 +170,7 @@ def _child_setup(cores: list[int] | None):
     return setup
 
 
-def run_local(argv: Sequence[str], workers: int, cores_per_worker: int | None = None) -> int:
+def start_local_workers(argv: Sequence[str], workers: int, cores_per_worker: int | None = None) -> int:
     available = sorted(os.sched_getaffinity(0))
     if cores_per_worker and workers * cores_per_worker > len(available):
         raise LaunchError(f"{ENV}: {workers} workers x {cores_per_worker} cores need {workers * cores_per_worker} "

@@ -1,8 +1,19 @@
 """What every stage script shares: its command-line paths, validated params, logging, a one-line summary when it is
 done, and one-line errors instead of tracebacks.
 
-Nothing here can change a stage's result, only accept or refuse its inputs, so this module is no stage's DVC
-dependency (tests/test_dvc_yaml.py keeps the allow-list).
+Every stage script has one shape (stages/<stage>.py, named as in dvc.yaml):
+
+    def run(paths, params) -> StageResult:   # the stage's work: its metrics and plot tables
+        ...
+
+    if __name__ == "__main__":
+        stage.main(__doc__, run, model="the pretrained classifier (.keras)", ..., metrics="JSON ...")
+
+`main` parses one required `--some-name` path per keyword, validates the whole params.yaml, calls `run`, and hands
+what it returns to the one writer (`vggbn.storage.results.write_result`): the metrics to `--metrics`, each plot
+table to the option of the plot's name. Nothing here can change a stage's result, only accept or refuse its inputs
+(the writer it calls is a dependency of every stage in its own right), so the runner's folder is no stage's DVC
+dependency.
 """
 
 from __future__ import annotations
@@ -26,12 +37,39 @@ from vggbn.runner.summary import summary
 PARAMS_FILE = "params.yaml"
 
 
+class Many(str):
+    """The help text of an option that takes one or more paths (`--metrics a.json b.json`)."""
+
+
 def arguments(description: str, **options: str) -> argparse.Namespace:
-    """Parse the stage's command line: one required `--some-name` option per keyword `some_name=help`."""
+    """Parse the stage's command line: one required `--some-name` option per keyword `some_name=help`; a `Many`
+    help takes one or more values."""
     parser = argparse.ArgumentParser(description=description)
     for name, help_text in options.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text)
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text,
+                            nargs="+" if isinstance(help_text, Many) else None)
     return parser.parse_args()
+
+
+def main(description: str, entry: Callable[[argparse.Namespace, Params], object], /, *, runs_model: bool = False,
+         **options: str) -> None:
+    """The whole of a stage script's `__main__`: parse the paths (`options`, as `arguments` takes them), validate
+    params.yaml, call `entry(paths, params)`, write the StageResult it returns, log its summary and exit.
+
+    The result's metrics go to the `--metrics` path and each plot table to the path of the option named as the
+    plot; a stage without those options writes its outputs itself (a model, a listing) and returns metrics only
+    for its summary.
+    """
+    def stage_main():
+        paths = arguments(description, **options)
+        result = entry(paths, params())
+        from vggbn.storage.results import write_result
+
+        write_result(result, metrics=getattr(paths, "metrics", None) if "metrics" in options else None,
+                     plots={name: getattr(paths, name) for name in result.plots})
+        return result
+
+    execute(stage_main, runs_model=runs_model)
 
 
 def params() -> Params:
@@ -81,10 +119,10 @@ def _fullest_output() -> str:
     return min(paths, key=free) if paths else "."
 
 
-def run(main: Callable[[], object], runs_model: bool = False) -> None:
+def execute(main: Callable[[], object], runs_model: bool = False) -> None:
     """Run a stage's main() and exit with its status; log the one-line summary of the StageResult it returns.
 
-    Log lines carry the DVC stage's name (`transfer_listing` runs the listing script), and TensorFlow, if the
+    Log lines carry the DVC stage's name (the script's own, stages/<stage>.py), and TensorFlow, if the
     stage imports it, starts without its chatter (`vggbn.runner.console`). A stage that `runs_model`, started with
     `VGGBN_LAUNCH` set, runs as every worker of a multi-worker job instead (`vggbn.runner.launch`).
     """
@@ -103,8 +141,8 @@ def run(main: Callable[[], object], runs_model: bool = False) -> None:
         console.quiet_tensorflow_import()
         result = main()
         try:
-            logging.getLogger("vggbn.runner.stage").info(summary(script, result.metrics))
+            logging.getLogger("vggbn.stage").info(summary(script, result.metrics))
         except Exception as error:  # the outputs are written: a summary that fails must not fail the stage
-            logging.getLogger("vggbn.runner.stage").warning("no summary of %s: %s: %s", script, type(error).__name__, error)
+            logging.getLogger("vggbn.stage").warning("no summary of %s: %s: %s", script, type(error).__name__, error)
 
     sys.exit(exit_status(main_then_summary))

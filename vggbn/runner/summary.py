@@ -131,6 +131,7 @@ FORMATTERS: dict[str, Callable[[dict], str]] = {
     formatter.__name__: formatter for formatter in (plots_template, demo_data, demo_model, pretrained, listing,
                                                     sample, conv_features, bn_stats, insert_bn, finetune, combine,
                                                     transfer, report)}
+FORMATTERS["transfer_listing"] = listing  # the new task's folder, listed the same way
 
 
 def summary(script: str, metrics: dict) -> str:

@@ -4,8 +4,7 @@ the disk is full.
 A killed stage then never leaves a file that looks finished: at worst a `.partial-<pid>-*` sibling (git ignores
 them), which the next write of the same output removes, as does any later write into that folder once the process
 named by the pid is gone. A write that runs out of space fails with a `DiskFullError` naming the path, the space it
-needed and the space left, and removes its temporary file. This module decides no byte of any output (see
-`vggbn.storage.files` for that), so it is no stage's DVC dependency.
+needed and the space left, and removes its temporary file.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ import numpy as np
 from vggbn import VggbnError
 from vggbn.runner import console
 from vggbn.storage.atomic import atomic_path, remove_stale_partials, require_space
-from vggbn.storage.files import bytes_digest, prepare_work
+from vggbn.storage.hashing import bytes_digest
+from vggbn.storage.workdir import prepare_work
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +412,12 @@ def shuffled_batches(path: str | Path, batch_size: int, buffer_rows: int, seed: 
             carry_x, carry_y = x[full:], y[full:]
         if len(carry_y):
             yield carry_x, carry_y
+
+
+def row_count(path: str | Path) -> int:
+    """How many rows a feature file holds."""
+    with open_features(path) as file:
+        return file["features"].shape[0]
 
 
 def feature_cut(path: str | Path) -> str:

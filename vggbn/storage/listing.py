@@ -45,7 +45,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from vggbn import VggbnError
 from vggbn.runner import console
 from vggbn.storage.atomic import atomic_path
-from vggbn.storage.files import StageResult, file_md5, read_tsv
+from vggbn.storage.hashing import file_md5
+from vggbn.storage.tables import read_tsv
 
 HEADER = "path\tsize\tkind"
 SPLITS = ("train", "valid")
@@ -215,10 +216,10 @@ def write_listing(out: str | os.PathLike, rows: Iterable[str]) -> dict[str, int]
     return counts
 
 
-def run_listing(*, root: str | os.PathLike, out: str | os.PathLike, valid_labels: str | None = None) -> StageResult:
-    """The listing stage: scan `root` and write the listing to `out`; the number of rows, of each kind, and the
-    root (for the stage's summary: the listing stage writes no metrics file)."""
-    return StageResult({"root": str(root), **write_listing(out, scan(root, valid_labels=valid_labels))})
+def list_folder(*, root: str | os.PathLike, out: str | os.PathLike, valid_labels: str | None = None) -> dict:
+    """Scan `root` and write its listing to `out`; the root and the number of rows of each kind (the listing
+    stages' summary: they write no metrics file)."""
+    return {"root": str(root), **write_listing(out, scan(root, valid_labels=valid_labels))}
 
 
 def read_listing(path: str | os.PathLike) -> Iterator[Entry]:

@@ -19,7 +19,7 @@ from typing import Iterable, NamedTuple
 
 from vggbn import VggbnError
 from vggbn.storage.atomic import atomic_path
-from vggbn.storage.files import read_tsv
+from vggbn.storage.tables import read_tsv
 
 MANIFEST_HEADER = "path\tlabel\tmd5"
 REJECTED_HEADER = "path\treason"

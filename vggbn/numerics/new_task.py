@@ -20,11 +20,11 @@ import numpy as np
 from vggbn.runner import console
 from vggbn.numerics import distribute, extract, models, tfmemory
 from vggbn.storage import features
-from vggbn.storage.files import StageResult, Table, file_md5
-from vggbn.numerics.finetune import evaluate, train_on_features
+from vggbn.storage.tables import PlotTable
+from vggbn.numerics.feature_training import evaluate, train_on_features
 from vggbn.numerics.images import ImageInput
 from vggbn.storage.listing import read_listing
-from vggbn.numerics.sample import build_sample
+from vggbn.numerics.sampling import build_sample
 
 
 def _head_index(dense: keras.Model) -> int:
@@ -245,28 +245,9 @@ def transfer_features(*, conv: keras.Model, model_md5: str, listing: str | Path,
     return sample.classes, recomputed_corrupt
 
 
-def accuracy_tables(report: dict) -> dict[str, Table]:
+def accuracy_tables(report: dict) -> dict[str, PlotTable]:
     """Per start, the transfer plot's table: valid accuracy against the learning rate (and its log10)."""
-    return {start: Table(("lr", "log10_lr", "accuracy"),
+    return {start: PlotTable(("lr", "log10_lr", "accuracy"),
                          [(float(lr), math.log10(float(lr)), result["accuracy"])
                           for lr, result in report[start]["per_lr"].items()])
             for start in ("with_bn", "without_bn")}
-
-
-def run_transfer(*, pretrained_path, finetuned_path, cut_from, listing, inputs: ImageInput,
-                 out_paths: dict[str, str], work_dir, params) -> StageResult:
-    """The transfer stage (`params`: TransferParams; `inputs.root` is the new task's folder): new-task features,
-    then the with/without-BN comparison; plot `transfer`: accuracy against learning rate per start."""
-    conv, original_dense = models.split(models.load_model_file(pretrained_path), features.feature_cut(cut_from))
-    classes, recomputed_corrupt = transfer_features(conv=conv, model_md5=file_md5(pretrained_path), listing=listing,
-                                                    inputs=inputs, out_paths=out_paths, work_dir=work_dir)
-    starts = {"with_bn": models.load_model_file(finetuned_path), "without_bn": original_dense}
-    report = compare_transfer(starts, train_path=out_paths["train"], valid_path=out_paths["valid"],
-                              num_classes=len(classes), train_mode=params.train, lrs=params.lrs,
-                              seeds=params.seeds, epochs=params.epochs, batch_size=params.batch_size,
-                              work_dir=work_dir)
-    report["classes"] = classes
-    report["train_mode"] = params.train
-    report["features_recomputed_corrupt"] = recomputed_corrupt
-    report.update(distribute.describe())
-    return StageResult(report, {"transfer": accuracy_tables(report)})

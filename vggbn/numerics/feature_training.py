@@ -1,8 +1,8 @@
-"""Train a dense part on cached features streamed from HDF5, resumable from per-epoch checkpoints; the finetune stage."""
+"""Train a dense part on cached features streamed from HDF5, resumable from per-epoch checkpoints: what the finetune
+stage and the transfer stage's trainings run."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -18,7 +18,9 @@ from vggbn import VggbnError
 from vggbn.numerics import distribute, models
 from vggbn.storage import features
 from vggbn.storage.atomic import atomic_path, staging_folder
-from vggbn.storage.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
+from vggbn.storage.hashing import bytes_digest, file_digest
+from vggbn.storage.workdir import prepare_work
+from vggbn.storage.tables import write_json
 from vggbn.numerics.scoring import Score
 from vggbn.numerics.tfdata import without_autotune
 from vggbn.numerics.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
@@ -243,21 +245,3 @@ def evaluate(model: keras.Model, path: str | Path, batch_size: int) -> dict:
     for x, y in features.iter_batches(path, batch_size):
         score.add(predict(x), y)
     return score.result()
-
-
-def run_finetune(*, model_path, train_path, valid_path, out_path, work_dir, live_dir, params) -> StageResult:
-    """The finetune stage (`params`: FinetuneParams): the trained dense part saved to `out_path`; the last
-    epoch's train and valid loss and accuracy, and the epochs trained again because a checkpoint failed its check."""
-    recipe = {"model": file_md5(model_path), "train": file_md5(train_path), "valid": file_md5(valid_path),
-              "params": dataclasses.asdict(params)}
-    trained = train_on_features(
-        models.load_model_file(model_path), train_path=train_path, valid_path=valid_path, epochs=params.epochs,
-        batch_size=params.batch_size, lr=params.lr, dropout=params.dropout, seed=params.seed,
-        shuffle_buffer=params.shuffle_buffer, work_dir=work_dir, recipe=recipe, live_dir=live_dir,
-        compute=params.compute)
-    models.save_model(trained.model, out_path)
-    last = trained.history[-1]
-    return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],
-                        "valid_loss": last["val_loss"], "valid_accuracy": last["val_accuracy"],
-                        "epochs": len(trained.history),
-                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt, **distribute.describe()})

@@ -1,4 +1,5 @@
-"""Draw a stable, seeded sample of the listed images, check that each one decodes, and write the manifests.
+"""Draw a stable, seeded sample of the listed images and check that each one decodes (the sample stage writes the
+manifests).
 
 The sample never copies images: its manifests name them by path relative to the data root. Files are ranked by a
 seeded hash of their path, and the first usable ones in rank order are taken, so adding or removing a few files
@@ -28,9 +29,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from vggbn.runner import console
-from vggbn.storage.files import StageResult
-from vggbn.storage.listing import BADNAME, LINK, Entry, read_listing, shell_word
-from vggbn.storage.manifest import Row, Sample, SampleError, write_sample
+from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word
+from vggbn.storage.manifest import Row, Sample, SampleError
 
 log = logging.getLogger(__name__)
 
@@ -357,13 +357,3 @@ def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: in
         raise SampleError(f"sample.strict: {len(rejected)} unusable image{'s' * (len(rejected) != 1)} in {root}: "
                           f"{shown}{more}")
     return Sample(classes=layout.classes, train=drawn["train"], valid=drawn["valid"], rejected=rejected)
-
-
-def run_sample(*, listing: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike,
-               train: int | None, valid: int | None, seed: int, strict: bool, valid_labels: str | None,
-               class_order: Sequence[str] | None = None) -> StageResult:
-    """The sample stage: read the listing, build the sample, write the folder `out`; the image counts."""
-    sample = build_sample(entries=read_listing(listing), root=root, train=train, valid=valid, seed=seed,
-                          strict=strict, valid_labels=valid_labels, class_order=class_order)
-    write_sample(out, sample)
-    return StageResult(sample.metrics)
