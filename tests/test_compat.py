@@ -1,6 +1,6 @@
-"""The private TensorFlow and Keras internals vggbn uses live in `vggbn.compat` alone, and each still does what vggbn
-needs on the installed versions: a newer TensorFlow or Keras that moves one fails here, with a message naming the
-internal and the versions vggbn was tested with, not silently in a training."""
+"""The private TensorFlow, Keras and DVC internals vggbn uses live in `vggbn.compat` alone, and each still does what
+vggbn needs on the installed versions: a newer TensorFlow, Keras or DVC that moves one fails here, with a message
+naming the internal and the versions vggbn was tested with, not silently in a training or a stage."""
 
 import ast
 from pathlib import Path
@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPAT = "vggbn/compat.py"
 # Replaced by Slurm's own variables in another change; until then the one private import outside vggbn.compat.
 ALLOWED = {("vggbn/numerics/distribute.py", "tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver")}
-PRIVATE_MODULES = ("keras.src", "tensorflow.python")
+PRIVATE_MODULES = ("keras.src", "tensorflow.python", "dvc", "dvclive", "dvc_data", "dvc_objects", "scmrepo")
+PUBLIC_MODULES = ("dvc.api", "dvclive", "dvclive.keras")  # DVC's Python API; dvclive's logger, Keras callback
 ATTRIBUTE_FUNCTIONS = ("getattr", "hasattr", "setattr", "delattr")
 
 
@@ -21,13 +22,13 @@ def _private(name: str) -> bool:
 
 
 def _private_module(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in PRIVATE_MODULES)
+    return module not in PUBLIC_MODULES and any(module == m or module.startswith(m + ".") for m in PRIVATE_MODULES)
 
 
 def private_uses(source: str, path: str = "<source>") -> list[str]:
     """'path:line: what' for each private import or private attribute of another object in `source`: an import
-    from `keras.src` or `tensorflow.python`, a `_name` imported from another package, `x._name` where `x` is not
-    `self` or `cls`, and `getattr(x, "_name")` and its kin."""
+    from `keras.src`, `tensorflow.python` or DVC beyond its API, a `_name` imported from another package, `x._name`
+    where `x` is not `self` or `cls`, and `getattr(x, "_name")` and its kin."""
     found = []
     for node in ast.walk(ast.parse(source)):
         what = None
@@ -56,11 +57,14 @@ def test_no_private_internal_outside_compat():
         path = file.relative_to(ROOT).as_posix()
         if path != COMPAT:
             found += private_uses(file.read_text(), path)
-    assert not found, "private TensorFlow/Keras internals outside vggbn/compat.py:\n" + "\n".join(found)
+    assert not found, "private TensorFlow/Keras/DVC internals outside vggbn/compat.py:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("source", [
     "from keras.src.random.seed_generator import draw_seed",
+    "from dvc.repo import Repo",
+    "from dvclive.utils import standardize_metric_name",
+    "import scmrepo.exceptions",
     "import tensorflow.python.framework.ops",
     "from tensorflow.python.framework import ops",
     "from keras.optimizers import _private_thing",
@@ -77,19 +81,17 @@ def test_the_check_finds_each_kind_of_private_use(source):
 @pytest.mark.parametrize("source", [
     "self._rows = 1", "cls._cache.clear()", "x.__class__", "from vggbn.numerics.training import _plain_dense",
     "getattr(layer, 'rate', None)", "import keras.random", "import tensorflow as tf",
+    "from dvc.api import DVCFileSystem", "from dvclive import Live", "from dvclive.keras import DVCLiveCallback",
 ])
 def test_the_check_leaves_public_and_own_names_alone(source):
     assert private_uses(source) == []
 
 
 def moved_message(internal: str) -> str:
-    import keras
-    import tensorflow as tf
-
     from vggbn import compat
 
-    return (f"{internal} no longer does what vggbn.compat relies on in TensorFlow {tf.__version__} / Keras "
-            f"{keras.__version__} (tested with {compat.TESTED})")
+    return (f"{internal} no longer does what vggbn.compat relies on with {compat.installed()} "
+            f"(tested with {compat.TESTED})")
 
 
 # --- each internal, on the installed versions ---------------------------------------------------------------------
@@ -123,9 +125,10 @@ def test_adam_slots_of_an_optimizer_without_them_is_a_one_line_error():
     sgd = keras.optimizers.SGD()
     sgd.build([variable])
     with pytest.raises(compat.InternalMoved, match=r"^keras\.optimizers\.Adam's _get_variable_index, _momentums "
-                                                   r"and _velocities is not where vggbn uses it in TensorFlow "
-                                                   r"\S+ / Keras \S+ \(tested with TensorFlow 2\.21 and Keras "
-                                                   r"3\.15; .*FusedAdam cannot find the slots") as error:
+                                                   r"and _velocities is not where vggbn uses it with TensorFlow "
+                                                   r"\S+, Keras \S+, DVC \S+, dvclive \S+ installed \(tested with "
+                                                   r"TensorFlow 2\.21, Keras 3\.15, DVC 3\.67 and dvclive 3\.49; "
+                                                   r".*FusedAdam cannot find the slots") as error:
         compat.adam_slots(sgd, variable)
     assert "\n" not in str(error.value)
 
@@ -227,3 +230,86 @@ def test_a_py_funcs_list_tensorflow_no_longer_fills_is_a_one_line_error(monkeypa
     monkeypatch.setattr(graph, "_py_funcs_used_in_graph", ())  # no list: TensorFlow keeps them otherwise
     with pytest.raises(compat.InternalMoved, match=r"^the global graph's _py_funcs_used_in_graph is not where"):
         compat.global_py_funcs()
+
+
+# --- DVC ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    """A git repository with DVC, one file added to DVC and committed: (folder, the file's md5)."""
+    import yaml
+    from project import run
+
+    root = tmp_path_factory.mktemp("dvc")
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    (root / "data.txt").write_text("some data\n")
+    run(["dvc", "add", "-q", "data.txt"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "data"], root)
+    return root, yaml.safe_load((root / "data.txt.dvc").read_text())["outs"][0]["md5"]
+
+
+def test_dvc_cache_file_is_where_dvc_keeps_the_object(dvc_project, monkeypatch):
+    from vggbn import compat
+
+    root, md5 = dvc_project
+    monkeypatch.chdir(root)
+    path = compat.dvc_cache_file(md5, legacy=False)
+    assert path == root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:], moved_message("DVC's cache.local")
+    assert path.read_text() == "some data\n"
+    assert compat.dvc_cache_file(md5, legacy=True) == root / ".dvc" / "cache" / md5[:2] / md5[2:], \
+        moved_message("DVC's cache.legacy")
+
+
+def test_a_moved_dvc_cache_lookup_is_a_one_line_error_not_a_recomputation(dvc_project, monkeypatch):
+    """Where DVC's cache no longer answers `oid_to_path`, the stage stops (every run recomputing its features would
+    be the silent alternative)."""
+    from dvc_data.hashfile.db.local import LocalHashFileDB
+
+    from vggbn import compat
+    from vggbn.storage import dvccache
+
+    root, md5 = dvc_project
+    monkeypatch.chdir(root)
+    for cls in LocalHashFileDB.__mro__:  # as if DVC had renamed it
+        if "oid_to_path" in vars(cls):
+            monkeypatch.delattr(cls, "oid_to_path")
+    (root / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n  s:\n    cmd: x\n    outs:\n    - path: data.txt\n"
+                                   f"      hash: md5\n      md5: {md5}\n")
+    try:
+        with pytest.raises(compat.InternalMoved, match=r"^dvc\.repo\.Repo\(\)\.cache\.local / \.legacy and their "
+                                                       r"oid_to_path is not where vggbn uses it .*none would reuse"):
+            dvccache.previous_output("data.txt")
+    finally:
+        (root / "dvc.lock").unlink()
+
+
+def test_dvc_revisions_resolve_as_dvc_resolves_them(dvc_project):
+    from vggbn import compat
+
+    root, _ = dvc_project
+    compat.check_dvc_revision("HEAD", str(root))
+    with pytest.raises(compat.dvc_errors()):
+        compat.check_dvc_revision("no-such-revision", str(root))
+
+
+def test_local_dvc_config_is_what_dvc_config_reads(dvc_project):
+    """Set through `dvc.config.Config` and read back by `dvc config --local` (DVC's public command), and the other
+    way round; the file's other settings kept."""
+    from project import run
+
+    from vggbn import compat
+
+    root, _ = dvc_project
+    dvc_dir = root / ".dvc"
+    run(["dvc", "config", "--local", "core.autostage", "true"], root)
+    assert compat.local_dvc_config(dvc_dir, "plots", "html_template") is None
+    compat.set_local_dvc_config(dvc_dir, "plots", "html_template", "../page.html")
+    assert run(["dvc", "config", "--local", "plots.html_template"], root).stdout.strip() == "../page.html", \
+        moved_message("dvc.config.Config(...).edit")
+    assert run(["dvc", "config", "--local", "core.autostage"], root).stdout.strip() == "true"
+    run(["dvc", "config", "--local", "plots.html_template", "other.html"], root)
+    assert compat.local_dvc_config(dvc_dir, "plots", "html_template") == "other.html", \
+        moved_message("dvc.config.Config(...).load_one")
+    assert compat.local_dvc_config(dvc_dir, "core", "autostage") in (True, "true")

@@ -55,3 +55,24 @@ def test_two_replicas_take_the_steps_one_process_takes(tmp_path):
     for a, b in zip(one["weights"], two["weights"], strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6)
     assert two["synchronized"] == [False]  # the saved model is the same whatever trained it
+
+
+def test_epoch_logs_reach_dvclive_under_its_keras_callbacks_names(tmp_path, monkeypatch):
+    """`live_logger` replays the epochs already done and `log_epoch` adds one: dvclive's Keras callback's names
+    (`train/loss`, `eval/accuracy`, ...), one row a step, as dvc.yaml's plots read them."""
+    import csv
+
+    from vggbn.numerics.training import live_logger, log_epoch
+
+    monkeypatch.chdir(tmp_path)  # outside any git or DVC repository: dvclive looks for none
+    epochs = [{"loss": 1.5, "accuracy": 0.25, "val_loss": 1.75, "val_accuracy": 0.5},
+              {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.25, "val_accuracy": 0.75}]
+    live = live_logger(tmp_path / "live", epochs[:1])
+    log_epoch(live, epochs[1])
+    live.end()
+    folder = tmp_path / "live" / "plots" / "metrics"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.tsv")) == [
+        "eval/accuracy.tsv", "eval/loss.tsv", "train/accuracy.tsv", "train/loss.tsv"]
+    with open(folder / "eval" / "loss.tsv") as file:
+        rows = list(csv.DictReader(file, delimiter="\t"))
+    assert [(row["step"], float(row["loss"])) for row in rows] == [("0", 1.75), ("1", 1.25)]

@@ -1,37 +1,50 @@
-"""Every private TensorFlow and Keras internal vggbn relies on, in one place, each one checked where it is used.
+"""Every private TensorFlow, Keras and DVC internal vggbn relies on, in one place, each one checked where it is used.
 
-Nothing else in the package imports `keras.src` or `tensorflow.python` or reads a private attribute of another
-library's object (`tests/test_compat.py` checks the package's source for it). Each function here names the
-internal it uses; where the internal is not where it was, it raises `InternalMoved`, one line naming the
-internal, the installed TensorFlow and Keras and the versions vggbn was tested with, never a silent fallback
-(a fallback in `gradient_registry` would keep about 1.4 GB per training). `tests/test_compat.py` checks that each
-internal still behaves as vggbn needs on the installed versions.
+Nothing else in the package imports `keras.src`, `tensorflow.python` or a DVC module beyond `dvc.api`, or reads a
+private attribute of another library's object (`tests/test_compat.py` checks the package's source for it). Each
+function here names the internal it uses; where the internal is not where it was, it raises `InternalMoved`, one
+line naming the internal, the installed versions and the versions vggbn was tested with, never a silent fallback
+(a fallback in `gradient_registry` would keep about 1.4 GB per training, one in `dvc_cache_file` would recompute
+every feature on every run). `tests/test_compat.py` checks that each internal still behaves as vggbn needs on the
+installed versions.
 
 Where a public API does the job it is used instead, outside this module: dropout masks come from
-`keras.random.dropout` with the layer's `keras.random.SeedGenerator`, and a layer's RNG states are
-`layer.variables` less `layer.weights` (Keras documents the difference as the layer's seed generators' states).
+`keras.random.dropout` with the layer's `keras.random.SeedGenerator`, a layer's RNG states are `layer.variables`
+less `layer.weights` (Keras documents the difference as the layer's seed generators' states), dvclive's metric names
+come from its own Keras callback (`dvclive.keras.DVCLiveCallback.on_epoch_end`), and a revision's files from
+`dvc.api.DVCFileSystem`.
 
-Importing this module imports neither TensorFlow nor Keras: each function imports what it uses.
+Importing this module imports neither TensorFlow, Keras nor DVC: each function imports what it uses.
 """
 
 from __future__ import annotations
 
+from importlib import metadata
+from pathlib import Path
+
 from vggbn import VggbnError
 
-TESTED = "TensorFlow 2.21 and Keras 3.15"  # as pinned in pyproject.toml and requirements.lock
+TESTED = "TensorFlow 2.21, Keras 3.15, DVC 3.67 and dvclive 3.49"  # as pinned in pyproject.toml and requirements.lock
+LIBRARIES = {"tensorflow": "TensorFlow", "keras": "Keras", "dvc": "DVC", "dvclive": "dvclive"}
 
 
 class InternalMoved(VggbnError):
-    """A private TensorFlow or Keras internal is not where vggbn uses it: an untested version is installed."""
+    """A private TensorFlow, Keras or DVC internal is not where vggbn uses it: an untested version is installed."""
+
+
+def installed() -> str:
+    """The installed versions of the libraries whose internals this module uses, as a phrase."""
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "none"
+    return ", ".join(f"{shown} {version(package)}" for package, shown in LIBRARIES.items())
 
 
 def _moved(internal: str, consequence: str) -> InternalMoved:
-    import keras
-    import tensorflow as tf
-
-    return InternalMoved(f"{internal} is not where vggbn uses it in TensorFlow {tf.__version__} / Keras "
-                         f"{keras.__version__} (tested with {TESTED}; `pip install -r requirements.lock` installs "
-                         f"them): {consequence}")
+    return InternalMoved(f"{internal} is not where vggbn uses it with {installed()} installed (tested with "
+                         f"{TESTED}; `pip install -c requirements.lock -e .` installs those): {consequence}")
 
 
 # --- Keras' Adam: its slots, for FusedAdam (vggbn.numerics.optimizers) ---------------------------------------------
@@ -122,3 +135,71 @@ def _check_py_funcs_list(graph_id: int) -> None:
                      "a from_generator dataset added nothing to it: each training's feature streams (open HDF5 "
                      "files, shuffle buffers) would be kept for good")
     _checked_graphs.add(graph_id)
+
+
+# --- DVC: its cache, revisions and config (storage.dvccache, pages.report, pages.plots_template) ------------------
+
+def dvc_errors() -> tuple[type[Exception], ...]:
+    """The errors DVC raises for a bad repository, revision or config (`dvc.exceptions.DvcException`, and scmrepo's
+    `SCMError` for git): what a caller turns into its own one-line error."""
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
+    return DvcException, SCMError
+
+
+def dvc_cache_file(md5: str, *, legacy: bool) -> Path:
+    """Where the local cache of the DVC project in the working folder keeps the object `md5`, by DVC's own
+    configuration (all its levels, and the cache `dvc exp run` points a temporary workspace at): the private
+    `dvc.repo.Repo().cache.local` (`.legacy` for a DVC 2 entry, which records no hash name) and its `oid_to_path`;
+    `dvc.api` has no cache lookup. Opening the project raises what `dvc_errors` names (not a DVC project, a bad
+    config)."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        try:
+            database = repo.cache.legacy if legacy else repo.cache.local
+            return Path(database.oid_to_path(md5))
+        except (AttributeError, TypeError) as error:
+            raise _moved("dvc.repo.Repo().cache.local / .legacy and their oid_to_path",
+                         f"no stage can find its previous output in DVC's cache, so none would reuse it ({error})") \
+                from None
+
+
+def check_dvc_revision(rev: str, root: str = ".") -> None:
+    """Raise one of `dvc_errors()` where `rev` names neither a git revision nor an experiment of the DVC project in
+    `root` (`dvc.api.DVCFileSystem` alone would say nothing): `dvc.repo.Repo` and `dvc.scm.resolve_rev`, as DVC's
+    own commands resolve a revision."""
+    from dvc.repo import Repo
+
+    try:
+        from dvc.scm import resolve_rev
+    except ImportError as error:
+        raise _moved("dvc.scm.resolve_rev", f"no revision can be checked ({error})") from None
+    with Repo(root) as repo:
+        resolve_rev(repo.scm, rev)
+
+
+def _local_config(dvc_dir: str | Path):
+    from dvc.config import Config
+
+    return Config(dvc_dir=str(dvc_dir), validate=False)
+
+
+def local_dvc_config(dvc_dir: str | Path, section: str, key: str):
+    """The value of `section.key` in `dvc_dir`/config.local alone (None where unset): `dvc.config.Config`'s
+    `load_one("local")`, which `dvc config --local` reads too. Raises what `dvc_errors` names for a bad file."""
+    try:
+        return _local_config(dvc_dir).load_one("local").get(section, {}).get(key)
+    except (AttributeError, TypeError) as error:
+        raise _moved("dvc.config.Config(...).load_one", f"DVC's local config cannot be read ({error})") from None
+
+
+def set_local_dvc_config(dvc_dir: str | Path, section: str, key: str, value: str) -> None:
+    """Set `section.key` to `value` in `dvc_dir`/config.local, keeping the rest of the file: `dvc.config.Config`'s
+    `edit("local")`, as `dvc config --local` does. Raises what `dvc_errors` names for a bad file."""
+    try:
+        with _local_config(dvc_dir).edit("local", validate=False) as config:
+            config.setdefault(section, {})[key] = value
+    except (AttributeError, TypeError) as error:
+        raise _moved("dvc.config.Config(...).edit", f"DVC's local config cannot be written ({error})") from None

@@ -319,12 +319,10 @@ def evaluate_batches(trainer: Trainer, batches) -> dict:
 
 
 def log_epoch(live, logs: dict) -> None:
-    """One epoch's logs to dvclive, named as its Keras callback names them."""
-    from dvclive.utils import standardize_metric_name
+    """One epoch's logs to dvclive, through dvclive's own Keras callback (its names: `train/loss`, `eval/loss`, ...)."""
+    from dvclive.keras import DVCLiveCallback
 
-    for name, value in logs.items():
-        live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
-    live.next_step()
+    DVCLiveCallback(live=live).on_epoch_end(live.step, logs)
 
 
 def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_batches: Callable[[int], Iterable],

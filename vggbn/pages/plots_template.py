@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vggbn import VggbnError
+from vggbn import VggbnError, compat
 from vggbn.storage.tables import write_text
 
 
@@ -225,20 +225,16 @@ def point_dvc_at(template: str | os.PathLike, dvc_dir: str | os.PathLike = ".dvc
     The committed `.dvc/config` names the fallback page, which every clone has; the local setting overrides it
     once the generated template exists. Returns what was done, as a sentence.
     """
-    from dvc.config import Config, ConfigError
-
     value = config_value(template, dvc_dir)
     local = Path(dvc_dir) / "config.local"
     try:
-        config = Config(dvc_dir=os.fspath(dvc_dir), validate=False)
-        configured = config.load_one("local").get("plots", {}).get("html_template")
+        configured = compat.local_dvc_config(dvc_dir, "plots", "html_template")
         if configured == value:
             return f"{CONFIG_KEY} already names {template} in {local}"
         if configured not in (None, "", FALLBACK):
             return (f"{CONFIG_KEY} is {configured!r} in {local}, kept; to draw plots offline run "
                     f"`dvc config --local {CONFIG_KEY} {value}`")
-        with config.edit("local", validate=False) as conf:
-            conf.setdefault("plots", {})["html_template"] = value
-    except ConfigError as error:
+        compat.set_local_dvc_config(dvc_dir, "plots", "html_template", value)
+    except compat.dvc_errors() as error:
         raise PlotsTemplateError(f"{local}: cannot set {CONFIG_KEY}: {error}") from None
     return f"{CONFIG_KEY} = {value} in {local}: `dvc plots show` and `dvc plots diff` draw offline"

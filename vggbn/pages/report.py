@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from vggbn import VggbnError
+from vggbn import VggbnError, compat
 from vggbn.storage.atomic import atomic_path
 
 # The bounds the README states for metrics/insert_bn.json.
@@ -338,18 +338,13 @@ def metrics_at(rev: str, folder: str = "metrics") -> dict[str, dict]:
     if rev == WORKSPACE:
         return read_metrics(p for p in (Path(folder) / f"{name}.json" for name in METRICS) if p.exists())
     from dvc.api import DVCFileSystem
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-    from dvc.scm import resolve_rev
-    from scmrepo.exceptions import SCMError
 
     try:
-        with Repo(".") as repo:
-            resolve_rev(repo.scm, rev)  # a git revision or an experiment's name; DVC's file system would say nothing
+        compat.check_dvc_revision(rev)  # a git revision or an experiment's name; DVC's file system would say nothing
         fs = DVCFileSystem(".", rev=rev)
         texts = {name: fs.read_text(f"{folder}/{name}.json") for name in METRICS
                  if fs.exists(f"{folder}/{name}.json")}
-    except (DvcException, SCMError) as error:
+    except compat.dvc_errors() as error:
         raise ReportError(f"--rev {rev}: {error}") from None
     return {name: _parse_metrics(f"{folder}/{name}.json at {rev}", text) for name, text in texts.items()}
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from vggbn import compat
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "dvc.lock"  # DVC runs a stage in the folder of its dvc.yaml, where dvc.lock is written too
@@ -61,13 +63,9 @@ def _cache_path(md5: str, hash_name: str | None) -> Path | None:
     """Where DVC's cache keeps the object `md5`, by DVC's own configuration (all its levels, and the cache folder
     `dvc exp run` points a temporary workspace at)."""
     try:
-        from dvc.repo import Repo
-    except ImportError:
-        return None
-    try:
-        with Repo() as repo:
-            database = repo.cache.local if hash_name == "md5" else repo.cache.legacy  # DVC 2 entries have no `hash`
-            return Path(database.oid_to_path(md5))
+        return compat.dvc_cache_file(md5, legacy=hash_name != "md5")  # DVC 2 entries have no `hash`
+    except compat.InternalMoved:
+        raise  # not a project's state but an untested DVC: silently recomputing every run is no answer
     except Exception as error:  # noqa: BLE001 - reuse is an optimization: any failure means computing afresh
         log.warning("cannot open DVC's cache (%s): no previous output to reuse", str(error).splitlines()[0])
         return None
