@@ -68,25 +68,12 @@ def new_task_model(dense: keras.Model, num_classes: int, *, train_mode: str, see
     def inference_dropout(layer, config):
         return {**config, "rate": 0.0} if layer.name in inner_dropouts else config
 
-    copy = _copy_chain(dense, configure=inference_dropout)
+    copy = models.copy_chain(dense, name=f"{dense.name}_transfer", configure=inference_dropout)
     if train_mode == "head":
         for layer in copy.layers[:last]:
             layer.trainable = False
     outputs = _new_head(num_classes, seed)(copy.layers[last - 1].output)
     return keras.Model(copy.input, outputs, name=f"{dense.name}_transfer")
-
-
-def _copy_chain(dense: keras.Model, *, configure) -> keras.Model:
-    """`models.copy_chain` with each weight copied tensor to tensor: no numpy copy of every kernel on the way,
-    which at VGG16's scale (a 411 MB fc1 kernel) raised each training's peak memory above the previous one's."""
-    inputs = keras.Input(dense.input_shape[1:], name=dense.layers[0].name)
-    x = inputs
-    for layer in dense.layers[1:]:
-        clone = layer.__class__.from_config(configure(layer, layer.get_config()))
-        x = clone(x)
-        for target, source in zip(clone.weights, layer.weights, strict=True):
-            target.assign(source.value)
-    return keras.Model(inputs, x, name=f"{dense.name}_transfer")
 
 
 def frozen_part(dense: keras.Model) -> keras.Model:

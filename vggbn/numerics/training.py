@@ -17,7 +17,7 @@ from keras.src.backend.tensorflow import random as keras_random
 from keras.src.random.seed_generator import draw_seed
 
 from vggbn.runner import console
-from vggbn.numerics import optimizers
+from vggbn.numerics import models, optimizers
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +105,6 @@ def _plain_dense(layer) -> bool:
                                                "kernel_constraint", "bias_constraint", "lora_rank", "quantization_config"))
 
 
-def _rebuilt_chain(model: keras.Model, convert) -> keras.Model:
-    """A copy of a chain-shaped model, each layer `convert(layer)`: (new layer, its weights) or None to copy it."""
-    inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
-    x = inputs
-    for layer in model.layers[1:]:
-        converted = convert(layer)
-        if converted is None:
-            clone, weights = layer.__class__.from_config(layer.get_config()), layer.get_weights()
-        else:
-            clone, weights = converted
-        x = clone(x)
-        clone.set_weights(weights)
-    return keras.Model(inputs, x, name=model.name)
-
-
 def _is_chain(model: keras.Model) -> bool:
     """A functional model whose layers after its InputLayer each take the previous one's output."""
     layers = model.layers
@@ -158,7 +143,7 @@ def for_training(model: keras.Model) -> keras.Model:
         kernel, *bias = layer.get_weights()
         return new, [*np.split(kernel.T.copy(), new.chunks), *bias]
 
-    return _rebuilt_chain(model, convert)
+    return models.copy_chain(model, convert=convert)
 
 
 def for_saving(model: keras.Model) -> keras.Model:
@@ -178,7 +163,7 @@ def for_saving(model: keras.Model) -> keras.Model:
         kernel_t = np.concatenate(weights[:layer.chunks], axis=0)
         return new, [kernel_t.T.copy(), *weights[layer.chunks:]]
 
-    return _rebuilt_chain(model, convert)
+    return models.copy_chain(model, convert=convert)
 
 
 def live_logger(live_dir, history: list[dict]):
