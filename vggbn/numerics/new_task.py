@@ -21,7 +21,7 @@ from vggbn.runner import console
 from vggbn.numerics import distribute, extract, models, tfmemory
 from vggbn.storage import features
 from vggbn.storage.tables import PlotTable
-from vggbn.numerics.feature_training import evaluate, train_on_features
+from vggbn.numerics.feature_training import evaluate, TrainingPlan, train_on_features
 from vggbn.numerics.images import ImageInput
 from vggbn.storage.listing import read_listing
 from vggbn.numerics.sampling import build_sample
@@ -197,10 +197,10 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
                     runs = []
                     for seed in seeds:
                         with tfmemory.released():
-                            model = train_on_features(make_model(seed), train_path=train, valid_path=valid,
-                                                      epochs=epochs, batch_size=batch_size, lr=lr, dropout=None,
-                                                      seed=seed, shuffle_buffer=4096, diverged="record",
-                                                      show_progress=False).model
+                            model = train_on_features(make_model(seed), TrainingPlan(epochs=epochs,
+                                                      batch_size=batch_size, lr=lr, dropout=None, seed=seed,
+                                                      shuffle_buffer=4096), train_path=train, valid_path=valid,
+                                                      diverged="record", show_progress=False).model
                             runs.append(evaluate(model, valid, batch_size))
                             del model
                         grid.update(1)
