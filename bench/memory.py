@@ -60,8 +60,9 @@ def child_finetune(train_path: Path, valid_path: Path) -> None:
     _, dense = models.split(demo_model())
     rng = np.random.default_rng(0)
     stats = {name: (rng.uniform(0, 1, 128), rng.uniform(0.5, 2, 128)) for name in surgery.hidden_dense_names(dense)}
-    finetune.train_on_features(surgery.insert_bn(dense, stats), train_path=train_path, valid_path=valid_path,
-                               epochs=1, batch_size=64, lr=1e-4, dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER)
+    finetune.train_on_features(surgery.insert_bn(dense, stats), finetune.TrainingPlan(epochs=1, batch_size=64, lr=1e-4,
+                               dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER), train_path=train_path,
+                               valid_path=valid_path)
 
 
 def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int) -> None:

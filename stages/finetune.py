@@ -10,18 +10,16 @@ def run(paths, params):
     import dataclasses
 
     from vggbn.numerics import distribute, models
-    from vggbn.numerics.feature_training import train_on_features
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
     from vggbn.storage.hashing import file_md5
     from vggbn.storage.results import StageResult
 
     params = params.finetune
     recipe = {"model": file_md5(paths.model), "train": file_md5(paths.train), "valid": file_md5(paths.valid),
               "params": dataclasses.asdict(params)}
-    trained = train_on_features(
-        models.load_model_file(paths.model), train_path=paths.train, valid_path=paths.valid, epochs=params.epochs,
-        batch_size=params.batch_size, lr=params.lr, dropout=params.dropout, seed=params.seed,
-        shuffle_buffer=params.shuffle_buffer, work_dir=paths.work, recipe=recipe, live_dir=paths.live,
-        compute=params.compute)
+    trained = train_on_features(models.load_model_file(paths.model), TrainingPlan(**dataclasses.asdict(params)),
+                                train_path=paths.train, valid_path=paths.valid, work_dir=paths.work, recipe=recipe,
+                                live_dir=paths.live)
     models.save_model(trained.model, paths.out)
     last = trained.history[-1]
     return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],

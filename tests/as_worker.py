@@ -56,7 +56,7 @@ if logical > 1:
 from vggbn.numerics import distribute, extract, models
 from vggbn.storage import features
 from vggbn.numerics import surgery  # noqa: E402
-from vggbn.numerics.feature_training import train_on_features  # noqa: E402
+from vggbn.numerics.feature_training import TrainingPlan, train_on_features  # noqa: E402
 from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
@@ -74,11 +74,10 @@ def main():
     moments = surgery.measure(conv, inputs.dataset(paths, (32, 32)), surgery.conv_names(conv))
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
-    trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
-                                epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3, dropout=0.5, seed=0,
-                                shuffle_buffer=16,
-                                work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
-                                live_dir=WORKSPACE / "live")
+    trained = train_on_features(with_bn, TrainingPlan(epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3,
+                                dropout=0.5, seed=0, shuffle_buffer=16), train_path=WORKSPACE / "features.h5",
+                                valid_path=WORKSPACE / "features.h5", work_dir=WORKSPACE / "work" / "train",
+                                recipe={"test": 1}, live_dir=WORKSPACE / "live")
     if distribute.is_chief():
         with features.open_features(WORKSPACE / "features.h5") as file:
             rows = file["features"][:]

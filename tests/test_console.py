@@ -202,7 +202,7 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
     batches is known, so it never runs out of data (70 valid rows at batch 16: a last, partial batch)."""
     import keras
 
-    from vggbn.numerics.feature_training import train_on_features
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
 
     write_features(tmp_path / "train.h5", 50, 3, rng)
     write_features(tmp_path / "valid.h5", 70, 3, rng)
@@ -211,8 +211,9 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
         keras.layers.Dense(4, activation="relu", name="fc1")(inputs)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        history = train_on_features(model, train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5",
-                                    epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32).history
+        history = train_on_features(model, TrainingPlan(epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0,
+                                    shuffle_buffer=32), train_path=tmp_path / "train.h5", valid_path=tmp_path /
+                                    "valid.h5").history
     assert len(history) == 2
     assert [str(w.message) for w in caught] == []
 
@@ -235,13 +236,13 @@ def every_step(monkeypatch):
 
 
 def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
-    from vggbn.numerics.feature_training import train_on_features
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
 
     write_features(tmp_path / "train.h5", 64, 3, rng)
     write_features(tmp_path / "valid.h5", 20, 3, rng)
     caplog.set_level(logging.INFO, logger="vggbn")
-    train_on_features(small_dense(), train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5", epochs=2,
-                      batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32)
+    train_on_features(small_dense(), TrainingPlan(epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0,
+                      shuffle_buffer=32), train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5")
     lines = progress_lines(caplog)
     for epoch in ("epoch 1/2", "epoch 2/2"):  # 4 steps: at 25%, 50% and 75%
         assert [line.split(" (")[0] for line in lines if line.startswith(epoch)] == [

@@ -69,16 +69,16 @@ def test_head_mode_freezes_everything_before_the_head_with_inner_dropout_off():
 def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feature_files, dropout):
     """compare_transfer's head mode (the frozen part's output cached once, the head trained on it) against the
     whole model trained with the same semantics, seeded: the same valid accuracy and loss."""
-    from vggbn.numerics.feature_training import evaluate, train_on_features
+    from vggbn.numerics.feature_training import evaluate, TrainingPlan, train_on_features
     from vggbn.numerics.new_task import compare_transfer, new_task_model
 
     train, valid = feature_files
     start = start_model(dropout=dropout)
     report = compare_transfer({"start": start}, train_path=train, valid_path=valid, num_classes=3, train_mode="head",
                               lrs=[0.03], seeds=[1], epochs=3, batch_size=8, work_dir=tmp_path / "work")
-    whole = train_on_features(new_task_model(start, 3, train_mode="head", seed=1), train_path=train,
-                              valid_path=valid, epochs=3, batch_size=8, lr=0.03, dropout=None, seed=1,
-                              shuffle_buffer=4096, diverged="record", show_progress=False).model
+    whole = train_on_features(new_task_model(start, 3, train_mode="head", seed=1), TrainingPlan(epochs=3, batch_size=8,
+                              lr=0.03, dropout=None, seed=1, shuffle_buffer=4096), train_path=train, valid_path=valid,
+                              diverged="record", show_progress=False).model
     expected = evaluate(whole, valid, 8)
     result = report["start"]["per_lr"]["0.03"]
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-5)

@@ -321,17 +321,9 @@ def _read_metrics(folder: str) -> dict:
 
 def _lock_check(paths: list[str]) -> dict[str, str]:
     """For each file that dvc.lock records as a stage output: 'matches' or 'differs' (a file of another run)."""
-    import yaml
+    from vggbn.storage.dvccache import recorded_outputs
 
-    try:
-        lock = yaml.safe_load(Path(DVC_LOCK).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    recorded = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                recorded[os.path.normpath(out["path"])] = out["md5"]
+    recorded = {path: out["md5"] for path, out in recorded_outputs(DVC_LOCK).items()}
     status = {}
     for path in paths:
         key = os.path.normpath(os.path.relpath(path)) if os.path.isabs(path) else os.path.normpath(path)

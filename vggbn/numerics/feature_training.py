@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -148,41 +149,52 @@ class Trained(NamedTuple):
     epochs_recomputed_corrupt: int  # epochs trained again because their checkpoint failed its check
 
 
-def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path: str | Path, epochs: int,
-                      batch_size: int, lr: float, dropout: float | None, seed: int, shuffle_buffer: int,
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How to train on features: the finetune stage's params section (`finetune.*`), or a transfer run's."""
+    epochs: int
+    batch_size: int
+    lr: float
+    dropout: float | None  # None keeps the model's rates
+    seed: int
+    shuffle_buffer: int  # rows held for shuffling while streaming from HDF5
+    compute: str = "float32"  # 'bfloat16': Keras mixed precision
+
+
+def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str | Path, valid_path: str | Path,
                       work_dir: str | Path | None = None, recipe: dict | None = None,
-                      live_dir: str | Path | None = None, compute: str = "float32",
-                      diverged: str = "raise", show_progress: bool = True) -> Trained:
+                      live_dir: str | Path | None = None, diverged: str = "raise",
+                      show_progress: bool = True) -> Trained:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
     a run resumed from its checkpoint after epoch k sees the same batches as one that never stopped.
     `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe,
     and only if it and its record pass their digests (else training starts over, with a warning);
-    without a `work_dir`, nothing is checkpointed (short runs). `dropout` None keeps the model's rates.
-    Per-epoch curves go to `live_dir` through dvclive (named as its Keras callback names them), replayed from the
+    without a `work_dir`, nothing is checkpointed (short runs).
+    Per-epoch curves go to `live_dir` through dvclive's Keras callback (`training.log_epoch`), replayed from the
     checkpoint on resume.
-    `compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
+    `plan.compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
     `diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
     goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).
     `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).
     """
     if diverged not in ("raise", "record"):
         raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={diverged}")
-    seed_everything(seed)
+    seed_everything(plan.seed)
     strategy = distribute.strategy()
-    model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=dropout,
-                                           compute=compute, lr=lr)
+    model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=plan.dropout,
+                                           compute=plan.compute, lr=plan.lr)
     with features.open_features(train_path) as file:
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
     live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
     train_epochs(
-        trainer, epochs=epochs, history=history, steps=math.ceil(rows / batch_size),
-        train_batches=lambda epoch: _prefetched(features.shuffled_batches(train_path, batch_size, shuffle_buffer,
-                                                                          seed=seed * 100_003 + epoch)),
-        valid_batches=lambda: _prefetched(features.iter_batches(valid_path, batch_size)),
-        check=(lambda logs, where: _check_finite(logs, lr, where)) if diverged == "raise" else None,
+        trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
+        train_batches=lambda epoch: _prefetched(features.shuffled_batches(
+            train_path, plan.batch_size, plan.shuffle_buffer, seed=plan.seed * 100_003 + epoch)),
+        valid_batches=lambda: _prefetched(features.iter_batches(valid_path, plan.batch_size)),
+        check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if diverged == "raise" else None,
         after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,
         live=live, show_progress=show_progress and distribute.is_chief())
     if live is not None:

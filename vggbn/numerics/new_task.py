@@ -21,7 +21,7 @@ from vggbn.runner import console
 from vggbn.numerics import distribute, extract, models, tfmemory
 from vggbn.storage import features
 from vggbn.storage.tables import PlotTable
-from vggbn.numerics.feature_training import evaluate, train_on_features
+from vggbn.numerics.feature_training import evaluate, TrainingPlan, train_on_features
 from vggbn.numerics.images import ImageInput
 from vggbn.storage.listing import read_listing
 from vggbn.numerics.sampling import build_sample
@@ -68,25 +68,12 @@ def new_task_model(dense: keras.Model, num_classes: int, *, train_mode: str, see
     def inference_dropout(layer, config):
         return {**config, "rate": 0.0} if layer.name in inner_dropouts else config
 
-    copy = _copy_chain(dense, configure=inference_dropout)
+    copy = models.copy_chain(dense, name=f"{dense.name}_transfer", configure=inference_dropout)
     if train_mode == "head":
         for layer in copy.layers[:last]:
             layer.trainable = False
     outputs = _new_head(num_classes, seed)(copy.layers[last - 1].output)
     return keras.Model(copy.input, outputs, name=f"{dense.name}_transfer")
-
-
-def _copy_chain(dense: keras.Model, *, configure) -> keras.Model:
-    """`models.copy_chain` with each weight copied tensor to tensor: no numpy copy of every kernel on the way,
-    which at VGG16's scale (a 411 MB fc1 kernel) raised each training's peak memory above the previous one's."""
-    inputs = keras.Input(dense.input_shape[1:], name=dense.layers[0].name)
-    x = inputs
-    for layer in dense.layers[1:]:
-        clone = layer.__class__.from_config(configure(layer, layer.get_config()))
-        x = clone(x)
-        for target, source in zip(clone.weights, layer.weights, strict=True):
-            target.assign(source.value)
-    return keras.Model(inputs, x, name=f"{dense.name}_transfer")
 
 
 def frozen_part(dense: keras.Model) -> keras.Model:
@@ -210,10 +197,10 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
                     runs = []
                     for seed in seeds:
                         with tfmemory.released():
-                            model = train_on_features(make_model(seed), train_path=train, valid_path=valid,
-                                                      epochs=epochs, batch_size=batch_size, lr=lr, dropout=None,
-                                                      seed=seed, shuffle_buffer=4096, diverged="record",
-                                                      show_progress=False).model
+                            model = train_on_features(make_model(seed), TrainingPlan(epochs=epochs,
+                                                      batch_size=batch_size, lr=lr, dropout=None, seed=seed,
+                                                      shuffle_buffer=4096), train_path=train, valid_path=valid,
+                                                      diverged="record", show_progress=False).model
                             runs.append(evaluate(model, valid, batch_size))
                             del model
                         grid.update(1)

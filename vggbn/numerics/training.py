@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from vggbn import compat
 from vggbn.runner import console
-from vggbn.numerics import optimizers
+from vggbn.numerics import models, optimizers
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +103,6 @@ def _plain_dense(layer) -> bool:
                                                "kernel_constraint", "bias_constraint", "lora_rank", "quantization_config"))
 
 
-def _rebuilt_chain(model: keras.Model, convert) -> keras.Model:
-    """A copy of a chain-shaped model, each layer `convert(layer)`: (new layer, its weights) or None to copy it."""
-    inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
-    x = inputs
-    for layer in model.layers[1:]:
-        converted = convert(layer)
-        if converted is None:
-            clone, weights = layer.__class__.from_config(layer.get_config()), layer.get_weights()
-        else:
-            clone, weights = converted
-        x = clone(x)
-        clone.set_weights(weights)
-    return keras.Model(inputs, x, name=model.name)
-
-
 def _is_chain(model: keras.Model) -> bool:
     """A functional model whose layers after its InputLayer each take the previous one's output."""
     layers = model.layers
@@ -156,7 +141,7 @@ def for_training(model: keras.Model) -> keras.Model:
         kernel, *bias = layer.get_weights()
         return new, [*np.split(kernel.T.copy(), new.chunks), *bias]
 
-    return _rebuilt_chain(model, convert)
+    return models.copy_chain(model, convert=convert)
 
 
 def for_saving(model: keras.Model) -> keras.Model:
@@ -176,7 +161,7 @@ def for_saving(model: keras.Model) -> keras.Model:
         kernel_t = np.concatenate(weights[:layer.chunks], axis=0)
         return new, [kernel_t.T.copy(), *weights[layer.chunks:]]
 
-    return _rebuilt_chain(model, convert)
+    return models.copy_chain(model, convert=convert)
 
 
 def live_logger(live_dir, history: list[dict]):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from vggbn import VggbnError
+from vggbn.pages.plots_template import VEGA_LITE_VERSION
 
-VEGA_LITE_VERSION = "5.21"
 PNG_SCALE = 2  # pixels per CSS pixel: sharp on high-density screens
 
 

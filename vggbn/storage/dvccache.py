@@ -49,14 +49,22 @@ class CachedOutput:
                     self.path, self.out, reason)
 
 
-def _lock_entry(name: str) -> dict | None:
+def recorded_outputs(lock_file: str | os.PathLike = LOCK_FILE) -> dict[str, dict]:
+    """Every stage output `dvc.lock` records with an md5, by its normalized path: {path: its lock entry (md5, size,
+    hash, ...)}. An unreadable lock file records nothing (with a warning: no previous output can be reused)."""
     try:
-        stages = yaml.safe_load(Path(LOCK_FILE).read_text(encoding="utf-8"))["stages"]
-        return next((out for stage in stages.values() for out in stage.get("outs", [])
-                     if out.get("path") == name and out.get("md5")), None)
+        stages = yaml.safe_load(Path(lock_file).read_text(encoding="utf-8"))["stages"]
+        return {os.path.normpath(out["path"]): out for stage in stages.values() for out in stage.get("outs") or []
+                if isinstance(out, dict) and out.get("path") and out.get("md5")}
+    except FileNotFoundError:
+        return {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
-        log.warning("%s: cannot read it (%s): no previous output to reuse", LOCK_FILE, error)
-        return None
+        log.warning("%s: cannot read it (%s): no previous output to reuse", lock_file, error)
+        return {}
+
+
+def _lock_entry(name: str) -> dict | None:
+    return recorded_outputs().get(os.path.normpath(name))
 
 
 def _cache_path(md5: str, hash_name: str | None) -> Path | None:
