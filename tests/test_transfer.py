@@ -194,7 +194,7 @@ def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, m
     the frozen part is rebuilt on an input of its own, and head mode on its cached rows trains what the whole
     model with the frozen part in inference trains."""
     from vggbn.numerics import models
-    from vggbn.numerics.feature_training import evaluate, train_on_features
+    from vggbn.numerics.feature_training import TrainingPlan, evaluate, train_on_features
     from vggbn.numerics.new_task import compare_transfer, new_task_model
 
     _, dense = models.split(mini_vgg)
@@ -205,9 +205,9 @@ def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, m
     report = compare_transfer({"without_bn": dense}, train_path=train, valid_path=valid, num_classes=3,
                               train_mode="head", lrs=[0.01], seeds=[0], epochs=2, batch_size=8,
                               work_dir=tmp_path / "work")
-    whole = train_on_features(new_task_model(dense, 3, train_mode="head", seed=0), train_path=train,
-                              valid_path=valid, epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0,
-                              shuffle_buffer=4096, diverged="record", show_progress=False).model
+    plan = TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0, shuffle_buffer=4096)
+    whole = train_on_features(new_task_model(dense, 3, train_mode="head", seed=0), plan, train_path=train,
+                              valid_path=valid, diverged="record", show_progress=False).model
     expected, result = evaluate(whole, valid, 8), report["without_bn"]["per_lr"]["0.01"]
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-5)
     assert result["loss"] == pytest.approx(expected["loss"], abs=1e-5)
