@@ -251,18 +251,21 @@ def lock_objects(cwd: Path) -> set[str]:
     return {f"files/md5/{md5[:2]}/{md5[2:]}" for md5 in objects}
 
 
-def test_pipeline_round_trip_through_an_s3_remote(pipeline, tmp_path, s3):
-    """S3 as the README sets it up: `remote add` and `endpointurl` committed, the key from the environment."""
-    prefix = "pipeline"
-    round_trip(pipeline, tmp_path, lambda repo: s3.configure_dvc_remote(repo, prefix), s3.env)
-    assert {key.removeprefix(f"{prefix}/") for key in s3.keys(prefix)} == lock_objects(tmp_path / "repo")
-
-
 def file_bytes(path: Path) -> dict[str, bytes]:
     """{relative name: content} of a file, or of every file in a folder."""
     if path.is_file():
         return {path.name: path.read_bytes()}
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_pipeline_round_trip_through_an_s3_remote(pipeline, tmp_path, s3):
+    """S3 as the README sets it up: `remote add` and `endpointurl` committed, the key from the environment."""
+    prefix = "pipeline"
+    round_trip(pipeline, tmp_path, lambda repo: s3.configure_dvc_remote(repo, prefix), s3.env)
+    repo, clone = tmp_path / "repo", tmp_path / "clone"
+    assert {key.removeprefix(f"{prefix}/") for key in s3.keys(prefix)} == lock_objects(repo)
+    for path in cached_outs(clone):  # pulled byte for byte
+        assert file_bytes(clone / path) == file_bytes(repo / path), path
 
 
 def test_experiment_shared_through_s3_and_a_git_remote(pipeline, tmp_path, s3):
@@ -284,7 +287,9 @@ def test_experiment_shared_through_s3_and_a_git_remote(pipeline, tmp_path, s3):
     shown = {cwd.name: experiments(json.loads(dvc(cwd, "exp", "show", "--json").stdout))
              for cwd in (mine, theirs)}
     assert list(shown["theirs"]) == [name]
-    assert shown["theirs"][name] == shown["mine"][name]
+    row = shown["theirs"][name]
+    assert row["error"] is None and row["data"]["params"]["params.yaml"]["data"]["finetune"]["lr"] == 0.0003
+    assert row == shown["mine"][name]  # rev, params, metrics, deps and outs alike
 
     # The experiment's outputs came through S3: applying it checks them out of the pulled cache, byte for byte.
     dvc(theirs, "exp", "apply", name)
