@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.register_assert_rewrite("remotes")  # before its import, so loading it as a plugin below does not warn
-from project import ENV, copy_of, metrics, run, set_param, stages_ran
+pytest.register_assert_rewrite("remotes", "s3server")  # before their import, so loading them as plugins below
+from project import ENV, copy_of, metrics, run, set_param, stages_ran  # does not warn
 from remotes import configure_local_remote
 
-pytest_plugins = ["remotes"]  # the `sshd` fixture
+pytest_plugins = ["remotes", "s3server"]  # the `sshd` and `s3` fixtures
 pytestmark = pytest.mark.slow
 
 # The stages a change of finetune.lr reruns up to `combine`. Experiments and reruns here target `combine`: that
@@ -237,6 +237,65 @@ def test_pipeline_round_trip_through_an_ssh_remote(pipeline, tmp_path, sshd):
     remote = tmp_path / "remote"
     round_trip(pipeline, tmp_path, lambda repo: sshd.configure_dvc_remote(repo, remote), sshd.env)
     assert list((remote / "files" / "md5").rglob("*.dir"))
+
+
+def lock_objects(cwd: Path) -> set[str]:
+    """The cache objects dvc.lock refers to, as `files/md5/ab/cdef...` paths: each output and each file of each
+    output directory (with the directory's own `.dir` listing)."""
+    objects = set()
+    outs = lock_outs(cwd)
+    for md5 in (outs[path] for path in cached_outs(cwd)):
+        objects.add(md5)
+        if md5.endswith(".dir"):
+            objects |= {entry["md5"] for entry in json.loads(cache_object(cwd, md5).read_text())}
+    return {f"files/md5/{md5[:2]}/{md5[2:]}" for md5 in objects}
+
+
+def file_bytes(path: Path) -> dict[str, bytes]:
+    """{relative name: content} of a file, or of every file in a folder."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_pipeline_round_trip_through_an_s3_remote(pipeline, tmp_path, s3):
+    """S3 as the README sets it up: `remote add` and `endpointurl` committed, the key from the environment."""
+    prefix = "pipeline"
+    round_trip(pipeline, tmp_path, lambda repo: s3.configure_dvc_remote(repo, prefix), s3.env)
+    repo, clone = tmp_path / "repo", tmp_path / "clone"
+    assert {key.removeprefix(f"{prefix}/") for key in s3.keys(prefix)} == lock_objects(repo)
+    for path in cached_outs(clone):  # pulled byte for byte
+        assert file_bytes(clone / path) == file_bytes(repo / path), path
+
+
+def test_experiment_shared_through_s3_and_a_git_remote(pipeline, tmp_path, s3):
+    """`dvc exp push` from one clone, `dvc exp pull` in another: the same `dvc exp show` row, the same outputs."""
+    name, origin = "lr-3e-4", tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    mine = copy_of(pipeline[0], tmp_path / "mine")
+    s3.configure_dvc_remote(mine, "experiments")
+    run(["git", "commit", "-qam", "S3 remote"], mine)
+    run(["git", "remote", "add", "origin", str(origin)], mine)
+    run(["git", "push", "-q", "origin", "main"], mine)
+    assert ran_stages(dvc(mine, "exp", "run", "combine", "-n", name, "-S", "finetune.lr=0.0003").stdout) == LR_STAGES
+    dvc(mine, "exp", "push", "origin", name, env=s3.env)
+
+    theirs = tmp_path / "theirs"
+    run(["git", "clone", "-q", str(origin), str(theirs)], tmp_path)
+    assert experiments(json.loads(dvc(theirs, "exp", "show", "--json").stdout)) == {}
+    dvc(theirs, "exp", "pull", "origin", name, env=s3.env)
+    shown = {cwd.name: experiments(json.loads(dvc(cwd, "exp", "show", "--json").stdout))
+             for cwd in (mine, theirs)}
+    assert list(shown["theirs"]) == [name]
+    row = shown["theirs"][name]
+    assert row["error"] is None and row["data"]["params"]["params.yaml"]["data"]["finetune"]["lr"] == 0.0003
+    assert row == shown["mine"][name]  # rev, params, metrics, deps and outs alike
+
+    # The experiment's outputs came through S3: applying it checks them out of the pulled cache, byte for byte.
+    dvc(theirs, "exp", "apply", name)
+    assert lock_outs(theirs) == lock_outs(mine)
+    for path in cached_outs(theirs):
+        assert file_bytes(theirs / path) == file_bytes(mine / path), path
 
 
 # --- 4. linked cache --------------------------------------------------------------------------------------------
