@@ -189,5 +189,18 @@ def measure(*, shapes: dict[str, tuple[int, int, int]] = {}, square: int = 4096,
     return Roofline(rates, matmuls, array_bytes)
 
 
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The roofline of this machine, as the benchmarks measure it.")
+    parser.add_argument("--smoke", action="store_true", help="8 MiB arrays (in cache: not a memory figure), 256^2")
+    args = parser.parse_args()
+    roof = measure(square=256 if args.smoke else 4096, array_bytes=(8 << 20) if args.smoke else None,
+                   calls=2 if args.smoke else 3)
+    print(roof.describe())
+    print(" ".join(f"{key}={value:.3f}" for key, value in {**roof.figures(), **{f"{k}_gb_s": v for k, v in
+                                                                                  roof.kernels.items()}}.items()))
+
+
 if __name__ == "__main__":
-    print(measure().describe())
+    main()

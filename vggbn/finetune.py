@@ -14,7 +14,7 @@ from typing import Iterator, NamedTuple
 import keras
 import tensorflow as tf
 
-from vggbn import VggbnError, distribute, features, models
+from vggbn import VggbnError, distribute, feed, features, models
 from vggbn.atomic import atomic_path, staging_folder
 from vggbn.files import StageResult, bytes_digest, file_digest, file_md5, prepare_work, write_json
 from vggbn.scoring import Score
@@ -168,10 +168,11 @@ def train_on_features(model: keras.Model, *, train_path: str | Path, valid_path:
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
     live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
+    # features.shuffled_batches' order, read straight into tensors ready for a step (vggbn.feed), a buffer ahead
+    train_feed = feed.Feed(train_path, batch_size, shuffle_buffer, tensors=True)
     train_epochs(
         trainer, epochs=epochs, history=history, steps=math.ceil(rows / batch_size),
-        train_batches=lambda epoch: _prefetched(features.shuffled_batches(train_path, batch_size, shuffle_buffer,
-                                                                          seed=seed * 100_003 + epoch)),
+        train_batches=lambda epoch: train_feed.epoch(seed * 100_003 + epoch),
         valid_batches=lambda: _prefetched(features.iter_batches(valid_path, batch_size)),
         check=(lambda logs, where: _check_finite(logs, lr, where)) if diverged == "raise" else None,
         after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,
