@@ -36,8 +36,8 @@ def vgg16_features(root: Path, paths: list[str], cut: str, conv_cache: dict):
     """VGG16 (random weights) features at `cut` of the images, float32."""
     import numpy as np
 
-    from vggbn import models
-    from vggbn.images import ImageInput, load_batch
+    from vggbn.numerics import models
+    from vggbn.numerics.images import ImageInput, load_batch
 
     if "vgg" not in conv_cache:
         conv_cache["vgg"] = models.vgg16("none")
@@ -52,7 +52,7 @@ def write(path: Path, values, rows: int, options: dict) -> None:
     import h5py
     import numpy as np
 
-    from vggbn import features
+    from vggbn.storage import features
 
     chunk = features.chunk_rows_for(values.shape[1:], values.dtype)
     with h5py.File(path, "w") as file:
@@ -66,7 +66,7 @@ def write(path: Path, values, rows: int, options: dict) -> None:
 def measure_set(name: str, values, args, work: Path, figures: dict) -> None:
     import numpy as np
 
-    from vggbn import feed
+    from vggbn.storage import feed
 
     figures[f"zeros_{name}"] = float(np.mean(values == 0))
     rows = max(len(values), int(args.mb * 1e6 // values[0].nbytes))

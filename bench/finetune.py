@@ -42,7 +42,7 @@ def dense_bn_model(smoke: bool):
     import keras
     import numpy as np
 
-    from vggbn import models, surgery
+    from vggbn.numerics import models, surgery
 
     if smoke:
         inputs = keras.Input((7, 7, 16), name="input_layer")
@@ -72,7 +72,8 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from vggbn import feed, models, training
+    from vggbn.numerics import models, training
+    from vggbn.storage import feed
     from common import write_features
 
     print_load()

@@ -52,7 +52,7 @@ def write_file(path: Path, rows: int, row_shape, dtype: str, compression: str | 
     import h5py
     import numpy as np
 
-    from vggbn import features
+    from vggbn.storage import features
 
     rng = np.random.default_rng(seed)
     chunk = features.chunk_rows_for(row_shape, dtype)
@@ -118,7 +118,8 @@ def feed_s(stream, seed: int) -> tuple[float, float]:
 def h5py_feed_s(path: Path, batch_size: int, buffer_rows: int, seed: int) -> tuple[float, float]:
     """(wall, CPU) seconds for one epoch of the previous feed: `features.shuffled_batches` through tf.data's
     prefetch."""
-    from vggbn import features, finetune
+    from vggbn.numerics import feature_training as finetune
+    from vggbn.storage import features
 
     return timed(lambda: [None for _ in finetune._prefetched(features.shuffled_batches(path, batch_size, buffer_rows,
                                                                                        seed))])
@@ -128,7 +129,7 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     """Every path over the file at `path`, `args.rounds` alternating rounds, best counting; figures keyed by tag."""
     extents = chunk_extents(path) if args.compression == "none" else None
     file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
-    from vggbn import feed
+    from vggbn.storage import feed
 
     # as finetune reads it: tensors ready for a step, features as stored (float16 stays float16: the step casts them)
     feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, dtype=None, tensors=True)

@@ -50,7 +50,7 @@ def dense_bn_dropout_model(smoke: bool = False):
     import keras
     import numpy as np
 
-    from vggbn import models, surgery
+    from vggbn.numerics import models, surgery
 
     if smoke:
         inputs = keras.Input((7, 7, 16), name="input_layer")
@@ -106,7 +106,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from vggbn import training
+    from vggbn.numerics import training
 
     print_load()
     training.seed_everything(0)

@@ -1,5 +1,5 @@
 """One worker of the distributed tests: the image pass, the conv statistics and a fine-tuning of a mini VGG, under
-the strategy the environment gives (`vggbn.distribute`), run as a real process (alone, or by `vggbn.launch`).
+the strategy the environment gives (`vggbn.numerics.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
 
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
@@ -53,14 +53,16 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn import distribute, extract, features, models, surgery  # noqa: E402
-from vggbn.finetune import train_on_features  # noqa: E402
-from vggbn.images import ImageInput  # noqa: E402
+from vggbn.numerics import distribute, extract, models
+from vggbn.storage import features
+from vggbn.numerics import surgery  # noqa: E402
+from vggbn.numerics.feature_training import TrainingPlan, train_on_features  # noqa: E402
+from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
 def main():
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("vggbn.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
+    logging.getLogger("vggbn.numerics.feature_training").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
     conv, dense = models.split(model, "block2_pool")
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))
@@ -72,11 +74,10 @@ def main():
     moments = surgery.measure(conv, inputs.dataset(paths, (32, 32)), surgery.conv_names(conv))
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
-    trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
-                                epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3, dropout=0.5, seed=0,
-                                shuffle_buffer=16,
-                                work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
-                                live_dir=WORKSPACE / "live")
+    trained = train_on_features(with_bn, TrainingPlan(epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3,
+                                dropout=0.5, seed=0, shuffle_buffer=16), train_path=WORKSPACE / "features.h5",
+                                valid_path=WORKSPACE / "features.h5", work_dir=WORKSPACE / "work" / "train",
+                                recipe={"test": 1}, live_dir=WORKSPACE / "live")
     if distribute.is_chief():
         with features.open_features(WORKSPACE / "features.h5") as file:
             rows = file["features"][:]

@@ -1,11 +1,11 @@
-"""The training feed (`vggbn.feed`): `features.shuffled_batches`' order bit for bit, rows read straight into each
+"""The training feed (`vggbn.storage.feed`): `features.shuffled_batches`' order bit for bit, rows read straight into each
 batch, a worker's share of every global batch, damaged files named."""
 
 import h5py
 import numpy as np
 import pytest
 
-from vggbn import feed, features
+from vggbn.storage import feed, features
 
 
 def write_rows(path, n, *, chunk=7, dtype=np.float32, row_shape=(3,), **options):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vggbn import launch
-from vggbn.launch import Cluster, DistributeError, LaunchError
+from vggbn.runner import launch
+from vggbn.runner.launch import Cluster, DistributeError, LaunchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_local_workers_get_distinct_ports_and_their_index(env, tmp_path):
               "sorted(os.sched_getaffinity(0))]))")
     cores = len(os.sched_getaffinity(0))
     workers = min(2, cores)
-    assert launch.run_local([sys.executable, "-c", script, str(tmp_path / "w")], workers, 1) == 0
+    assert launch.start_local_workers([sys.executable, "-c", script, str(tmp_path / "w")], workers, 1) == 0
     seen = [json.loads((tmp_path / f"w{i}").read_text()) for i in range(workers)]
     addresses = seen[0][0]["cluster"]["worker"]
     assert len(set(addresses)) == workers and all(s[0]["cluster"]["worker"] == addresses for s in seen)
@@ -109,7 +109,7 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(env, tmp_p
               "print('worker', i, 'says goodbye', flush=True); time.sleep(60) if i == 0 else sys.exit(3)")
     env.setattr(tempfile, "tempdir", str(tmp_path))  # where the other workers' logs go
     start = time.monotonic()
-    assert launch.run_local([sys.executable, "-c", script], 2) == 3
+    assert launch.start_local_workers([sys.executable, "-c", script], 2) == 3
     assert time.monotonic() - start < 30
     err = capsys.readouterr().err
     assert "worker 1 of 2 failed (exit status 3)" in err and "worker 1 says goodbye" in err
@@ -118,7 +118,7 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(env, tmp_p
 
 def test_more_cores_than_there_are_is_refused(env):
     with pytest.raises(LaunchError, match="cores"):
-        launch.run_local([sys.executable, "-c", "pass"], 2, 10_000)
+        launch.start_local_workers([sys.executable, "-c", "pass"], 2, 10_000)
 
 
 def test_vggbn_launch_runs_the_command_with_the_launch_set(env, tmp_path):

@@ -1,0 +1,180 @@
+"""The `tf.distribute` strategy that every stage running a model works under, and the collectives the stages need.
+
+How many devices or machines a run uses is the environment's business, never a param, so moving from a laptop to
+a cluster reruns nothing in DVC. `VGGBN_STRATEGY` picks the strategy: `none` (TensorFlow's default strategy, one
+device), `mirrored` (every local GPU, or every logical CPU device), `multi_worker` (the workers that `TF_CONFIG` or
+a Slurm job step describes); unset or `auto`: `multi_worker` when the environment describes a cluster of several
+workers, `mirrored` when several GPUs are visible, `none` otherwise.
+
+Under `multi_worker` every worker runs the same stage command (SPMD). The chief (TF_CONFIG's `chief` task, else
+worker 0; Slurm's task 0) makes every decision that depends on files (what to resume, what to reuse), broadcasts
+it, and alone writes files; the other workers compute their part of each batch and write nothing.
+`vggbn.runner.launch` reads the cluster from the environment (no TensorFlow), and says which process is the chief.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Callable, Iterable
+
+import numpy as np
+
+
+from vggbn.runner.launch import STRATEGY_ENV as ENV
+from vggbn.runner.launch import DistributeError, cluster, is_chief, multi_worker, strategy_choice
+
+
+@functools.cache
+def strategy():
+    """The one strategy of this process (made once: a multi-worker strategy starts a server on its port)."""
+    import tensorflow as tf
+
+    choice, described = strategy_choice(), cluster()
+    if choice == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        choice = "multi_worker" if described.workers > 1 else "mirrored" if len(gpus) > 1 else "none"
+    if choice == "none":
+        return tf.distribute.get_strategy()
+    if choice == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if described.workers <= 1:
+        raise DistributeError(f"{ENV}=multi_worker, but neither TF_CONFIG nor a Slurm job step of several tasks "
+                              "describes a cluster (see the README's 'More than one machine')")
+    resolver = None
+    if described.source == "slurm":
+        from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import SlurmClusterResolver
+
+        resolver = SlurmClusterResolver(gpus_per_node=len(tf.config.list_physical_devices("GPU")),
+                                        port_base=int(os.environ.get("VGGBN_PORT_BASE", "8888")))
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except RuntimeError as error:
+        if "must be configured at program startup" not in str(error):
+            raise
+        raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
+                           "vggbn.numerics.distribute.strategy() first") from None
+
+
+def describe() -> dict:
+    """What each stage's metrics record: the strategy's kind and its replica count."""
+    import tensorflow as tf
+
+    current = strategy()
+    kind = ("multi_worker" if isinstance(current, tf.distribute.MultiWorkerMirroredStrategy) else
+            "mirrored" if isinstance(current, tf.distribute.MirroredStrategy) else "default")
+    return {"strategy": kind, "replicas": int(current.num_replicas_in_sync)}
+
+
+def replicas() -> int:
+    return int(strategy().num_replicas_in_sync)
+
+
+def broadcast(value: np.ndarray) -> np.ndarray:
+    """The chief's `value` (an integer or float array), on every worker; each worker's own shape must match.
+
+    An all-reduce in which only the chief's first replica contributes: exact for integers, and for floats, since
+    every other term is zero.
+    """
+    value = np.asarray(value)
+    if replicas() == 1 or not multi_worker():
+        return value
+    import tensorflow as tf
+
+    dtype = "int64" if value.dtype.kind in "iub" else "float32" if value.dtype == np.float32 else "float64"
+    mine = value.astype(dtype) if is_chief() else np.zeros(value.shape, dtype)
+    values = strategy().experimental_distribute_values_from_function(
+        lambda context: tf.constant(mine if context.replica_id_in_sync_group == 0 else np.zeros_like(mine)))
+    return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
+
+
+def barrier() -> None:
+    """Every worker waits here until all have arrived (e.g. until the chief has written a file they read)."""
+    broadcast(np.zeros(1))
+
+
+def sync_variables(variables) -> None:
+    """Every worker's `variables` (Keras or TensorFlow) set to the chief's values (after the chief alone resumed)."""
+    if multi_worker():
+        for variable in variables:
+            variable.assign(broadcast(np.asarray(variable.numpy())))
+
+
+def broadcast_json(obj):
+    """The chief's JSON-able `obj` on every worker (the others pass anything, e.g. None)."""
+    if not multi_worker():
+        return obj
+    data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8) if is_chief() else np.zeros(0, np.uint8)
+    size = int(broadcast(np.array([data.size]))[0])
+    data = data if is_chief() else np.zeros(size, np.uint8)
+    return json.loads(broadcast(data.astype(np.int64)).astype(np.uint8).tobytes().decode())
+
+
+def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
+    """`function` (traced; of one slice of each array, returning a tensor or a list of them) over the arrays' rows,
+    each replica computing a disjoint, contiguous slice; the outputs, concatenated in replica (so row) order, on
+    every worker.
+
+    Every worker passes the same arrays (it reads the same data in the same order). Arrays whose rows do not divide
+    evenly are padded with zero rows; `trim` drops their outputs (False: the caller's outputs are per replica).
+    """
+    import tensorflow as tf
+
+    current, count = strategy(), len(arrays[0])
+    n = int(current.num_replicas_in_sync)
+    per_replica = -(-count // n) if count else 1
+    padded = []
+    for array in arrays:
+        array = np.asarray(array)
+        block = np.zeros((per_replica * n, *array.shape[1:]), dtype=np.float32)
+        block[:count] = array
+        padded.append(block)
+    values = current.experimental_distribute_values_from_function(
+        lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group * per_replica:][:per_replica])
+                              for block in padded))
+    outputs = _gathered(function)(values)
+    cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
+    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+
+
+@functools.cache
+def _gathered(function: Callable):
+    import tensorflow as tf
+
+    current = strategy()
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def gathered(values):
+        outputs = current.run(function, args=values)
+        return tf.nest.map_structure(lambda o: current.gather(o, axis=0), outputs)
+
+    return gathered
+
+
+def led_by_chief(work: Callable[[Callable], object], step: Callable[[list[int]], Iterable]):
+    """Run a pass whose plan depends on files only the chief reads (what to resume, what to reuse), in lockstep.
+
+    The chief runs `work(announced_step)`: each call of the step first announces its row indices to the other
+    workers. Each other worker runs `step` over the rows the chief announces, discarding what it yields (its part
+    of each batch went to the chief through the collectives inside), until the chief's result arrives: `work`'s
+    JSON-able return value, which every worker returns.
+    """
+    if not multi_worker():
+        return work(step)
+    if is_chief():
+        def announced(rows):
+            rows = np.asarray(rows, dtype=np.int64)
+            broadcast(np.array([rows.size]))
+            broadcast(rows)
+            yield from step(rows.tolist())
+
+        result = work(announced)
+        broadcast(np.array([-1]))
+        return broadcast_json(result)
+    while True:
+        size = int(broadcast(np.zeros(1, np.int64))[0])
+        if size < 0:
+            return broadcast_json(None)
+        for _ in step(broadcast(np.zeros(size, np.int64)).tolist()):
+            pass
