@@ -85,9 +85,12 @@ def main():
     flops_per_epoch = sum(min_flops(kernels, first_kernel, min(args.batch_size, args.rows - i * args.batch_size))
                           for i in range(steps))
     units = next(layer.units for layer in base.layers if hasattr(layer, "units"))
-    roof = roofline.measure(shapes={f"fc1_b{args.batch_size}": (units, first_kernel // units, args.batch_size)},
-                            square=256 if args.smoke else 4096, calls=2 if args.smoke else 3,
-                            array_bytes=(8 << 20) if args.smoke else None, kernels=("numpy",))
+    def measure_roofline():
+        return roofline.measure(shapes={f"fc1_b{args.batch_size}": (units, first_kernel // units, args.batch_size)},
+                                square=256 if args.smoke else 4096, calls=2 if args.smoke else 3,
+                                array_bytes=(8 << 20) if args.smoke else None, kernels=("numpy",))
+
+    roof = measure_roofline()
     print(roof.describe(), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
@@ -131,6 +134,8 @@ def main():
         print(f"the feed alone (feed.Feed, no model): {data.best():.0f} samples/s wall", flush=True)
         rates = {key: Rates() for key in trainers}
         for round_ in range(args.rounds):
+            if round_:
+                roof = roof.merged(measure_roofline())  # again each round: the best of the run counts
             for key in trainers:
                 epoch(key, round_ + 2, rates[key])
             print(f"round {round_ + 1} (samples/s): " + ", ".join(

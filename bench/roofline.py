@@ -84,7 +84,6 @@ def numpy_bandwidth(elements: int, calls: int) -> dict[str, float]:
                                            8 * elements, calls),
             "np_sum": _best_gb_s(on_all_cores(lambda s: a[s].sum()), 4 * elements, calls),
         }
-    del a, b
     return rates
 
 
@@ -114,7 +113,6 @@ def tf_bandwidth(elements: int, calls: int) -> dict[str, float]:
     rates = {"tf_axpy_inplace": _best_gb_s(axpy, 12 * elements, calls),
              "tf_adam_inplace": _best_gb_s(adam, 28 * elements, calls),
              "tf_reduce_sum": _best_gb_s(total, 4 * elements, calls)}
-    del var, m, v, grad
     return rates
 
 
@@ -137,6 +135,12 @@ class Roofline:
         self.best_kernel = max(kernels, key=kernels.get)
         self.gflops = max(matmuls.values()) if matmuls else math.nan
         self.best_matmul = max(matmuls, key=matmuls.get) if matmuls else ""
+
+    def merged(self, other: "Roofline") -> "Roofline":
+        """Each kernel's and matmul's best of the two measurements: measured again in every round of a benchmark,
+        so a round slowed by other load does not lower the bound's rates."""
+        best = lambda a, b: {k: max(a.get(k, 0.0), b.get(k, 0.0)) for k in {**a, **b}}  # noqa: E731
+        return Roofline(best(self.kernels, other.kernels), best(self.matmuls, other.matmuls), self.array_bytes)
 
     def memory_s(self, nbytes: float) -> float:
         return nbytes / 1e9 / self.bandwidth

@@ -78,9 +78,10 @@ def chunk_extents(path: Path) -> list[tuple[int, int]]:
 
 
 def raw_read_s(path: Path, extents, threads: int, buffer_bytes: int) -> tuple[float, float]:
-    """(wall, CPU) seconds to read every chunk whole, in file order, `threads` threads on contiguous ranges of chunks, each into
-    its own preallocated, pre-touched buffer of `buffer_bytes` (at least a chunk), chunk after chunk, from its start
-    again when full: with a batch's bytes, they land in memory as a feed's must; with one chunk's, in the cache."""
+    """(wall, CPU) seconds to read every chunk whole, in file order, `threads` threads on contiguous ranges of
+    chunks, each into its own preallocated, pre-touched buffer of `buffer_bytes` (at least a chunk), chunk after
+    chunk, from its start again when full: with a batch's bytes, they land in memory as a feed's must; with one
+    chunk's, in the cache."""
     import numpy as np
 
     largest = max(size for _, size in extents)

@@ -23,8 +23,9 @@ benchmark fails (the bound is wrong). Beside it, to say where a step's time goes
 backward alone, every gradient computed, nothing applied) and `adam_ms` (`optimizer.apply` alone on fixed
 gradients) against the same bytes.
 
-Each configuration is traced and warmed up first, then all alternate for `--rounds` rounds; a configuration's time
-is its best round's mean step time (wall; the CPU-time figures beside it read what the cores of our own would give).
+Each configuration is traced and warmed up first, then all alternate for `--rounds` rounds, the roofline measured
+again in each (its best rates of the run count); a configuration's time is its best round's mean step time
+(wall; the CPU-time figures beside it read what the cores of our own would give).
 `--smoke`: a dense part of 64 units on 7x7x16 inputs and small roofline arrays (seconds; its ratios are not
 checked against 1: at that size everything sits in cache and a step is Python overhead, so no bound applies).
 
@@ -118,9 +119,12 @@ def main():
     in_features = first_kernel // next(layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense))
     units = next(layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense))
     print("measuring the roofline (bandwidth kernels, matmul at the step's shapes and 4096x4096) ...", flush=True)
-    roof = roofline.measure(shapes={f"fc1_b{b}": (units, in_features, b) for b in batches},
-                            square=256 if args.smoke else 4096, calls=2 if args.smoke else 3,
-                            array_bytes=(8 << 20) if args.smoke else None)
+    def measure_roofline():
+        return roofline.measure(shapes={f"fc1_b{b}": (units, in_features, b) for b in batches},
+                                square=256 if args.smoke else 4096, calls=2 if args.smoke else 3,
+                                array_bytes=(8 << 20) if args.smoke else None)
+
+    roof = measure_roofline()
     print(roof.describe(), flush=True)
 
     strategy = tf.distribute.get_strategy()
@@ -164,6 +168,8 @@ def main():
         float(adam_alone())
 
     for round_ in range(args.rounds):
+        if round_:
+            roof = roof.merged(measure_roofline())  # again each round: the best of the run counts
         for key in rates:
             if key == "adam":
                 rates[key].time(lambda: [float(adam_alone()) for _ in range(args.steps)], args.steps)
@@ -190,6 +196,8 @@ def main():
                 figures.update({f"fused_ms_b{batch}": 1e3 / best["fused", batch],
                                 f"keras_ms_b{batch}": 1e3 / best["keras", batch],
                                 f"fwd_bwd_ms_b{batch}": 1e3 / best["fwd_bwd", batch],
+                                f"fwd_bwd_gflops_b{batch}": min_flops(kernels, first_kernel, batch) / 1e9
+                                * best["fwd_bwd", batch],
                                 f"memory_bound_ms_b{batch}": 1e3 * roof.memory_s(min_bytes(weights)),
                                 f"matmul_bound_ms_b{batch}": 1e3 * roof.compute_s(
                                     min_flops(kernels, first_kernel, batch))})
@@ -203,6 +211,7 @@ def main():
               f"{figures[f'fwd_bwd_ms_b{batch}']:.1f} ms; bound max(memory "
               f"{figures[f'memory_bound_ms_b{batch}']:.1f} ms, matmul {figures[f'matmul_bound_ms_b{batch}']:.1f} ms):"
               f" step_over_bound {figures[f'step_over_bound_b{batch}']:.2f} (target <= 1.5)")
+    print(roof.describe())
     print(f"Adam alone (optimizer.apply on fixed gradients): {figures['adam_ms']:.1f} ms, "
           f"{figures['adam_gb_s']:.1f} GB/s counting 24 bytes a weight")
     print_util_min(figures["util_min"])

@@ -37,7 +37,8 @@ TEXT_KEYS = {"cpu"}  # figures that name something rather than measure it
 def last_line_figures(script: str) -> dict[str, str]:
     result = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--smoke"], capture_output=True, text=True,
                             timeout=600, cwd=BENCH)
-    assert result.returncode == 0, f"bench/{script}.py --smoke failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"bench/{script}.py --smoke failed:\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-3000:]}")
     last = result.stdout.strip().splitlines()[-1]
     return dict(pair.split("=", 1) for pair in last.split())
 

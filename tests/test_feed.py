@@ -1,5 +1,5 @@
-"""The training feed (`vggbn.storage.feed`): `features.shuffled_batches`' order bit for bit, rows read straight into each
-batch, a worker's share of every global batch, damaged files named."""
+"""The training feed (`vggbn.storage.feed`): `features.shuffled_batches`' order bit for bit, rows read straight
+into each batch, a worker's share of every global batch, damaged files named."""
 
 import h5py
 import numpy as np

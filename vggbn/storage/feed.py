@@ -1,13 +1,14 @@
 """The training feed: every row of a feature file once an epoch, in shuffled batches, read straight from the file
-into each batch's own array by parallel threads, batches read ahead.
+into the batches' own arrays by parallel threads, the next shuffle buffer read while this one's batches train.
 
 The order is `features.shuffled_batches`' own, bit for bit (same seed, same batches, same rows in each): blocks of
 whole HDF5 chunks in a seeded random order, gathered a buffer of about `buffer_rows` rows at a time, each buffer
-shuffled row by row; what does not fill a last batch is carried into the next buffer. Only the order is computed
-a buffer at a time (row numbers and labels: a few bytes a row); the rows themselves are never gathered into a
-buffer: each is read from the file once, by `os.preadv` at its byte offset, into its place in its batch's array
-(the GIL is released while the kernel copies). So memory holds the batches in flight, not the buffer:
-O(batch x (prefetch + 1)).
+shuffled row by row; what does not fill a last batch is carried into the next buffer. The order is computed first
+(row numbers and labels: a few bytes a row); then the rows are never gathered and copied again: each run of
+consecutive rows in a chunk is read by one `os.preadv` whose pieces are the rows' places in their batches, so the
+kernel copies each row once, from the page cache to where the step reads it (the GIL is released meanwhile; a
+buffer's runs are split between threads). With `tensors`, each batch becomes a `tf.Tensor` sharing that memory
+(DLPack): no copy either. Memory: the batches of about two shuffle buffers, as `features.shuffled_batches` held.
 
 This direct path needs what `features.build_feature_file` writes: `features` stored unfiltered (no compression)
 in native byte order. A file with filters (compressed chunks must be read and decompressed whole) is read through
@@ -21,8 +22,6 @@ n rows, w workers with the same number of replicas each), so the workers togethe
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
