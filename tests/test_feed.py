@@ -41,13 +41,14 @@ def test_the_feed_gives_features_shuffled_batches_batches(tmp_path, dtype, optio
 
 def test_workers_together_read_each_global_batch_once(tmp_path):
     write_rows(tmp_path / "f.h5", 203, row_shape=(2, 2))
-    whole = list(feed.shuffled_batches(tmp_path / "f.h5", 16, 40, seed=1))
-    for workers in (2, 3):
-        shares = [list(feed.shuffled_batches(tmp_path / "f.h5", 16, 40, seed=1, worker_index=i, num_workers=workers))
-                  for i in range(workers)]
+    for batch, workers in ((16, 2), (16, 3), (2, 3)):  # a batch of 2 rows over 3 workers: one share is empty
+        whole = list(feed.shuffled_batches(tmp_path / "f.h5", batch, 40, seed=1))
+        shares = [list(feed.shuffled_batches(tmp_path / "f.h5", batch, 40, seed=1, worker_index=i,
+                                             num_workers=workers, tensors=bool(i % 2))) for i in range(workers)]
+        shares = [[(np.asarray(x), np.asarray(y)) for x, y in share] for share in shares]
         for number, (x, y) in enumerate(whole):
             parts = [share[number] for share in shares]
-            assert np.concatenate([p[0] for p in parts]).tobytes() == x.tobytes()
+            assert np.concatenate([p[0] for p in parts]).astype(np.float32).tobytes() == x.tobytes()
             assert (np.concatenate([p[1] for p in parts]) == y).all()
             assert [len(p[1]) for p in parts] == [len(y) * (i + 1) // workers - len(y) * i // workers
                                                   for i in range(workers)]

@@ -241,8 +241,9 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
             batch_rows, labels = batch_rows[part], labels[part].astype(np.int32)
             shape = (len(batch_rows), *reader.row_shape)
             out = buffers.take(shape, stored) if buffers is not None else np.empty(shape, stored)
-            view, size = memoryview(out).cast("B"), reader.row_bytes
-            places += [view[i * size:(i + 1) * size] for i in range(len(batch_rows))]
+            if len(batch_rows):  # a worker's share of a batch smaller than the workers may be empty
+                view, size = memoryview(out).cast("B"), reader.row_bytes
+                places += [view[i * size:(i + 1) * size] for i in range(len(batch_rows))]
             rows.append(batch_rows)
             batches.append((out, labels))
         runs = reader.runs(np.concatenate(rows), places) if places else []
