@@ -10,10 +10,11 @@ out (HDF5 chunks of about 1 MiB, `features.chunk_rows_for`; no filter unless `--
   one thread and one thread per core, each into its own preallocated buffer of a batch's bytes, chunk after chunk
   (the bytes land in memory, as a feed's must): what a feed could at best deliver. `read_cached`: the same into a
   buffer of one chunk, which stays in the CPU's cache (faster: the bytes never reach memory), reported beside.
-- feed: `feed.shuffled_batches` (the path `finetune.train_on_features` trains from: the shuffled order of
-  `features.shuffled_batches`, rows read straight into each batch, batches read ahead), each batch turned into
-  the tensors `training.Trainer` steps on (`tf.convert_to_tensor(x, tf.float32)`, labels int32); one thread and one
-  thread per core.
+- feed: `storage.feed.Feed(path, batch, buffer, tensors=True)`, epoch after epoch: exactly what
+  `feature_training.train_on_features` trains from (the shuffled order of `features.shuffled_batches`, rows read
+  straight into each batch, a shuffle buffer read ahead, float32 tensors ready for `training.Trainer`'s step: a
+  float16 file's rows cast by TensorFlow); one thread and one thread per core. `feed_stored` (float16 only): the
+  same with `dtype=None`, float16 tensors, what a step casting on its own device (a GPU) would take.
 - h5py: the previous feed (`features.shuffled_batches`, h5py reads into a buffer, through tf.data's prefetch as
   `finetune` used it), for comparison.
 `feed_over_read_<dtype>` = rows/s of the feed / rows/s of the raw read, both on all cores (target >= 0.8); rows/s and
@@ -132,10 +133,13 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
     from vggbn.storage import feed
 
-    # as finetune reads it: tensors ready for a step, features as stored (float16 stays float16: the step casts them)
-    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, dtype=None, tensors=True)
+    # as feature_training reads it: float32 tensors ready for a step (a float16 file's rows cast by TensorFlow)
+    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, tensors=True)
              for threads in (1, CORES)}
     paths = {"feed_1": lambda seed: feed_s(feeds[1], seed), "feed": lambda seed: feed_s(feeds[CORES], seed)}
+    if tag == "fp16":  # as stored, float16 tensors: what a step that casts on its own device (a GPU) would take
+        stored = feed.Feed(path, args.batch_size, args.shuffle_buffer, dtype=None, tensors=True)
+        paths["feed_stored"] = lambda seed: feed_s(stored, seed)
     if extents:
         batch_bytes = file_bytes * args.batch_size // max(rows, 1)
         paths = {"read_1": lambda seed: raw_read_s(path, extents, 1, batch_bytes),
@@ -161,6 +165,8 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
         figures[f"feed_over_read_cpu_{tag}"] = min(best_cpu["read"], best_cpu["read_1"]) / min(best_cpu["feed"],
                                                                                                best_cpu["feed_1"])
         figures[f"feed_over_read_cached_{tag}"] = best["read_cached"] / min(best["feed"], best["feed_1"])
+        if "feed_stored" in best:
+            figures[f"feed_stored_over_read_{tag}"] = read / best["feed_stored"]
 
 
 def main():
