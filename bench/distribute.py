@@ -146,7 +146,10 @@ def main():
     parser.add_argument("--child", choices=("conv", "train"))
     parser.add_argument("--work")
     parser.add_argument("--out")
+    parser.add_argument("--smoke", action="store_true", help="8 images at 32 px, global batches of 64 and 32 rows")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.size, args.rows, args.batch_size, args.small_batch_size, args.steps = 8, 32, 128, 64, 32, 1
     if args.child:
         from vggbn.numerics import distribute
 

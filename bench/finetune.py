@@ -1,25 +1,27 @@
-"""Benchmark of the finetune stage: training VGG16's dense part with BN streamed from an HDF5 feature file against
-the same arrays in memory, and its training GFLOP/s against a large matmul, all measured side by side in one run.
+"""Benchmark of the finetune stage's training: VGG16's dense part with BN trained on batches streamed from an HDF5
+feature file against the same rows from memory, and its training GFLOP/s against a large matmul, side by side in
+one run.
 
-The model: `models.split(models.vgg16("none"))`'s dense part (25088 -> 4096 -> 4096 -> 1000, random weights)
-with calibrated BN from `surgery.insert_bn` (synthetic statistics), compiled by `training.compile_for_training`
-(Adam), trained under `training.seed_everything` as `finetune.train_on_features` does. Streamed:
-`features.shuffled_batches` over a file written by `features.build_feature_file`, through `finetune._dataset` (the
-tf.data wrapper `finetune.train_on_features` fits on: one generator running over all epochs, `steps_per_epoch` per
-epoch). In memory: `model.fit(x, y)` on
-the same rows. Each configuration is compiled once and warmed up (tracing, Adam's slots), then the
-configurations alternate for `--rounds` rounds of a 2-epoch fit each; only the second epoch of each fit is timed
-(steady state).
+The model: `models.split(models.vgg16("none"))`'s dense part (25088 -> 4096 -> 4096 -> 1000, random weights) with
+calibrated BN from `surgery.insert_bn` (synthetic statistics), trained as `finetune.train_on_features` trains it:
+`training.seed_everything`, `training.for_training` + `compile_for_training` (FusedAdam), `training.Trainer` under
+the default strategy, an epoch through `training.train_epochs`. Streamed: `feed.Feed(path, batch, buffer,
+tensors=True).epoch(seed)` (what `train_on_features` passes as its train batches) over a file written by
+`features.build_feature_file`. In memory: the same rows as numpy arrays, batch after batch, through the same loop.
+Each configuration is warmed up (tracing, Adam's slots), then the configurations alternate for `--rounds` rounds of
+one epoch each.
 
-Every measurement gives two rates. Wall: samples per wall-clock second, the best round counting (other processes on
-a shared machine only ever slow an epoch down). CPU: samples per CPU-second of this process times the cores, what
-the cores would deliver if this process had them to itself and kept them busy; it is far less sensitive to other
-load (it reads up to ~15% high under contention, when waiting threads spin less) and blind to idle waits. `util` is
-the share of the cores the process got in the best wall round: near 1, the wall figures need no CPU cross-check.
-From the CPU figures, `stream_over_memory_bound` is the worst case on cores of our own: the stream's extra CPU work
-(HDF5 reads, shuffling, tf.data) not overlapped at all, run on one core.
+Minimum work: FLOPs 2 b (3 K - K1) a batch (forward, weight gradients, input gradients but fc1's: K the Dense
+kernels' weights, K1 fc1's), bytes 28 W a step (W trainable weights; see `transfer.py`). `train_gflops_over_matmul`
+= the streamed training's GFLOP/s by that count / the roofline's matmul rate (`roofline.py`, same run): above 1
+the benchmark fails (the bound is wrong).
 
-    python3 bench/finetune.py [--rows 2048] [--batch-size 256] [--rounds 3]
+Every measurement gives two rates, wall and CPU (x cores; see bench/README.md on a shared machine);
+`stream_over_memory_bound` is the worst case on cores of our own: the stream's extra CPU work not overlapped at
+all, run on one core. `--smoke`: a 7x7x16 -> 64 -> 64 -> 10 dense part, 64 rows (seconds; ratios not checked:
+at that size a step is Python overhead).
+
+    python3 bench/finetune.py [--rows 2048] [--batch-size 256] [--rounds 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -27,47 +29,33 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-from itertools import count
 from pathlib import Path
 
-from common import (CORES, Rates, best_rates, matmul_gflops, print_figures, print_load, print_util_min, serial_bound,
-                    util_min, write_features)
+from common import CORES, Rates, best_rates, print_figures, print_load, print_util_min, serial_bound, util_min
+
+import roofline
+from transfer import min_flops, step_sizes
 
 
-def dense_bn_model():
-    """VGG16's dense part with calibrated BN after fc1 and fc2 (synthetic statistics: no data needed)."""
+def dense_bn_model(smoke: bool):
+    """VGG16's dense part (`smoke`: a 7x7x16 -> 64 -> 64 -> 10 chain) with calibrated BN after fc1 and fc2."""
+    import keras
     import numpy as np
 
     from vggbn.numerics import models, surgery
 
-    _, dense = models.split(models.vgg16("none"))
+    if smoke:
+        inputs = keras.Input((7, 7, 16), name="input_layer")
+        x = keras.layers.Flatten(name="flatten")(inputs)
+        for name in ("fc1", "fc2"):
+            x = keras.layers.Dense(64, activation="relu", name=name)(x)
+        dense = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(x))
+    else:
+        _, dense = models.split(models.vgg16("none"))
     rng = np.random.default_rng(0)
-    stats = {name: (rng.uniform(0, 2, 4096), rng.uniform(0.5, 4, 4096)) for name in surgery.hidden_dense_names(dense)}
+    stats = {layer.name: (rng.uniform(0, 2, layer.units), rng.uniform(0.5, 4, layer.units))
+             for layer in dense.layers if layer.name in surgery.hidden_dense_names(dense)}
     return surgery.insert_bn(dense, stats)
-
-
-def matmul_params(model) -> int:
-    """Weights that take part in a matmul: the kernels of the Dense layers (biases and BN are left out)."""
-    import keras
-
-    return sum(int(math.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, keras.layers.Dense))
-
-
-def epoch_timer(rates: Rates, amount: float, epoch: int):
-    """A Keras callback recording `amount` over the wall and CPU seconds (all of this process's threads) of epoch
-    `epoch` (0-based) of a fit into `rates`."""
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, index, logs=None):
-            if index == epoch:
-                rates.start()
-
-        def on_epoch_end(self, index, logs=None):
-            if index == epoch:
-                rates.stop(amount)
-
-    return EpochTimer()
 
 
 def main():
@@ -76,117 +64,106 @@ def main():
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shuffle-buffer", type=int, default=4096, help="finetune.shuffle_buffer (rows)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds")
-    parser.add_argument("--matmul-n", type=int, default=4096)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; ratios not checked")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.batch_size, args.shuffle_buffer, args.rounds = 64, 16, 32, 1
 
-    import warnings
-
-    import h5py
+    import numpy as np
     import tensorflow as tf
 
-    from vggbn.storage import features
-    from vggbn.numerics import feature_training as finetune, models, training
+    from vggbn.numerics import models, training
+    from vggbn.storage import feed
+    from common import write_features
 
-    # Keras warns that fit's default shuffle=True does not apply to a dataset: train_on_features fits the same way.
-    warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
     print_load()
-    training.seed_everything(0)  # as train_on_features does: seeded RNGs and deterministic kernels, for both paths
-    base = dense_bn_model()
+    training.seed_everything(0)
+    base = dense_bn_model(args.smoke)
     row_shape = tuple(base.input_shape[1:])
-    params = matmul_params(base)
-    flops_per_sample = 6 * params
+    weights, kernels, first_kernel = step_sizes(base)
     steps = math.ceil(args.rows / args.batch_size)
-    units = [str(math.prod(row_shape))] + [str(layer.units) for layer in base.layers if hasattr(layer, "units")]
-    print(f"dense part with BN ({', '.join(layer.name for layer in base.layers[1:])}): {' -> '.join(units)}; "
-          f"{params / 1e6:.1f}M weights in matmuls (Dense kernels), training counted as 6 FLOP per such weight per "
-          f"sample (2 forward, 2 input gradient, 2 weight gradient): {flops_per_sample / 1e9:.3f} GFLOP per sample")
+    flops_per_epoch = sum(min_flops(kernels, first_kernel, min(args.batch_size, args.rows - i * args.batch_size))
+                          for i in range(steps))
+    units = next(layer.units for layer in base.layers if hasattr(layer, "units"))
+    def measure_roofline():
+        return roofline.measure(shapes={f"fc1_b{args.batch_size}": (units, first_kernel // units, args.batch_size)},
+                                square=256 if args.smoke else 4096, calls=2 if args.smoke else 3,
+                                array_bytes=(8 << 20) if args.smoke else None, kernels=("numpy",))
+
+    roof = measure_roofline()
+    print(roof.describe(), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         path = Path(tmp) / "train.h5"
-        write_features(path, Path(tmp) / "work", args.rows, row_shape, classes=1000, seed=0, block=256)
+        write_features(path, Path(tmp) / "work", args.rows, row_shape, classes=10 if args.smoke else 1000, seed=0,
+                       block=256)
+        import h5py
+
         with h5py.File(path, "r") as file:
             x, y = file["features"][:], file["labels"][:]
-            chunks = file["features"].chunks
-        print(f"{args.rows} rows of {row_shape} float32 ({x[0].nbytes / 1e3:.0f} kB each, HDF5 chunks {chunks}), "
-              f"batch {args.batch_size}, {steps} steps per epoch, shuffle buffer {args.shuffle_buffer} rows")
-
-        def streamed(seed):
-            def batches():  # what train_on_features's train_batches does
-                for epoch in count():
-                    yield from features.shuffled_batches(path, args.batch_size, args.shuffle_buffer,
-                                                         seed=seed * 100_003 + epoch)
-            return finetune._dataset(batches, row_shape)
-
-        configs = {}
+        print(f"{args.rows} rows of {row_shape} float32, batch {args.batch_size}, {steps} steps an epoch, shuffle "
+              f"buffer {args.shuffle_buffer} rows", flush=True)
+        strategy = tf.distribute.get_strategy()
+        trainers = {}
         for compute in ("float32", "bfloat16"):
             for source in ("memory", "stream"):
-                model = models.with_compute_dtype(models.copy_chain(base, name=base.name), compute)
+                model = training.for_training(models.with_compute_dtype(models.copy_chain(base, name=base.name),
+                                                                        compute))
                 training.compile_for_training(model, 1e-4)
-                configs[source, compute] = model
-        seeds = count()
+                trainers[source, compute] = training.Trainer(model, strategy)
+        train_feed = feed.Feed(path, args.batch_size, args.shuffle_buffer, tensors=True)
 
-        def fit(source, compute, epochs, steps_per_epoch=steps, callbacks=()):
-            model, callbacks = configs[source, compute], list(callbacks)
-            if source == "memory":
-                n = steps_per_epoch * args.batch_size
-                model.fit(x[:n], y[:n], batch_size=args.batch_size, epochs=epochs, shuffle=True, callbacks=callbacks,
-                          verbose=0)
-            else:
-                model.fit(streamed(next(seeds)), epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                          verbose=0)
+        def batches(source, epoch):
+            if source == "stream":
+                return train_feed.epoch(epoch)
+            order = np.random.default_rng(epoch).permutation(args.rows)
+            return ((x[order[i:i + args.batch_size]], y[order[i:i + args.batch_size]])
+                    for i in range(0, args.rows, args.batch_size))
 
-        print("warm-up: 2 steps of each configuration (traces the train step, creates Adam's slots)")
-        for source, compute in configs:
-            fit(source, compute, 1, steps_per_epoch=2)
+        def epoch(key, number, rates=None):
+            run = lambda: training.train_epochs(  # noqa: E731
+                trainers[key], epochs=1, history=[], steps=steps, train_batches=lambda _: batches(key[0], number),
+                valid_batches=lambda: [], show_progress=False)
+            rates.time(run, args.rows) if rates is not None else run()
 
-        # The data path's own capacity: the streamed dataset iterated without a model, for 3 epochs.
+        print("warm-up: an epoch of each configuration (traces the step, creates Adam's slots)", flush=True)
+        for key in trainers:
+            epoch(key, 0)
         data = Rates()
-        data.time(lambda: [None for _ in streamed(next(seeds)).take(3 * steps)], 3 * args.rows)
-        print(f"the streamed dataset alone (features.shuffled_batches through finetune._dataset, no model): "
-              f"{data.best():.0f} samples/s wall, {data.best('cpu'):.0f} cpu")
-
-        rates = {key: Rates() for key in [*configs, "matmul"]}
+        data.time(lambda: [None for _ in train_feed.epoch(1)], args.rows)
+        print(f"the feed alone (feed.Feed, no model): {data.best():.0f} samples/s wall", flush=True)
+        rates = {key: Rates() for key in trainers}
         for round_ in range(args.rounds):
-            for key in configs:
-                fit(*key, epochs=2, callbacks=[epoch_timer(rates[key], args.rows, epoch=1)])  # steady state
-            rates["matmul"].record(*matmul_gflops(tf.float32, args.matmul_n, 3))
-            print(f"round {round_ + 1} (samples/s; matmul GFLOP/s): " + ", ".join(
-                f"{' '.join(key) if isinstance(key, tuple) else key} {rate.last(1)}" for key, rate in rates.items()),
-                flush=True)
+            if round_:
+                roof = roof.merged(measure_roofline())  # again each round: the best of the run counts
+            for key in trainers:
+                epoch(key, round_ + 2, rates[key])
+            print(f"round {round_ + 1} (samples/s): " + ", ".join(
+                f"{' '.join(key)} {rate.last(1)}" for key, rate in rates.items()), flush=True)
 
-    figures = {}
+    figures, checks = {}, {}
     for suffix, best in best_rates(rates).items():
-        train_gflops = best["stream", "float32"] * flops_per_sample / 1e9
+        train_gflops = best["stream", "float32"] * flops_per_epoch / args.rows / 1e9
         figures.update({
             f"stream_over_memory{suffix}": best["stream", "float32"] / best["memory", "float32"],
-            f"train_gflops_over_matmul{suffix}": train_gflops / best["matmul"],
+            f"train_gflops_over_matmul{suffix}": train_gflops / roof.gflops,
             f"train_gflops{suffix}": train_gflops,
-            f"matmul_gflops{suffix}": best["matmul"],
-            f"memory_train_gflops_over_matmul{suffix}": best["memory", "float32"] * flops_per_sample / 1e9
-            / best["matmul"],
             f"bf16_stream_over_memory{suffix}": best["stream", "bfloat16"] / best["memory", "bfloat16"],
         })
+    checks["matmul_over_train_gflops"] = (1 / figures["train_gflops_over_matmul"],
+                                         f"2 b (3 K - K1) FLOPs at {roof.gflops:.0f} GFLOP/s ({roof.best_matmul})")
     figures["stream_over_memory_bound"] = serial_bound(figures["stream_over_memory_cpu"])
     for source in ("stream", "memory"):
         for compute, short in (("float32", "fp32"), ("bfloat16", "bf16")):
             figures[f"{source}_{short}_samples_s"] = rates[source, compute].best()
-            figures[f"{source}_{short}_samples_s_cpu"] = rates[source, compute].best("cpu")
-    figures.update({"stream_data_only_samples_s": data.best(), "stream_data_only_samples_s_cpu": data.best("cpu")})
-    figures.update({"util_min": util_min(rates), "batch_size": args.batch_size, "rows": args.rows, "cores": CORES})
-    print(f"stream_over_memory = samples/s streamed from HDF5 (features.shuffled_batches through finetune._dataset) / "
-          f"samples/s of model.fit(x, y) on the same rows in memory, fp32, batch {args.batch_size}, steady-state "
-          f"epoch, best of {args.rounds} alternating rounds each: wall {figures['stream_over_memory']:.3f}, "
-          f"cpu {figures['stream_over_memory_cpu']:.3f}; bound {figures['stream_over_memory_bound']:.3f}: the worst "
-          f"case on {CORES} cores of our own, if all the stream's extra CPU work (HDF5 reads, shuffling, tf.data) ran "
-          f"serially on one core, 1 / (1 + {CORES} x (1 / cpu - 1)) (target >= 0.9)")
-    print(f"train_gflops_over_matmul = 6 x {params / 1e6:.1f}M x streamed fp32 samples/s / GFLOP/s of a "
-          f"{args.matmul_n}x{args.matmul_n} fp32 tf.linalg.matmul: wall {figures['train_gflops']:.1f} / "
-          f"{figures['matmul_gflops']:.1f} = {figures['train_gflops_over_matmul']:.3f}, cpu "
-          f"{figures['train_gflops_cpu']:.1f} / {figures['matmul_gflops_cpu']:.1f} = "
-          f"{figures['train_gflops_over_matmul_cpu']:.3f} (target >= 0.7)")
-    print(f"bf16 (models.with_compute_dtype(model, 'bfloat16') before compiling): streamed "
-          f"{figures['stream_bf16_samples_s']:.1f} samples/s wall, {figures['stream_bf16_samples_s_cpu']:.1f} cpu")
+    figures.update({"feed_only_samples_s": data.best(), **roof.figures(), "util_min": util_min(rates),
+                    "batch_size": args.batch_size, "rows": args.rows, "cores": CORES})
+    print(f"stream_over_memory = samples/s streamed (feed.Feed) / samples/s from memory, the same Trainer loop, fp32, "
+          f"batch {args.batch_size}: wall {figures['stream_over_memory']:.3f}, cpu "
+          f"{figures['stream_over_memory_cpu']:.3f} (target >= 0.9); train_gflops_over_matmul "
+          f"{figures['train_gflops_over_matmul']:.3f} (target >= 0.7)")
     print_util_min(figures["util_min"])
+    roofline.Roofline.check(checks, enforce=not args.smoke)  # smoke: a step is Python overhead, no bound applies
     print_figures(figures)
 
 

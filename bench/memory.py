@@ -94,7 +94,10 @@ def main():
     parser.add_argument("--skip-transfer", action="store_true",
                         help="leave out the transfer grid at VGG16 scale (about a minute and 3 GB)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="N = 16 images, 64 rows, no transfer grid: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.finetune_n, args.skip_transfer = 16, 64, True
     if args.child:
         import warnings
 

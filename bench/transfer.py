@@ -1,5 +1,5 @@
-"""Benchmark of one training step of VGG16's dense part (what the transfer and finetune stages repeat) against a
-plain Keras model's step (Dense, Keras' Adam), and against the step's bound on this machine, measured in one run.
+"""Benchmark of one training step of VGG16's dense part (what the transfer and finetune stages repeat) against its
+bound on this machine (`roofline.py`, measured in the same run) and against a plain Keras model's step.
 
 The model: `models.split(models.vgg16("none"))`'s dense part (25088 -> 4096 -> 4096 -> 1000, random weights) with
 calibrated BN after fc1 and fc2 from `surgery.insert_bn` (synthetic statistics) and, as in VGG16, Dropout(0.5)
@@ -11,44 +11,60 @@ cross-entropy, a gradient tape and `optimizer.apply` inside `strategy.run` in a 
 and accuracy sums as floats). A second copy of the model, plain Dense layers compiled with Keras' Adam, trains
 through the same `Trainer` step (today's Keras way, for `speedup`).
 
-The bound of a step is the larger of two:
-- memory: an Adam step must at least write the gradient and read it back, and read and write the weights and both
-  slots: 8 x 4 bytes per trainable weight, over the machine's memory bandwidth. The bandwidth is STREAM's "add"
-  measured in TensorFlow (`x + y` on 124M-float arrays, counted as STREAM counts it: 2 reads and 1 write per
-  element); an in-place axpy (`ResourceApplyGradientDescent`, which needs no write-allocate) streams faster, and
-  the bound against it is reported beside (`_inplace` keys).
-- matmul: 6 FLOP per Dense-kernel weight per sample (forward, input gradient, weight gradient) at the rate of a
-  4096x4096 fp32 `tf.linalg.matmul`.
+The least a step must cost, with W the trainable weights, K the Dense kernels' weights, K1 fc1's and b the batch:
+- bytes: 28 W: the forward pass reads every weight once (4 bytes), and Adam reads and writes the weight and both
+  its slots (3 x 8). The gradient is left out: a kernel piece's gradient (8 MiB, `training.chunks`) can be updated
+  while it is still in cache.
+- FLOPs: 2 b K forward + 2 b K weight gradients + 2 b (K - K1) input gradients: fc1's input gradient (the
+  features') is never computed in the traced step.
+The bound is the larger of bytes / the roofline's bandwidth and FLOPs / its matmul rate (the best of the step's own
+shapes, fc1 at batch b, and 4096x4096). `step_over_bound_b<b>` = the step's time / that bound: below 1 the
+benchmark fails (the bound is wrong). Beside it, to say where a step's time goes: `fwd_bwd_ms` (forward and
+backward alone, every gradient computed, nothing applied) and `adam_ms` (`optimizer.apply` alone on fixed
+gradients) against the same bytes.
 
-Each configuration is traced and warmed up first, then all alternate for `--rounds` rounds; a configuration's time
-is its best round's mean step time (wall; the CPU-time figures beside it read what the cores of our own would give).
+Each configuration is traced and warmed up first, then all alternate for `--rounds` rounds, the roofline measured
+again in each (its best rates of the run count); a configuration's time is its best round's mean step time
+(wall; the CPU-time figures beside it read what the cores of our own would give).
+`--smoke`: a dense part of 64 units on 7x7x16 inputs and small roofline arrays (seconds; its ratios are not
+checked against 1: at that size everything sits in cache and a step is Python overhead, so no bound applies).
 
-    python3 bench/transfer.py [--rounds 3] [--steps 4]
+    python3 bench/transfer.py [--rounds 3] [--steps 4] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import math
-import time
 
-from common import CORES, Rates, matmul_gflops, print_figures, print_load, print_util_min, util_min
+from common import CORES, Rates, print_figures, print_load, print_util_min, util_min
+
+import roofline
 
 BATCHES = (16, 256)
+SMOKE_BATCHES = (4, 32)
 
 
-def dense_bn_dropout_model():
-    """VGG16's dense part with calibrated BN after fc1 and fc2 (synthetic statistics) and Dropout(0.5) after each."""
+def dense_bn_dropout_model(smoke: bool = False):
+    """VGG16's dense part (with `smoke`: a 7x7x16 -> 64 -> 64 -> 10 chain with the same layer names) with
+    calibrated BN after fc1 and fc2 (synthetic statistics) and Dropout(0.5) after each."""
     import keras
     import numpy as np
 
     from vggbn.numerics import models, surgery
 
-    _, dense = models.split(models.vgg16("none"))
+    if smoke:
+        inputs = keras.Input((7, 7, 16), name="input_layer")
+        x = keras.layers.Flatten(name="flatten")(inputs)
+        for name in ("fc1", "fc2"):
+            x = keras.layers.Dense(64, activation="relu", name=name)(x)
+        dense = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(x))
+    else:
+        _, dense = models.split(models.vgg16("none"))
     names = surgery.hidden_dense_names(dense)
     rng = np.random.default_rng(0)
-    stats = {name: (rng.uniform(0, 2, 4096), rng.uniform(0.5, 4, 4096)) for name in names}
+    units = {layer.name: layer.units for layer in dense.layers if layer.name in names}
+    stats = {name: (rng.uniform(0, 2, units[name]), rng.uniform(0.5, 4, units[name])) for name in names}
     with_bn = surgery.insert_bn(dense, stats)
 
     def dropout(layer):
@@ -59,37 +75,33 @@ def dense_bn_dropout_model():
     return models.copy_chain(with_bn, name=with_bn.name, after=dropout)
 
 
-def bandwidth(n: int, rates: dict[str, Rates], calls: int = 3) -> None:
-    """One round of the two bandwidth measurements over `n`-float arrays, recorded as GB/s (3 x 4n bytes a call)."""
-    import tensorflow as tf
+def step_sizes(model) -> tuple[int, int, int]:
+    """(trainable weights W, Dense kernel weights K, the first Dense kernel's K1) of a plain-Dense model."""
+    import keras
 
-    x = tf.random.stateless_uniform([n], seed=(5, 6))
-    y = tf.random.stateless_uniform([n], seed=(7, 8))
-    var = tf.Variable(x)
-    alpha = tf.constant(1e-3)
-    gb = 3 * 4 * n / 1e9
+    kernels = [int(math.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return sum(int(math.prod(v.shape)) for v in model.trainable_variables), sum(kernels), kernels[0]
 
-    def add():
-        (x + y)[0].numpy()
 
-    def axpy():
-        tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=alpha, delta=y)
-        var[0].numpy()
+def min_bytes(weights: int) -> int:
+    """28 bytes a trainable weight: read by the forward pass (4), read and written by Adam with both slots (24)."""
+    return 28 * weights
 
-    for name, work in (("add", add), ("axpy", axpy)):
-        work()
-        for _ in range(calls):
-            rates[name].time(work, gb)
-    del x, y, var
-    gc.collect()
+
+def min_flops(kernels: int, first_kernel: int, batch: int) -> int:
+    """2 b K forward, 2 b K weight gradients, 2 b (K - K1) input gradients (none for the first layer's input)."""
+    return 2 * batch * (3 * kernels - first_kernel)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds")
     parser.add_argument("--steps", type=int, default=4, help="training steps timed per configuration and round")
-    parser.add_argument("--matmul-n", type=int, default=4096)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; ratios not held to >= 1")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.steps = 1, 2
+    batches = SMOKE_BATCHES if args.smoke else BATCHES
 
     import keras
     import numpy as np
@@ -99,21 +111,26 @@ def main():
 
     print_load()
     training.seed_everything(0)
-    model = dense_bn_dropout_model()
-    weights = sum(int(math.prod(v.shape)) for v in model.trainable_variables)
-    kernels = sum(int(math.prod(layer.kernel.shape)) for layer in model.layers
-                  if isinstance(layer, keras.layers.Dense))
-    adam_bytes = 8 * 4 * weights
+    model = dense_bn_dropout_model(args.smoke)
+    weights, kernels, first_kernel = step_sizes(model)
     print(f"dense part ({', '.join(layer.name for layer in model.layers[1:])}): {weights / 1e6:.2f}M trainable "
-          f"weights ({kernels / 1e6:.2f}M in Dense kernels), fp32; an Adam step touches at least "
-          f"{adam_bytes / 1e9:.2f} GB (8 x 4 bytes a weight)")
+          f"weights W ({kernels / 1e6:.2f}M in Dense kernels K, {first_kernel / 1e6:.2f}M in fc1's K1), fp32; a step "
+          f"moves at least 28 W = {min_bytes(weights) / 1e9:.3f} GB and computes 2 b (3 K - K1) FLOPs")
+    in_features = first_kernel // next(layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    units = next(layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    print("measuring the roofline (bandwidth kernels, matmul at the step's shapes and 4096x4096) ...", flush=True)
+    def measure_roofline():
+        return roofline.measure(shapes={f"fc1_b{b}": (units, in_features, b) for b in batches},
+                                square=256 if args.smoke else 4096, calls=2 if args.smoke else 3,
+                                array_bytes=(8 << 20) if args.smoke else None)
 
-    # The pipeline's own step (what finetune and transfer run): compile_for_training (FusedAdam), then
-    # Trainer.train_batch under the default strategy. Keras' Adam: a second copy of the model, the same step.
+    roof = measure_roofline()
+    print(roof.describe(), flush=True)
+
     strategy = tf.distribute.get_strategy()
     model = training.for_training(model)
     training.compile_for_training(model, 1e-4)
-    keras_model = dense_bn_dropout_model()
+    keras_model = dense_bn_dropout_model(args.smoke)
     keras_model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4),
                         loss=keras.losses.SparseCategoricalCrossentropy())
     trainers = {"fused": training.Trainer(model, strategy), "keras": training.Trainer(keras_model, strategy)}
@@ -128,67 +145,79 @@ def main():
         grads = tape.gradient(loss, variables)
         return loss + tf.add_n([tf.reduce_sum(g[:1]) for g in grads])  # every gradient computed, nothing applied
 
+    fixed_grads = [tf.fill(v.shape, 1e-6) for v in variables]
+
+    @tf.function
+    def adam_alone():
+        model.optimizer.apply(fixed_grads, variables)
+        return variables[0][0, 0]
+
     steps = {"fused": trainers["fused"].train_batch, "keras": trainers["keras"].train_batch,
              "fwd_bwd": lambda x, y: float(forward_backward(x, y))}
     rng = np.random.default_rng(0)
     data = {batch: (tf.constant(rng.standard_normal((batch, *model.input_shape[1:]), dtype=np.float32)),
-                    tf.constant(rng.integers(0, 1000, batch, dtype=np.int32))) for batch in BATCHES}
-    rates = {(name, batch): Rates() for batch in BATCHES for name in steps}
-    rates.update({"add": Rates(), "axpy": Rates(), "matmul": Rates()})
+                    tf.constant(rng.integers(0, 10, batch, dtype=np.int32))) for batch in batches}
+    rates = {(name, batch): Rates() for batch in batches for name in steps}
+    rates["adam"] = Rates()
 
     print("warm-up: 2 steps of each configuration (traces, creates each optimizer's slots)")
     for (name, batch) in [key for key in rates if isinstance(key, tuple)]:
         for _ in range(2):
             steps[name](*data[batch])
+    for _ in range(2):
+        float(adam_alone())
 
     for round_ in range(args.rounds):
-        bandwidth(weights, rates)
-        rates["matmul"].record(*matmul_gflops(tf.float32, args.matmul_n, 3))
-        for key in [key for key in rates if isinstance(key, tuple)]:
+        if round_:
+            roof = roof.merged(measure_roofline())  # again each round: the best of the run counts
+        for key in rates:
+            if key == "adam":
+                rates[key].time(lambda: [float(adam_alone()) for _ in range(args.steps)], args.steps)
+                continue
             name, batch = key
             step, (x, y) = steps[name], data[batch]
+            rates[key].time(lambda: [step(x, y) for _ in range(args.steps)], args.steps)  # each waits for its floats
+        print(f"round {round_ + 1} (ms a step): " + ", ".join(
+            f"{' b'.join(map(str, key)) if isinstance(key, tuple) else key} {1e3 / rates[key].wall[-1]:.1f}"
+            for key in rates), flush=True)
 
-            def run():
-                for _ in range(args.steps):
-                    step(x, y)  # returns floats: each step waits for its result, as train_epochs does
-
-            rates[key].time(run, args.steps)
-        print(f"round {round_ + 1} (ms a step; GB/s; GFLOP/s): " + ", ".join(
-            f"{name} b{batch} {1e3 / rates[name, batch].wall[-1]:.0f}" for name, batch in
-            [key for key in rates if isinstance(key, tuple)]) + ", " + ", ".join(
-            f"{name} {max(rates[name].wall[-3:] if name != 'matmul' else rates[name].wall[-1:]):.1f}"
-            for name in ("add", "axpy", "matmul")), flush=True)
-
-    figures = {}
+    figures, checks = {}, {}
     for kind, suffix in (("wall", ""), ("cpu", "_cpu")):
         best = {key: rate.best(kind) for key, rate in rates.items()}
-        for batch in BATCHES:
-            step_s = 1 / best["fused", batch]
-            memory_s = adam_bytes / 1e9 / best["add"]
-            memory_inplace_s = adam_bytes / 1e9 / best["axpy"]
-            matmul_s = 6 * kernels * batch / 1e9 / best["matmul"]
-            figures[f"step_over_bound_b{batch}{suffix}"] = step_s / max(memory_s, matmul_s)
+        for batch in batches:
+            bound_s = roof.bound_s(min_bytes(weights), min_flops(kernels, first_kernel, batch))
+            figures[f"step_over_bound_b{batch}{suffix}"] = 1 / best["fused", batch] / bound_s
             figures[f"speedup_b{batch}{suffix}"] = best["fused", batch] / best["keras", batch]
-            figures[f"step_over_bound_inplace_b{batch}{suffix}"] = step_s / max(memory_inplace_s, matmul_s)
             if not suffix:
-                figures.update({f"fused_ms_b{batch}": 1e3 * step_s, f"keras_ms_b{batch}": 1e3 / best["keras", batch],
+                checks[f"step_over_bound_b{batch}"] = (
+                    figures[f"step_over_bound_b{batch}"],
+                    f"max(28 W bytes / {roof.bandwidth:.1f} GB/s ({roof.best_kernel}), 2 b (3 K - K1) FLOPs / "
+                    f"{roof.gflops:.0f} GFLOP/s ({roof.best_matmul})) = {1e3 * bound_s:.1f} ms")
+                figures.update({f"fused_ms_b{batch}": 1e3 / best["fused", batch],
+                                f"keras_ms_b{batch}": 1e3 / best["keras", batch],
                                 f"fwd_bwd_ms_b{batch}": 1e3 / best["fwd_bwd", batch],
-                                f"memory_bound_ms_b{batch}": 1e3 * memory_s,
-                                f"memory_bound_inplace_ms_b{batch}": 1e3 * memory_inplace_s,
-                                f"matmul_bound_ms_b{batch}": 1e3 * matmul_s})
-    figures.update({"add_gb_s": rates["add"].best(), "axpy_gb_s": rates["axpy"].best(),
-                    "matmul_gflops": rates["matmul"].best(), "util_min": util_min(rates), "cores": CORES})
-    for batch in BATCHES:
-        print(f"batch {batch}: pipeline step {figures[f'fused_ms_b{batch}']:.0f} ms, plain Keras (Dense, Adam) step "
-              f"{figures[f'keras_ms_b{batch}']:.0f} ms, forward + backward alone {figures[f'fwd_bwd_ms_b{batch}']:.0f} "
-              f"ms; bound max(memory {figures[f'memory_bound_ms_b{batch}']:.0f} ms (in-place axpy's bandwidth: "
-              f"{figures[f'memory_bound_inplace_ms_b{batch}']:.0f}), matmul {figures[f'matmul_bound_ms_b{batch}']:.0f}"
-              f" ms): step_over_bound {figures[f'step_over_bound_b{batch}']:.2f} (target <= 1.5)")
-    print(f"bandwidth: STREAM add {figures['add_gb_s']:.1f} GB/s, in-place axpy {figures['axpy_gb_s']:.1f} GB/s; "
-          f"matmul {figures['matmul_gflops']:.0f} GFLOP/s ({args.matmul_n}x{args.matmul_n} fp32)")
+                                f"fwd_bwd_gflops_b{batch}": min_flops(kernels, first_kernel, batch) / 1e9
+                                * best["fwd_bwd", batch],
+                                f"memory_bound_ms_b{batch}": 1e3 * roof.memory_s(min_bytes(weights)),
+                                f"matmul_bound_ms_b{batch}": 1e3 * roof.compute_s(
+                                    min_flops(kernels, first_kernel, batch))})
+    figures["adam_ms"] = 1e3 / rates["adam"].best()
+    figures["adam_gb_s"] = min_bytes(weights) / 1e9 * rates["adam"].best() * 24 / 28  # Adam's own 24 bytes a weight
+    figures.update({**{f"{k}_gb_s": v for k, v in roof.kernels.items()}, **roof.figures(),
+                    "util_min": util_min(rates), "cores": CORES})
+    for batch in batches:
+        print(f"batch {batch}: pipeline step {figures[f'fused_ms_b{batch}']:.1f} ms, plain Keras (Dense, Adam) step "
+              f"{figures[f'keras_ms_b{batch}']:.1f} ms, forward + backward alone "
+              f"{figures[f'fwd_bwd_ms_b{batch}']:.1f} ms; bound max(memory "
+              f"{figures[f'memory_bound_ms_b{batch}']:.1f} ms, matmul {figures[f'matmul_bound_ms_b{batch}']:.1f} ms):"
+              f" step_over_bound {figures[f'step_over_bound_b{batch}']:.2f} (target <= 1.5)")
+    print(roof.describe())
+    print(f"Adam alone (optimizer.apply on fixed gradients): {figures['adam_ms']:.1f} ms, "
+          f"{figures['adam_gb_s']:.1f} GB/s counting 24 bytes a weight")
     print_util_min(figures["util_min"])
-    last = {key: figures[key] for key in ("step_over_bound_b16", "step_over_bound_b256", "speedup_b16",
-                                          "speedup_b256")}
+    roofline.Roofline.check(checks, enforce=not args.smoke)  # smoke: a cache-sized step, no bound applies
+    last = {key: figures[key] for key in ("step_over_bound_b%d" % batches[0], "step_over_bound_b%d" % batches[1],
+                                          "speedup_b%d" % batches[0], "speedup_b%d" % batches[1])}
     print_figures({**last, **{k: v for k, v in figures.items() if k not in last}})
 
 

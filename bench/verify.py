@@ -56,7 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="40 rows, one round, the conv part at batch 1: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.rounds = 40, 1
     common.print_load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

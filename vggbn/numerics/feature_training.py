@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from vggbn import VggbnError
 from vggbn.numerics import distribute, models
-from vggbn.storage import features
+from vggbn.storage import feed, features
 from vggbn.storage.atomic import atomic_path, staging_folder
 from vggbn.storage.hashing import bytes_digest, file_digest
 from vggbn.storage.workdir import prepare_work
@@ -189,10 +189,11 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
     live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
+    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead
+    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, tensors=True)
     train_epochs(
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
-        train_batches=lambda epoch: _prefetched(features.shuffled_batches(
-            train_path, plan.batch_size, plan.shuffle_buffer, seed=plan.seed * 100_003 + epoch)),
+        train_batches=lambda epoch: train_feed.epoch(plan.seed * 100_003 + epoch),
         valid_batches=lambda: _prefetched(features.iter_batches(valid_path, plan.batch_size)),
         check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if diverged == "raise" else None,
         after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,

@@ -1,0 +1,221 @@
+"""Benchmark of the training feed alone: what `finetune` and `transfer` train from, from a feature file to tensors
+ready for a step, no model, against the rate the same file's bytes are read raw, in the same run.
+
+The file: VGG16's row size (7x7x512, block5_pool), float16 and float32, `--gb` GB of features each (4 by default:
+far more than a shuffle buffer, so every row comes from the file), written as `features.build_feature_file` lays it
+out (HDF5 chunks of about 1 MiB, `features.chunk_rows_for`; no filter unless `--compression`), then read once
+(page cache warm: the figures are what the CPU and memory deliver, no disk).
+
+- read: the file's feature bytes read raw, whole chunks in file order (`os.preadv` at each chunk's byte offset),
+  one thread and one thread per core, each into its own preallocated buffer of a batch's bytes, chunk after chunk
+  (the bytes land in memory, as a feed's must): what a feed could at best deliver. `read_cached`: the same into a
+  buffer of one chunk, which stays in the CPU's cache (faster: the bytes never reach memory), reported beside.
+- feed: `storage.feed.Feed(path, batch, buffer, tensors=True)`, epoch after epoch: exactly what
+  `feature_training.train_on_features` trains from (the shuffled order of `features.shuffled_batches`, rows read
+  straight into each batch, a shuffle buffer read ahead, float32 tensors ready for `training.Trainer`'s step: a
+  float16 file's rows cast by TensorFlow); one thread and one thread per core. `feed_stored` (float16 only): the
+  same with `dtype=None`, float16 tensors, what a step casting on its own device (a GPU) would take.
+- h5py: the previous feed (`features.shuffled_batches`, h5py reads into a buffer, through tf.data's prefetch as
+  `finetune` used it), for comparison.
+`feed_over_read_<dtype>` = rows/s of the feed / rows/s of the raw read, both on all cores (target >= 0.8); rows/s and
+GB/s (the file's bytes a second) beside it for one and for all cores; `feed_over_read_cached_<dtype>` against
+`read_cached`.
+
+Minimum work (the bound): the file's feature bytes N x 25088 x itemsize, read once: the raw read's rate is the least
+time. A feed faster than the raw read (`feed_over_read` > 1) means the bound is wrong: the benchmark fails.
+`--smoke`: 2 MB files of 7x7x16 rows (seconds); `feed_over_read` is not held to <= 1 there (at that size a pass is
+microseconds, dominated by Python and thread start-up, and no rate means anything).
+
+    python3 bench/stream.py [--gb 4] [--dtypes float16 float32] [--rounds 2] [--compression none] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import CORES, print_figures, print_load
+
+import roofline
+
+ROW_SHAPE = (7, 7, 512)
+SMOKE_ROW_SHAPE = (7, 7, 16)
+
+
+def write_file(path: Path, rows: int, row_shape, dtype: str, compression: str | None, seed: int = 0) -> None:
+    """A feature file of `rows` post-ReLU-like rows (half zeros) and labels below 1000, laid out as
+    `features.build_feature_file` lays it out (chunks of about 1 MiB), written a block of chunks at a time."""
+    import h5py
+    import numpy as np
+
+    from vggbn.storage import features
+
+    rng = np.random.default_rng(seed)
+    chunk = features.chunk_rows_for(row_shape, dtype)
+    block = chunk * max(1, 64 // chunk * 4)
+    pattern = np.maximum(rng.standard_normal((block, *row_shape), dtype=np.float32), 0).astype(dtype)
+    with h5py.File(path, "w") as file:
+        data = file.create_dataset("features", (rows, *row_shape), dtype=dtype, chunks=(min(chunk, rows), *row_shape),
+                                   compression=compression)
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            data[start:stop] = np.roll(pattern, start // block, axis=0)[:stop - start]
+        file.create_dataset("labels", data=rng.integers(0, 1000, rows).astype(np.int32))
+
+
+def chunk_extents(path: Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of every chunk of `features`, in file order."""
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        extents = []
+        file["features"].id.chunk_iter(lambda info: extents.append((info.byte_offset, info.size)))
+    return sorted(extents)
+
+
+def raw_read_s(path: Path, extents, threads: int, buffer_bytes: int) -> tuple[float, float]:
+    """(wall, CPU) seconds to read every chunk whole, in file order, `threads` threads on contiguous ranges of
+    chunks, each into its own preallocated, pre-touched buffer of `buffer_bytes` (at least a chunk), chunk after
+    chunk, from its start again when full: with a batch's bytes, they land in memory as a feed's must; with one
+    chunk's, in the cache."""
+    import numpy as np
+
+    largest = max(size for _, size in extents)
+    buffers = [np.zeros(max(buffer_bytes, largest), np.uint8) for _ in range(threads)]  # touched: no page faults
+    fd = os.open(path, os.O_RDONLY)
+    bounds = [len(extents) * t // threads for t in range(threads + 1)]
+
+    def read(t):
+        view, place = memoryview(buffers[t]), 0
+        for offset, size in extents[bounds[t]:bounds[t + 1]]:
+            place = 0 if place + size > len(view) else place
+            if os.preadv(fd, [view[place:place + size]], offset) != size:
+                raise OSError(f"{path}: short read at {offset}")
+            place += size
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return timed(lambda: list(pool.map(read, range(threads))))
+    finally:
+        os.close(fd)
+
+
+def timed(work) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads, kernel time included) of `work()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def feed_s(stream, seed: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for one epoch of a `feed.Feed` (its buffers kept from epoch to epoch, as in training)."""
+    return timed(lambda: [None for _ in stream.epoch(seed)])
+
+
+def h5py_feed_s(path: Path, batch_size: int, buffer_rows: int, seed: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for one epoch of the previous feed: `features.shuffled_batches` through tf.data's
+    prefetch."""
+    from vggbn.numerics import feature_training as finetune
+    from vggbn.storage import features
+
+    return timed(lambda: [None for _ in finetune._prefetched(features.shuffled_batches(path, batch_size, buffer_rows,
+                                                                                       seed))])
+
+
+def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
+    """Every path over the file at `path`, `args.rounds` alternating rounds, best counting; figures keyed by tag."""
+    extents = chunk_extents(path) if args.compression == "none" else None
+    file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
+    from vggbn.storage import feed
+
+    # as feature_training reads it: float32 tensors ready for a step (a float16 file's rows cast by TensorFlow)
+    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, tensors=True)
+             for threads in (1, CORES)}
+    paths = {"feed_1": lambda seed: feed_s(feeds[1], seed), "feed": lambda seed: feed_s(feeds[CORES], seed)}
+    if tag == "fp16":  # as stored, float16 tensors: what a step that casts on its own device (a GPU) would take
+        stored = feed.Feed(path, args.batch_size, args.shuffle_buffer, dtype=None, tensors=True)
+        paths["feed_stored"] = lambda seed: feed_s(stored, seed)
+    if extents:
+        batch_bytes = file_bytes * args.batch_size // max(rows, 1)
+        paths = {"read_1": lambda seed: raw_read_s(path, extents, 1, batch_bytes),
+                 "read": lambda seed: raw_read_s(path, extents, CORES, batch_bytes),
+                 "read_cached": lambda seed: raw_read_s(path, extents, CORES, 0), **paths}
+    if args.h5py:
+        paths["h5py"] = lambda seed: h5py_feed_s(path, args.batch_size, args.shuffle_buffer, seed)
+    best, best_cpu = {}, {}
+    for run in paths.values():
+        run(0)  # warms the page cache, and each feed's buffers
+    for round_ in range(args.rounds):
+        for name, run in paths.items():
+            wall, cpu = run(round_ + 1)
+            best[name], best_cpu[name] = min(best.get(name, wall), wall), min(best_cpu.get(name, cpu), cpu)
+        print(f"{tag} round {round_ + 1} (best rows/s so far, wall): " + ", ".join(
+            f"{k} {rows / v:.0f}" for k, v in best.items()), flush=True)
+    for name, seconds in best.items():
+        figures[f"{name}_rows_s_{tag}"] = rows / seconds
+        figures[f"{name}_gb_s_{tag}"] = file_bytes / seconds / 1e9
+    if extents:  # the bound: the best raw read, on one core or all
+        read = min(best["read"], best["read_1"])
+        figures[f"feed_over_read_{tag}"] = read / min(best["feed"], best["feed_1"])
+        figures[f"feed_over_read_cpu_{tag}"] = min(best_cpu["read"], best_cpu["read_1"]) / min(best_cpu["feed"],
+                                                                                               best_cpu["feed_1"])
+        figures[f"feed_over_read_cached_{tag}"] = best["read_cached"] / min(best["feed"], best["feed_1"])
+        if "feed_stored" in best:
+            figures[f"feed_stored_over_read_{tag}"] = read / best["feed_stored"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gb", type=float, default=4.0, help="GB of features in each file")
+    parser.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--shuffle-buffer", type=int, default=4096, help="finetune.shuffle_buffer (rows)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compression", default="none", choices=("none", "lzf", "gzip"))
+    parser.add_argument("--h5py", action="store_true", help="also the previous feed (h5py + tf.data)")
+    parser.add_argument("--smoke", action="store_true", help="2 MB files (seconds); feed_over_read not checked")
+    parser.add_argument("--dir", default=None, help="where to write the files (default: a temporary folder)")
+    args = parser.parse_args()
+    row_shape = SMOKE_ROW_SHAPE if args.smoke else ROW_SHAPE
+    gb = 0.002 if args.smoke else args.gb
+    if args.smoke:
+        args.rounds, args.h5py = 1, True
+    print_load()
+    figures, checks = {}, {}
+    for dtype in args.dtypes:
+        import numpy as np
+
+        tag = {"float16": "fp16", "float32": "fp32"}[dtype]
+        rows = int(gb * 1e9 // (np.prod(row_shape) * np.dtype(dtype).itemsize))
+        work = Path(tempfile.mkdtemp(prefix="bench-stream-", dir=args.dir))
+        try:
+            path = work / f"features-{tag}.h5"
+            start = time.perf_counter()
+            write_file(path, rows, row_shape, dtype, None if args.compression == "none" else args.compression)
+            print(f"{tag}: {rows} rows of {row_shape} {dtype} ({path.stat().st_size / 1e9:.2f} GB on disk, "
+                  f"compression {args.compression}), written in {time.perf_counter() - start:.1f} s", flush=True)
+            measure(path, rows, args, tag, figures)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if f"feed_over_read_{tag}" in figures:
+            checks[f"read_over_feed_{tag}"] = (1 / figures[f"feed_over_read_{tag}"],
+                                               f"the raw read of the file's chunks in file order, "
+                                               f"{figures[f'read_gb_s_{tag}']:.1f} GB/s on {CORES} cores")
+            print(f"{tag}: feed {figures[f'feed_rows_s_{tag}']:.0f} rows/s ({figures[f'feed_gb_s_{tag}']:.2f} GB/s) "
+                  f"on {CORES} cores, {figures[f'feed_1_rows_s_{tag}']:.0f} on one; raw read "
+                  f"{figures[f'read_rows_s_{tag}']:.0f} rows/s ({figures[f'read_gb_s_{tag}']:.2f} GB/s), "
+                  f"{figures[f'read_1_rows_s_{tag}']:.0f} on one: feed_over_read "
+                  f"{figures[f'feed_over_read_{tag}']:.3f} (target >= 0.8)", flush=True)
+    roofline.Roofline.check(checks, enforce=not args.smoke)  # smoke: microsecond passes, no rate means anything
+    figures["cores"] = CORES
+    keys = [k for k in figures if k.startswith("feed_over_read")]
+    print_figures({**{k: figures[k] for k in keys}, **{k: v for k, v in figures.items() if k not in keys}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The training feed (`vggbn.storage.feed`): `features.shuffled_batches`' order bit for bit, rows read straight
+into each batch, a worker's share of every global batch, damaged files named."""
+
+import h5py
+import numpy as np
+import pytest
+
+from vggbn.storage import feed, features
+
+
+def write_rows(path, n, *, chunk=7, dtype=np.float32, row_shape=(3,), **options):
+    """Row i holds i + j / 8 in element j; label i."""
+    values = (np.arange(n)[:, None] + np.arange(int(np.prod(row_shape)))[None, :] / 8).astype(dtype)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=values.reshape(n, *row_shape), chunks=(chunk, *row_shape), **options)
+        f.create_dataset("labels", data=np.arange(n, dtype=np.int32))
+
+
+@pytest.mark.parametrize("dtype, options", [(np.float32, {}), (np.float16, {}), (np.float32, {"compression": "lzf"}),
+                                            (np.float32, {"chunks": None})])
+@pytest.mark.parametrize("batch_size, buffer_rows", [(8, 30), (5, 3), (16, 200), (1, 1)])
+def test_the_feed_gives_features_shuffled_batches_batches(tmp_path, dtype, options, batch_size, buffer_rows):
+    path = tmp_path / "f.h5"
+    chunks = options.pop("chunks", 7)
+    if chunks is None:  # contiguous layout
+        with h5py.File(path, "w") as f:
+            f.create_dataset("features", data=np.arange(101 * 3, dtype=dtype).reshape(101, 3))
+            f.create_dataset("labels", data=np.arange(101, dtype=np.int32))
+    else:
+        write_rows(path, 101, chunk=chunks, dtype=dtype, **options)
+    expected = list(features.shuffled_batches(path, batch_size, buffer_rows, seed=3))
+    got = list(feed.shuffled_batches(path, batch_size, buffer_rows, seed=3, threads=2))
+    assert len(got) == len(expected)
+    for (x, y), (ex, ey) in zip(got, expected):
+        assert x.dtype == np.float32 and x.tobytes() == ex.tobytes() and (y == ey).all()
+    as_stored = feed.shuffled_batches(path, batch_size, buffer_rows, seed=3, dtype=None, tensors=True)
+    for (x, y), (ex, ey) in zip(as_stored, expected, strict=True):  # tensors, as the file stores the features
+        assert x.dtype.as_numpy_dtype == dtype and (x.numpy().astype(np.float32) == ex).all()
+        assert y.dtype.name == "int32" and (y.numpy() == ey).all()
+
+
+def test_workers_together_read_each_global_batch_once(tmp_path):
+    write_rows(tmp_path / "f.h5", 203, row_shape=(2, 2))
+    for batch, workers in ((16, 2), (16, 3), (2, 3)):  # a batch of 2 rows over 3 workers: one share is empty
+        whole = list(feed.shuffled_batches(tmp_path / "f.h5", batch, 40, seed=1))
+        shares = [list(feed.shuffled_batches(tmp_path / "f.h5", batch, 40, seed=1, worker_index=i,
+                                             num_workers=workers, tensors=bool(i % 2))) for i in range(workers)]
+        shares = [[(np.asarray(x), np.asarray(y)) for x, y in share] for share in shares]
+        for number, (x, y) in enumerate(whole):
+            parts = [share[number] for share in shares]
+            assert np.concatenate([p[0] for p in parts]).astype(np.float32).tobytes() == x.tobytes()
+            assert (np.concatenate([p[1] for p in parts]) == y).all()
+            assert [len(p[1]) for p in parts] == [len(y) * (i + 1) // workers - len(y) * i // workers
+                                                  for i in range(workers)]
+    with pytest.raises(ValueError, match="worker_index=2, num_workers=2"):
+        next(feed.shuffled_batches(tmp_path / "f.h5", 16, 40, seed=1, worker_index=2, num_workers=2))
+
+
+def test_each_batch_is_its_own_array_and_a_short_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "f.h5"
+    write_rows(path, 200, chunk=10, row_shape=(64,))
+    batches = list(feed.shuffled_batches(path, 8, 40, seed=0, prefetch=3))
+    assert all(not np.shares_memory(a[0], b[0]) for a, b in zip(batches, batches[1:]))
+    assert all((x[:, 0] == y).all() for x, y in batches)
+    kept = list(feed.shuffled_batches(path, 8, 40, seed=0, tensors=True))  # tensors kept: no buffer reused
+    assert all((x.numpy()[:, 0] == y.numpy()).all() for x, y in kept)
+    dropped = [float(x[0, 0]) - float(y[0]) for x, y in feed.shuffled_batches(path, 8, 40, seed=0, tensors=True)]
+    assert dropped == [0.0] * 25  # buffers reused as each batch's tensor is dropped
+    with h5py.File(path) as f:
+        end = f["features"].id.get_chunk_info(15).byte_offset
+    reading = feed.shuffled_batches(path, 8, 40, seed=0)
+    next(reading)
+    with open(path, "r+b") as handle:  # cut short while being read (HDF5 would refuse to open it so)
+        handle.truncate(end + 16)
+    with pytest.raises(features.FeatureFileError, match=r"f\.h5: rows \d+-\d+ cannot be read \(the file ends early\)"):
+        list(reading)

@@ -1,0 +1,309 @@
+"""The training feed: every row of a feature file once an epoch, in shuffled batches, read straight from the file
+into the batches' own arrays by parallel threads, the next shuffle buffer read while this one's batches train.
+
+The order is `features.shuffled_batches`' own, bit for bit (same seed, same batches, same rows in each): blocks of
+whole HDF5 chunks in a seeded random order, gathered a buffer of about `buffer_rows` rows at a time, each buffer
+shuffled row by row; what does not fill a last batch is carried into the next buffer. The order is computed first
+(row numbers and labels: a few bytes a row); then the rows are never gathered and copied again: each run of
+consecutive rows in a chunk is read by one `os.preadv` whose pieces are the rows' places in their batches, so the
+kernel copies each row once, from the page cache to where the step reads it (the GIL is released meanwhile; a
+buffer's runs are split between threads). With `tensors`, each batch becomes a `tf.Tensor` sharing that memory
+(DLPack): no copy either. Memory: the batches of about two shuffle buffers, as `features.shuffled_batches` held.
+
+This direct path needs what `features.build_feature_file` writes: `features` stored unfiltered (no compression)
+in native byte order. A file with filters (compressed chunks must be read and decompressed whole) is read through
+h5py with the buffer in memory, in the same order.
+
+A worker of a multi-worker strategy reads only its rows of each global batch (`worker_index`, `num_workers`): the
+contiguous slice `training.Trainer` gives that worker's replicas (rows n i / w to n (i + 1) / w of a global batch of
+n rows, w workers with the same number of replicas each), so the workers together read each row once.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from vggbn.storage import features
+
+PREFETCH = 2  # batches read ahead of the one being trained on
+IOV_MAX = 1024  # buffers one preadv may scatter into (Linux)
+ALIGN = 64  # bytes: what TensorFlow's CPU kernels require of a tensor's buffer (Eigen's EIGEN_MAX_ALIGN_BYTES)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def worker_slice(count: int, worker_index: int, num_workers: int) -> slice:
+    """The rows of a global batch of `count` that worker `worker_index` of `num_workers` trains on: what
+    `training.Trainer` gives its replicas (the same number on every worker)."""
+    return slice(count * worker_index // num_workers, count * (worker_index + 1) // num_workers)
+
+
+def buffer_plans(count: int, chunk: int, batch_size: int, buffer_rows: int, rng: np.random.Generator,
+                 labels: h5py.Dataset | np.ndarray) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """`features.shuffled_batches`' order from `rng`, a shuffle buffer at a time: for each buffer, the (row numbers,
+    their labels) of the batches it completes (the last buffer: what remains). Labels are read a block at a time, as
+    the rows would be."""
+    block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
+    starts = rng.permutation(np.arange(0, count, block))
+    per_buffer = max(1, buffer_rows // block)
+    carry_rows = np.empty((0,), dtype=np.int64)
+    carry_labels = np.empty((0,), dtype=labels.dtype)
+    for i in range(0, len(starts), per_buffer):
+        group = starts[i:i + per_buffer]
+        rows = np.concatenate([carry_rows] + [np.arange(s, min(s + block, count)) for s in group])
+        labels_ = np.concatenate([carry_labels] + [labels[s:s + block] for s in group])
+        order = rng.permutation(len(rows))
+        rows, labels_ = rows[order], labels_[order]
+        full = (len(rows) // batch_size) * batch_size
+        batches = [(rows[start:start + batch_size], labels_[start:start + batch_size])
+                   for start in range(0, full, batch_size)]
+        if batches:
+            yield batches
+        carry_rows, carry_labels = rows[full:], labels_[full:]
+    if len(carry_rows):
+        yield [(carry_rows, carry_labels)]
+
+
+class _RowReader:
+    """Reads rows of an unfiltered, native-order `features` dataset by their byte offsets (`preadv`)."""
+
+    def __init__(self, path, dataset: h5py.Dataset, dtype):
+        self.path, self.count = path, dataset.shape[0]
+        self.row_shape, self.stored = dataset.shape[1:], dataset.dtype
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * dataset.dtype.itemsize
+        self.dtype = np.dtype(dtype)
+        self.chunk = dataset.chunks[0] if dataset.chunks else 1  # what the order is planned by
+        self._stored_chunk = dataset.chunks[0] if dataset.chunks else max(self.count, 1)  # contiguous: one chunk
+        self._offsets = self._chunk_offsets(dataset)
+        self.fd = os.open(path, os.O_RDONLY)
+
+    @staticmethod
+    def usable(dataset: h5py.Dataset) -> bool:
+        """Stored as plain bytes: no filter, native byte order, a numeric type."""
+        plist = dataset.id.get_create_plist()
+        return plist.get_nfilters() == 0 and dataset.dtype.isnative and dataset.dtype.kind == "f"
+
+    def _chunk_offsets(self, dataset: h5py.Dataset) -> np.ndarray:
+        """Byte offset of each chunk (-1: never written, reads as an error)."""
+        if not dataset.chunks:
+            offset = dataset.id.get_offset()
+            return np.array([-1 if offset is None else offset], dtype=np.int64)
+        offsets = np.full(-(-self.count // self._stored_chunk), -1, dtype=np.int64)
+        zeros = (0,) * (len(dataset.shape) - 1)
+
+        def record(info):
+            offsets[info.chunk_offset[0] // self._stored_chunk] = info.byte_offset
+        try:
+            dataset.id.chunk_iter(record)
+        except AttributeError:  # HDF5 before 1.12.3: one call a chunk
+            for index in range(len(offsets)):
+                info = dataset.id.get_chunk_info_by_coord((index * self._stored_chunk, *zeros))
+                offsets[index] = -1 if info.byte_offset is None else info.byte_offset
+        return offsets
+
+    def runs(self, rows: np.ndarray, places: list[memoryview]) -> list[tuple[int, list[memoryview], int]]:
+        """(byte offset, the places to read into, the first row's number) for each run of consecutive rows of a
+        chunk among `rows` (row i goes to `places[i]`, a row's bytes): one `preadv` a run, the kernel scattering its
+        rows to their places."""
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        chunks = rows // self._stored_chunk
+        starts = self._offsets[chunks]
+        offsets = np.where(starts >= 0, starts + (rows - chunks * self._stored_chunk) * self.row_bytes, -1)
+        breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(chunks) != 0)) + 1
+        runs = []
+        for first, stop in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
+            for part in range(first, stop, IOV_MAX):
+                end = min(part + IOV_MAX, stop)
+                runs.append((int(offsets[part]), [places[i] for i in order[part:end].tolist()], int(rows[part])))
+        return runs
+
+    def read_runs(self, runs) -> None:
+        for offset, places, row in runs:
+            size = len(places) * self.row_bytes
+            read = os.preadv(self.fd, places, offset) if offset >= 0 else -1
+            if read != size:
+                raise features.FeatureFileError(
+                    f"{self.path}: rows {row}-{row + len(places) - 1} cannot be read ("
+                    f"{'not written' if read < 0 else 'the file ends early'}): the file is damaged; `dvc checkout "
+                    f"{self.path}` restores it from DVC's cache, or rerun the stage that wrote it with `dvc repro -f`")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Feed:
+    """The shuffled batches of one feature file, epoch after epoch (`epoch(seed)`), for one worker of `num_workers`;
+    what `shuffled_batches` reads, with its batch buffers kept from one epoch to the next (allocated and their
+    pages touched once, not every epoch).
+
+    Features come as `dtype` (None: as the file stores them, float16 stays float16: half the bytes to move, and a
+    step casts them exactly), labels as int32. `tensors` True: both as `tf.Tensor`s ready for a step, the features'
+    tensor sharing the buffer its rows were read into (DLPack: no copy); a buffer is reused once nothing refers to
+    its tensor any more. Else numpy arrays, each the batch's own. `threads` (default: the cores) read the rows;
+    `prefetch` > 0: the next shuffle buffer's rows are read while this one's batches are yielded.
+    """
+
+    def __init__(self, path, batch_size: int, buffer_rows: int, *, worker_index: int = 0, num_workers: int = 1,
+                 threads: int | None = None, prefetch: int = PREFETCH, dtype=np.float32, tensors: bool = False):
+        if not 0 <= worker_index < num_workers:
+            raise ValueError(f"Expected 0 <= worker_index < num_workers. Received: worker_index={worker_index}, "
+                             f"num_workers={num_workers}")
+        if batch_size < 1 or buffer_rows < 1:
+            raise ValueError(f"Expected batch_size and buffer_rows >= 1. Received: {batch_size}, {buffer_rows}")
+        self.path, self.batch_size, self.buffer_rows = path, batch_size, buffer_rows
+        self.worker_index, self.num_workers = worker_index, num_workers
+        self.threads, self.prefetch, self.dtype, self.tensors = threads or cores(), prefetch, dtype, tensors
+        self._buffers = _Buffers() if tensors else None
+
+    def epoch(self, seed: int) -> Iterator[tuple]:
+        """(features, labels) of every row once, in `features.shuffled_batches`' order for `seed`; with
+        `num_workers` > 1, only this worker's slice of each global batch (`worker_slice`). Every global batch has
+        `batch_size` rows but the last (the rest)."""
+        rng = np.random.default_rng(seed)
+        with features.open_features(self.path) as file:
+            dataset, labels = file["features"], file["labels"]
+            dtype = np.dtype(self.dtype or dataset.dtype)
+            if not _RowReader.usable(dataset):
+                batches = _buffered(self.path, self.batch_size, self.buffer_rows, rng, self.worker_index,
+                                    self.num_workers, dtype)
+                yield from (_as_tensors(x, y) for x, y in batches) if self.tensors else batches
+                return
+            reader = _RowReader(self.path, dataset, dtype)
+            plans = buffer_plans(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels)
+            try:
+                yield from _read_ahead(reader, plans, self.worker_index, self.num_workers, self.threads,
+                                       self.prefetch, dtype, self._buffers)
+            finally:
+                reader.close()
+
+
+def shuffled_batches(path, batch_size: int, buffer_rows: int, seed: int, **options) -> Iterator[tuple]:
+    """One epoch of a `Feed(path, batch_size, buffer_rows, **options)`: every row once, in
+    `features.shuffled_batches`' order for `seed`."""
+    return Feed(path, batch_size, buffer_rows, **options).epoch(seed)
+
+
+def _as_tensors(x: np.ndarray, y: np.ndarray):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32)
+
+
+class _Buffers:
+    """Batch arrays aligned for TensorFlow, each handed out as a fresh view of a buffer that is reused once that
+    view is gone (the tensor made from it holds it through DLPack until TensorFlow frees the tensor). Pages are
+    written once, when a buffer is made: no page faults batch after batch."""
+
+    def __init__(self):
+        self._free: list[np.ndarray] = []
+        self._lent: list[tuple[np.ndarray, weakref.ref]] = []
+
+    def take(self, shape, dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        lent = []
+        for base, view in self._lent:
+            (lent.append((base, view)) if view() is not None else self._free.append(base))
+        self._lent = lent
+        fits = [base for base in self._free if len(base) >= nbytes + ALIGN]
+        if fits:
+            base = fits[0]
+            self._free.remove(base)
+        else:
+            base = np.empty(nbytes + ALIGN, np.uint8)
+            base.fill(0)  # its pages made now, not one fault at a time while the kernel copies rows in
+        start = (-base.ctypes.data) % ALIGN
+        view = base[start:start + nbytes].view(dtype).reshape(shape)
+        self._lent.append((base, weakref.ref(view)))
+        return view
+
+
+def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, prefetch, dtype, buffers):
+    """The planned batches, a shuffle buffer's batches at a time: every run of rows read by one `preadv` straight
+    into its rows' places in their batches, the runs split between `threads` threads; the next buffer read while
+    this one's batches are yielded (`prefetch` 0: not). As tensors sharing `buffers`' arrays, or (no `buffers`) as
+    numpy arrays of their own, converted to `dtype` where the file stores another."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="feed")
+    stored = reader.stored
+
+    def start(plan):
+        batches, rows, places = [], [], []
+        for batch_rows, labels in plan:
+            part = worker_slice(len(batch_rows), worker_index, num_workers)
+            batch_rows, labels = batch_rows[part], labels[part].astype(np.int32)
+            shape = (len(batch_rows), *reader.row_shape)
+            out = buffers.take(shape, stored) if buffers is not None else np.empty(shape, stored)
+            if len(batch_rows):  # a worker's share of a batch smaller than the workers may be empty
+                view, size = memoryview(out).cast("B"), reader.row_bytes
+                places += [view[i * size:(i + 1) * size] for i in range(len(batch_rows))]
+            rows.append(batch_rows)
+            batches.append((out, labels))
+        runs = reader.runs(np.concatenate(rows), places) if places else []
+        weights = np.cumsum(np.fromiter((len(run[1]) for run in runs), np.int64, len(runs)))
+        cuts = np.searchsorted(weights, [len(places) * t / threads for t in range(1, threads)]).tolist()
+        jobs = [pool.submit(reader.read_runs, runs[a:b]) for a, b in zip([0, *cuts], [*cuts, len(runs)]) if b > a]
+        return batches, jobs
+
+    def finished(entry):
+        batches, jobs = entry
+        for job in jobs:
+            job.result()  # raises a reader's error here
+        for out, labels in batches:
+            if buffers is None:
+                yield (out if out.dtype == dtype else out.astype(dtype)), labels
+            else:
+                import tensorflow as tf
+
+                x = tf.experimental.dlpack.from_dlpack(out.__dlpack__())
+                yield (x if x.dtype.as_numpy_dtype == dtype else tf.cast(x, dtype)), tf.convert_to_tensor(labels)
+        batches.clear()  # the views go with the tensors: their buffers are reused once those are dropped
+
+    try:
+        ahead = []
+        for plan in plans:
+            ahead.append(start(plan))
+            if len(ahead) > min(prefetch, 1):
+                yield from finished(ahead.pop(0))
+        while ahead:
+            yield from finished(ahead.pop(0))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _buffered(path, batch_size, buffer_rows, rng, worker_index, num_workers, dtype):
+    """The same order for a file `_RowReader` cannot read directly: blocks read through h5py (decompressed) into a
+    buffer of about `buffer_rows` rows in memory."""
+    with features.open_features(path) as file:
+        dataset, labels = file["features"], file["labels"]
+        count = dataset.shape[0]
+        chunk = dataset.chunks[0] if dataset.chunks else 1
+        block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
+        starts = rng.permutation(np.arange(0, count, block))
+        per_buffer = max(1, buffer_rows // block)
+        carry_x = np.empty((0, *dataset.shape[1:]), dtype=dtype)
+        carry_y = np.empty((0,), dtype=labels.dtype)
+
+        def part(x, y):
+            keep = worker_slice(len(y), worker_index, num_workers)
+            return x[keep], y[keep]
+        for i in range(0, len(starts), per_buffer):
+            group = starts[i:i + per_buffer]
+            x = np.concatenate([carry_x] + [features.read_rows(path, dataset, s, s + block).astype(dtype, copy=False)
+                                            for s in group])
+            y = np.concatenate([carry_y] + [labels[s:s + block] for s in group])
+            order = rng.permutation(len(y))
+            x, y = x[order], y[order]
+            full = (len(y) // batch_size) * batch_size
+            for start in range(0, full, batch_size):
+                yield part(x[start:start + batch_size], y[start:start + batch_size])
+            carry_x, carry_y = x[full:], y[full:]
+        if len(carry_y):
+            yield part(carry_x, carry_y)
