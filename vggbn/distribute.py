@@ -23,7 +23,8 @@ import numpy as np
 
 
 from vggbn.launch import STRATEGY_ENV as ENV
-from vggbn.launch import DistributeError, cluster, is_chief, multi_worker, strategy_choice
+from vggbn.launch import (DistributeError, check_strategy_fits, cluster, collective_timeout, is_chief, multi_worker,
+                          slurm_addresses, strategy_choice)
 
 
 @functools.cache
@@ -31,6 +32,7 @@ def strategy():
     """The one strategy of this process (made once: a multi-worker strategy starts a server on its port)."""
     import tensorflow as tf
 
+    check_strategy_fits()
     choice, described = strategy_choice(), cluster()
     if choice == "auto":
         gpus = tf.config.list_physical_devices("GPU")
@@ -44,17 +46,28 @@ def strategy():
                               "describes a cluster (see the README's 'More than one machine')")
     resolver = None
     if described.source == "slurm":
-        from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import SlurmClusterResolver
-
-        resolver = SlurmClusterResolver(gpus_per_node=len(tf.config.list_physical_devices("GPU")),
-                                        port_base=int(os.environ.get("VGGBN_PORT_BASE", "8888")))
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": slurm_addresses()}), task_type="worker", task_id=described.index,
+            rpc_layer="grpc")
+    options = communication_options(len(tf.config.list_physical_devices("GPU")), collective_timeout())
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     except RuntimeError as error:
         if "must be configured at program startup" not in str(error):
             raise
         raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
                            "vggbn.distribute.strategy() first") from None
+
+
+def communication_options(gpus: int, timeout_seconds: float):
+    """The collectives' options for workers with `gpus` GPUs each: NCCL between GPU workers (TensorFlow's
+    multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers; and the
+    timeout after which a collective that the other workers never join fails."""
+    import tensorflow as tf
+
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    return tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation.NCCL if gpus else implementation.RING, timeout_seconds=timeout_seconds)
 
 
 def describe() -> dict:
