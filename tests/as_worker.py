@@ -4,7 +4,8 @@ the strategy the environment gives (`vggbn.distribute`), run as a real process (
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
 WORKSPACE holds `model.keras` and `images/` (made by the test); the chief writes `features.h5`, `result.npz` and
-`result.json` there; it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left. Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
+`result.json` there; it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left; with
+`$PAUSE_AFTER_EPOCH` = k, it sleeps once epoch k's checkpoint is saved (for a test to kill it mid-training). Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
 Python audit hook) in `$WRITES_DIR/writes-<index>.json`, outside the workspace. LOGICAL_CPUS > 1 splits the CPU
 into that many logical devices first (for `VGGBN_STRATEGY=mirrored`).
 """
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 WORKSPACE = Path(sys.argv[1]).resolve()
@@ -58,7 +60,22 @@ from vggbn.finetune import train_on_features  # noqa: E402
 from vggbn.images import ImageInput  # noqa: E402
 
 
+def pause_after_checkpoint(epoch_to_pause: int) -> None:
+    from vggbn import finetune
+
+    save = finetune._save_checkpoint
+
+    def saved_then_paused(model, work_dir, epoch, history):
+        save(model, work_dir, epoch, history)
+        if epoch == epoch_to_pause:
+            time.sleep(600)
+
+    finetune._save_checkpoint = saved_then_paused
+
+
 def main():
+    if os.environ.get("PAUSE_AFTER_EPOCH"):
+        pause_after_checkpoint(int(os.environ["PAUSE_AFTER_EPOCH"]))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("vggbn.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
