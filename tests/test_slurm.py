@@ -91,6 +91,8 @@ def test_the_readme_job_script_under_slurm_equals_one_process(tmp_path, pipeline
         assert metrics(project, "finetune")[key] == pytest.approx(metrics(alone, "finetune")[key], abs=1e-5), key
     for variant in ("with_bn", "without_bn"):
         one, two = metrics(alone, "transfer")[variant]["per_lr"], metrics(project, "transfer")[variant]["per_lr"]
-        assert {lr: round(v["loss"], 4) for lr, v in two.items()} == {lr: round(v["loss"], 4) for lr, v in one.items()}
+        assert two.keys() == one.keys()
+        for lr in one:
+            assert two[lr]["loss"] == pytest.approx(one[lr]["loss"], abs=1e-4), (variant, lr)
     # only the chief wrote: no second set of files, nothing left in the work folders
     assert not list(project.rglob("*.partial*")) and not list(project.glob("data/.work/**/chunk-*"))

@@ -151,8 +151,13 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
     return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
-@functools.cache
 def _gathered(function: Callable):
+    """`function` run on every replica, its outputs gathered: traced once per function, and kept on the function
+    itself, so it lives as long as the caller keeps `function` (a predictor's model goes with its predictor; a cache
+    here would keep every model a grid of trainings made)."""
+    cached = getattr(function, "_vggbn_gathered", None)
+    if cached is not None:
+        return cached
     import tensorflow as tf
 
     current = strategy()
@@ -162,6 +167,10 @@ def _gathered(function: Callable):
         outputs = current.run(function, args=values)
         return tf.nest.map_structure(lambda o: current.gather(o, axis=0), outputs)
 
+    try:
+        function._vggbn_gathered = gathered
+    except AttributeError:  # a bound method or a builtin: traced again on each call, and kept by nothing
+        pass
     return gathered
 
 
