@@ -4,7 +4,7 @@ the strategy the environment gives (`vggbn.distribute`), run as a real process (
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
 WORKSPACE holds `model.keras` and `images/` (made by the test); the chief writes `features.h5`, `result.npz` and
-`result.json` there; it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left; with
+`result.json` there; it compares transfer in head mode (its work folder `work/transfer`); it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left; with
 `$PAUSE_AFTER_EPOCH` = k, it sleeps once epoch k's checkpoint is saved (for a test to kill it mid-training). Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
 Python audit hook) in `$WRITES_DIR/writes-<index>.json`, outside the workspace. LOGICAL_CPUS > 1 splits the CPU
 into that many logical devices first (for `VGGBN_STRATEGY=mirrored`).
@@ -32,7 +32,7 @@ def record(event, args):
     elif event in ("os.rename", "os.replace"):
         touch(args[0])
         touch(args[1])
-    elif event in ("os.remove", "os.mkdir", "os.rmdir", "os.truncate"):
+    elif event in ("os.remove", "os.mkdir", "os.rmdir", "os.truncate", "shutil.rmtree"):
         touch(args[0])
 
 
@@ -55,7 +55,7 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn import distribute, extract, features, models, surgery  # noqa: E402
+from vggbn import calibration, distribute, extract, features, models, surgery, transfer  # noqa: E402
 from vggbn.finetune import train_on_features  # noqa: E402
 from vggbn.images import ImageInput  # noqa: E402
 
@@ -86,7 +86,7 @@ def main():
     stats = extract.extract_split(conv=conv, model_md5="m", inputs=inputs, paths=paths, labels=labels,
                                   md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
                                   work_dir=WORKSPACE / "work" / "features")
-    moments = surgery.measure(conv, inputs.dataset(paths, (32, 32)), surgery.conv_names(conv))
+    moments = calibration.conv_moments(conv, inputs, paths, surgery.conv_names(conv))
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
     trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
@@ -94,6 +94,10 @@ def main():
                                 shuffle_buffer=16,
                                 work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
                                 live_dir=WORKSPACE / "live")
+    report = transfer.compare_transfer({"start": dense}, train_path=WORKSPACE / "features.h5",
+                                       valid_path=WORKSPACE / "features.h5", num_classes=3, train_mode="head",
+                                       lrs=[1e-2], seeds=[0], epochs=1, batch_size=10,
+                                       work_dir=WORKSPACE / "work" / "transfer")
     if distribute.is_chief():
         with features.open_features(WORKSPACE / "features.h5") as file:
             rows = file["features"][:]
@@ -102,6 +106,7 @@ def main():
             arrays[f"{name}_mean"], arrays[f"{name}_variance"] = m.mean, m.variance
         np.savez(WORKSPACE / "result.npz", **arrays)
         (WORKSPACE / "result.json").write_text(json.dumps({"stats": stats, "history": trained.history,
+                                                           "transfer": report,
                                                            **distribute.describe()}))
 
 

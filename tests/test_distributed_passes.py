@@ -77,6 +77,10 @@ def assert_same_results(one: Path, other: Path, weights_atol: float):
     one_run, other_run = (json.loads((path / "result.json").read_text()) for path in (one, other))
     for x, y in zip(one_run["history"], other_run["history"], strict=True):
         assert y == pytest.approx(x, abs=1e-5)
+    one_lr, other_lr = one_run["transfer"]["start"]["per_lr"], other_run["transfer"]["start"]["per_lr"]
+    assert other_lr.keys() == one_lr.keys()
+    for lr in one_lr:
+        assert other_lr[lr] == pytest.approx(one_lr[lr], abs=1e-5), lr
     return other_run
 
 

@@ -92,6 +92,22 @@ def _non_finite(error: surgery.NonFiniteActivations, where: str) -> StatisticsEr
                            "would not be: a broken model file (NaN or huge weights) or damaged features")
 
 
+def conv_moments(conv: keras.Model, inputs: ImageInput, paths: list[str], names: list[str],
+                 position: str = "after_activation") -> dict[str, Moments]:
+    """`surgery.measure` of the conv part's layers `names` over the images `paths` (relative to `inputs.root`).
+    Under a multi-worker strategy each worker decodes only its own rows of each batch (`distribute.own_images`)
+    and only moments travel."""
+    shared = distribute.multi_worker()
+    if shared:
+        totals = [len(paths[i:i + inputs.batch_size]) for i in range(0, len(paths), inputs.batch_size)]
+        images = zip(distribute.own_images(inputs, paths, models.input_size(conv)), totals)
+    else:
+        images = inputs.dataset(paths, models.input_size(conv))
+    batches = console.tracked(images, len(paths), "statistics over train images", "img",
+                              size=(lambda pair: pair[1]) if shared else len)
+    return surgery.measure(conv, batches, names, position, shared=shared)
+
+
 def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_path, layers: str, position: str,
                  batch_size: int, conv_images: int | None) -> StageResult:
     """The bn_stats stage: moments of every BN target, saved to `out_path`; units and dead units per layer, and a
@@ -115,10 +131,8 @@ def run_bn_stats(*, model_path, train_path, sample_dir, inputs: ImageInput, out_
             raise _non_finite(error, f"row {row} of {train_path} (image {image})") from None
     if surgery.targets(conv, layers):
         paths = read_split(sample_dir, "train").paths[:conv_images]
-        batches = console.tracked(inputs.dataset(paths, models.input_size(model)), len(paths),
-                                  "statistics over train images", "img", size=len)
         try:
-            moments.update(surgery.measure(conv, batches, surgery.targets(conv, layers), position))
+            moments.update(conv_moments(conv, inputs, paths, surgery.targets(conv, layers), position))
         except surgery.NonFiniteActivations as error:
             image = inputs.files(paths)[error.batch * inputs.batch_size + error.row]
             raise _non_finite(error, f"image {image}") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -149,6 +149,82 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
     outputs = _gathered(function)(values)
     cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
     return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+
+
+def shares(count: int) -> list[int]:
+    """How many rows of a batch of `count` each worker takes, in worker order: contiguous runs of ceil(count / N)
+    rows (the last ones may take fewer, or none); one worker takes them all outside a multi-worker cluster."""
+    workers = cluster().workers if multi_worker() else 1
+    each = -(-count // workers) if count else 0
+    return [max(0, min(each, count - worker * each)) for worker in range(workers)]
+
+
+def my_share(count: int) -> slice:
+    """This worker's rows of a batch of `count` (`shares`)."""
+    counts, index = shares(count), (cluster().index if multi_worker() else 0)
+    start = sum(counts[:index])
+    return slice(start, start + counts[index])
+
+
+def own_images(inputs, paths: Sequence[str], size: tuple[int, int], flip: bool = False):
+    """For each batch of `inputs.batch_size` of `paths` (the last may be smaller), this worker's share of its
+    images (`my_share`), decoded by `inputs` (an `images.ImageInput`): the only images this worker reads. One
+    tf.data pipeline over all of its rows, so decoding still runs ahead of the model."""
+    batches = [paths[i:i + inputs.batch_size] for i in range(0, len(paths), inputs.batch_size)]
+    mine = [batch[my_share(len(batch))] for batch in batches]
+    decoded = iter(inputs.dataset([path for share in mine for path in share], size, flip=flip))
+    buffer = np.zeros((0, *size, 3), np.float32)
+    for share in mine:
+        while len(buffer) < len(share):
+            buffer = np.concatenate([buffer, next(decoded).numpy()])
+        yield buffer[:len(share)]
+        buffer = buffer[len(share):]
+
+
+def gather_shares(function: Callable, counts: list[int], *mine: np.ndarray, trim: bool = True):
+    """`function` (traced; of one slice of each array, returning a tensor or a list of them) over a batch whose rows
+    each worker holds only its own share of: `mine`, this worker's rows of each array (`my_share`), which its
+    replicas split among them; `counts`, every worker's row count (`shares`). The outputs of the whole batch, in
+    row order, on every worker: only outputs travel between workers, never inputs.
+
+    Each worker's rows are padded with zero rows to the largest share, so every replica computes a slice of the
+    same shape (collectives need it); `trim` drops the padding's outputs (False: every replica's outputs, in replica
+    order, laid out as `gathered_rows` says).
+    """
+    import tensorflow as tf
+
+    current = strategy()
+    local, per_replica = _share_layout(counts)
+    blocks = []
+    for array in mine:
+        array = np.asarray(array, dtype=np.float32)
+        block = np.zeros((per_replica * local, *array.shape[1:]), dtype=np.float32)
+        block[:len(array)] = array
+        blocks.append(block)
+    values = current.experimental_distribute_values_from_function(  # global replica id = worker * local + k
+        lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group % local * per_replica:][:per_replica])
+                              for block in blocks))
+    outputs = _gathered(function)(values)
+    keep = gathered_rows(counts) >= 0
+    cut = (lambda o: o.numpy()[keep]) if trim else (lambda o: o.numpy())
+    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+
+
+def _share_layout(counts: list[int]) -> tuple[int, int]:
+    """(replicas of each worker, rows each replica computes) for a batch shared as `counts`."""
+    local = replicas() // len(counts)
+    return local, max(-(-max(counts) // local), 1)
+
+
+def gathered_rows(counts: list[int]) -> np.ndarray:
+    """For each row of `gather_shares`' untrimmed outputs, the batch row it computed, or -1 for padding."""
+    local, per_replica = _share_layout(counts)
+    span, start = per_replica * local, 0
+    rows = np.full(span * len(counts), -1, dtype=np.int64)
+    for worker, count in enumerate(counts):
+        rows[worker * span:worker * span + count] = np.arange(start, start + count)
+        start += count
+    return rows
 
 
 def _gathered(function: Callable):
