@@ -152,7 +152,7 @@ def write_features(path: Path, work: Path, rows: int, row_shape, *, classes: int
     `features.build_feature_file`, the rows drawn `block` at a time."""
     import numpy as np
 
-    from vggbn import features
+    from vggbn.storage import features
 
     rng = np.random.default_rng(seed)
 

@@ -2,7 +2,7 @@
 fp32, and the conv part's GFLOP/s against a large matmul, all measured side by side in one run.
 
 VGG16 (random weights: nothing is downloaded) cut at block5_pool, 224x224 inputs. Real JPEG files (random crops
-of scikit-learn's sample photos, 500x375) go through `vggbn.extract.extract_split`: read, decode, resize, caffe
+of scikit-learn's sample photos, 500x375) go through `vggbn.numerics.extract.extract_split`: read, decode, resize, caffe
 preprocessing in tf.data, the conv part, and the chunked HDF5 file written by `features.build_feature_file`.
 The same images, already decoded and preprocessed in memory, go through `predict_on_batch` alone at the same
 batch size. Each path is warmed up first (tracing), then the measurements alternate for `--rounds` rounds.
@@ -57,8 +57,8 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from vggbn import extract, models
-    from vggbn.images import ImageInput, load_batch
+    from vggbn.numerics import extract, models
+    from vggbn.numerics.images import ImageInput, load_batch
 
     print_load()
     with tempfile.TemporaryDirectory(prefix="bench-conv-") as tmp:

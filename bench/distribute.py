@@ -1,7 +1,7 @@
 """Benchmark of tf.distribute: conv_features and finetune as two local workers (one core each) against one process
 with one core, and the communication share of a distributed training step.
 
-Every measurement is a fresh set of processes started by `vggbn.launch.run_local` (this script with `--child`),
+Every measurement is a fresh set of processes started by `vggbn.runner.launch.start_local_workers` (this script with `--child`),
 pinned to cores: one worker on one core, or two workers on a core each, under MultiWorkerMirroredStrategy on
 127.0.0.1. The chief writes its timings to a JSON file.
 
@@ -47,7 +47,7 @@ CUT = "block5_pool"
 def vgg16(size: int):
     """VGG16 (random weights) at `size` px, or a VGG at its widths with two convs a block below 224 px (Keras'
     VGG16 with its dense part needs 224)."""
-    from vggbn import models
+    from vggbn.numerics import models
 
     if size == 224:
         return models.vgg16("none")
@@ -56,8 +56,8 @@ def vgg16(size: int):
 
 
 def child_conv(args, work: Path) -> dict:
-    from vggbn import distribute, extract, models
-    from vggbn.images import ImageInput
+    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics.images import ImageInput
 
     with distribute.strategy().scope():
         conv, _ = models.split(vgg16(args.size), CUT)
@@ -80,8 +80,8 @@ DECODE_SIZE, DECODE_FILTERS, DECODE_CUT = 224, (8, 8, 8), "block3_pool"  # 28 x 
 def child_conv_decode(args, work: Path) -> dict:
     """Decode-bound image pass: full-size JPEGs -> 224 px -> a cheap conv part -> HDF5; the rate, and the images
     this worker decoded in the whole pass. One process also times decoding alone (the same tf.data pipeline)."""
-    from vggbn import distribute, extract, models
-    from vggbn.images import ImageInput
+    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics.images import ImageInput
 
     decoded = [0]
     dataset = ImageInput.dataset
@@ -123,8 +123,9 @@ def child_train(args, work: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from vggbn import distribute, features, models, surgery
-    from vggbn.training import Trainer, compile_for_training, seed_everything
+    from vggbn.numerics import distribute, models, surgery
+    from vggbn.storage import features
+    from vggbn.numerics.training import Trainer, compile_for_training, seed_everything
 
     seed_everything(0)
     strategy = distribute.strategy()
@@ -163,7 +164,7 @@ def child_train(args, work: Path) -> dict:
 
 
 def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = None) -> dict:
-    from vggbn import launch
+    from vggbn.runner import launch
 
     batch_size = batch_size or args.batch_size
     out = work / f"{kind}-{workers}-{batch_size}.json"
@@ -176,7 +177,7 @@ def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = 
     old = os.environ.copy()
     os.environ.update(env)
     try:
-        status = launch.run_local(command, workers, 1)
+        status = launch.start_local_workers(command, workers, 1)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -201,7 +202,7 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.child:
-        from vggbn import distribute
+        from vggbn.numerics import distribute
 
         child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}[args.child]
         result = child(args, Path(args.work))

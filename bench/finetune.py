@@ -38,7 +38,7 @@ def dense_bn_model():
     """VGG16's dense part with calibrated BN after fc1 and fc2 (synthetic statistics: no data needed)."""
     import numpy as np
 
-    from vggbn import models, surgery
+    from vggbn.numerics import models, surgery
 
     _, dense = models.split(models.vgg16("none"))
     rng = np.random.default_rng(0)
@@ -84,7 +84,8 @@ def main():
     import h5py
     import tensorflow as tf
 
-    from vggbn import features, finetune, models, training
+    from vggbn.storage import features
+    from vggbn.numerics import feature_training as finetune, models, training
 
     # Keras warns that fit's default shuffle=True does not apply to a dataset: train_on_features fits the same way.
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")

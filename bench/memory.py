@@ -1,18 +1,18 @@
 """Benchmark of memory: peak RSS of the conv_features and finetune paths on 4N inputs over N inputs.
 
 Each run is its own subprocess (this script with `--child`), and its peak RSS is the `ru_maxrss` that
-`os.wait4` reports for exactly that child. The conv_features run is `vggbn.extract.extract_split` over JPEG files
+`os.wait4` reports for exactly that child. The conv_features run is `vggbn.numerics.extract.extract_split` over JPEG files
 on disk (decode, resize, preprocess, the conv part, the chunked HDF5 file) with a demo-sized VGG
 (`models.build_demo_classifier`, 64x64, cut at its last pool: 64 kB per feature row). The finetune run is
-`vggbn.finetune.train_on_features` (one epoch, streamed from HDF5 in shuffled batches, validated after the epoch)
+`vggbn.numerics.feature_training.train_on_features` (one epoch, streamed from HDF5 in shuffled batches, validated after the epoch)
 of that model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory
 flat: a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
 
-The transfer run is `vggbn.transfer.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
+The transfer run is `vggbn.numerics.new_task.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
 dense part (`models.vgg16('none')` split at block5_pool: 25088 -> 4096 -> 4096 -> 1000, 124M parameters, random
 weights) on 64 synthetic train rows and 32 valid rows, over a 2 x 2 grid (learning rates x seeds) against a
 1 x 1 grid: one training's model and optimizer at a time keeps the ratio near 1; TensorFlow keeping each
-training (as it did before `vggbn.tfmemory`) would add about 1.4 GB per training.
+training (as it did before `vggbn.numerics.tfmemory`) would add about 1.4 GB per training.
 The same grids again under `VGGBN_STRATEGY=mirrored` over two logical CPU devices (`transfer_rss_ratio_grid_mirrored`):
 under several replicas every prediction goes through `distribute.split_run`, which must not keep a predictor's
 model once the training that made it is done.
@@ -37,14 +37,14 @@ SHUFFLE_BUFFER = 512  # rows; below N, as finetune.shuffle_buffer (4096) is belo
 
 
 def demo_model():
-    from vggbn import models
+    from vggbn.numerics import models
 
     return models.build_demo_classifier(input_size=INPUT_SIZE, num_classes=10, filters=FILTERS, dense_units=128)
 
 
 def child_conv(root: Path, count: int, out: Path) -> None:
-    from vggbn import extract, models
-    from vggbn.images import ImageInput
+    from vggbn.numerics import extract, models
+    from vggbn.numerics.images import ImageInput
 
     conv, _ = models.split(demo_model())
     paths = sorted(str(p.relative_to(root)) for p in (root / "train").glob("*/*.JPEG"))[:count]
@@ -58,13 +58,14 @@ def child_conv(root: Path, count: int, out: Path) -> None:
 def child_finetune(train_path: Path, valid_path: Path) -> None:
     import numpy as np
 
-    from vggbn import finetune, models, surgery
+    from vggbn.numerics import feature_training as finetune, models, surgery
 
     _, dense = models.split(demo_model())
     rng = np.random.default_rng(0)
     stats = {name: (rng.uniform(0, 1, 128), rng.uniform(0.5, 2, 128)) for name in surgery.hidden_dense_names(dense)}
-    finetune.train_on_features(surgery.insert_bn(dense, stats), train_path=train_path, valid_path=valid_path,
-                               epochs=1, batch_size=64, lr=1e-4, dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER)
+    finetune.train_on_features(surgery.insert_bn(dense, stats), finetune.TrainingPlan(epochs=1, batch_size=64, lr=1e-4,
+                               dropout=0.5, seed=0, shuffle_buffer=SHUFFLE_BUFFER), train_path=train_path,
+                               valid_path=valid_path)
 
 
 def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int, logical_cpus: int = 1) -> None:
@@ -73,7 +74,7 @@ def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int, log
     if logical_cpus > 1:  # before TensorFlow starts: MirroredStrategy then has that many replicas
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-    from vggbn import models, transfer
+    from vggbn.numerics import models, new_task as transfer
 
     full = models.vgg16("none")
     _, dense = models.split(full, "block5_pool")

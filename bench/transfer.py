@@ -43,7 +43,7 @@ def dense_bn_dropout_model():
     import keras
     import numpy as np
 
-    from vggbn import models, surgery
+    from vggbn.numerics import models, surgery
 
     _, dense = models.split(models.vgg16("none"))
     names = surgery.hidden_dense_names(dense)
@@ -95,7 +95,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from vggbn import training
+    from vggbn.numerics import training
 
     print_load()
     training.seed_everything(0)

@@ -33,15 +33,15 @@ import common  # first: quiets TensorFlow, puts this checkout's vggbn first
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vggbn import features  # noqa: E402
-from vggbn.dvccache import CachedOutput  # noqa: E402
+from vggbn.storage import features  # noqa: E402
+from vggbn.storage.dvccache import CachedOutput  # noqa: E402
 
 ROW_SHAPE, RECIPE = (7, 7, 512), {"bench": 1}  # what common.write_features stamps
 CHUNK_ROWS = features.chunk_rows_for(ROW_SHAPE, "float32")  # 10
 
 
 def conv_rate(rounds: int) -> common.Rates:
-    from vggbn import models
+    from vggbn.numerics import models
 
     conv, _ = models.split(models.vgg16("none"))
     batch = np.random.default_rng(0).uniform(-120, 120, (8, 224, 224, 3)).astype(np.float32)

@@ -1,27 +1,45 @@
-"""Stage conv_features: cache the conv part's output (up to features.cut) for the sampled images in HDF5."""
+"""Stage conv_features: run the classifier up to the cut layer over the sampled images and cache its output in a
+chunked HDF5 feature file per split (resumable, reusing what an earlier run computed); check that the dense part
+on the cached features equals the whole model on the images."""
 
-from vggbn import stage
+from pathlib import Path
+
+from vggbn.runner import stage
 
 
-def main():
-    args = stage.arguments(__doc__, model="the pretrained classifier (.keras)",
-                           sample="folder with the train.tsv and valid.tsv manifests",
-                           train_out="train features to write (HDF5)", valid_out="valid features to write (HDF5)",
-                           work="resumable work in progress, outside the declared outputs",
-                           metrics="JSON with row counts and the split check")
-    params = stage.params()
+def run(paths, params):
+    """A feature file per split; row counts and the split check. Labels in the files are the model's output
+    indices (see `models.label_map`)."""
+    from vggbn.numerics import distribute, models
+    from vggbn.numerics.extract import check_split, extract_split
+    from vggbn.numerics.images import ImageInput
+    from vggbn.storage.hashing import file_md5
+    from vggbn.storage.manifest import read_classes, read_split
+    from vggbn.storage.results import StageResult
 
-    from vggbn.extract import run_conv_features
-    from vggbn.files import write_result
-    from vggbn.images import ImageInput
-
-    result = run_conv_features(model_path=args.model, sample_dir=args.sample, inputs=ImageInput.from_params(params),
-                               out_paths={"train": args.train_out, "valid": args.valid_out}, work_dir=args.work,
-                               cut=params.features.cut, dtype=params.features.dtype,
-                               compute=params.features.compute, flip=params.features.flip)
-    write_result(result, metrics=args.metrics)
-    return result
+    inputs, features = ImageInput.from_params(params), params.features
+    cut, dtype, compute, flip = features.cut, features.dtype, features.compute, features.flip
+    out_paths = {"train": paths.train_out, "valid": paths.valid_out}
+    model = models.load_model_file(paths.model)
+    conv, _ = models.split(model, cut)
+    to_output = models.label_map(read_classes(paths.sample), model.output_shape[-1])
+    model_md5 = file_md5(paths.model)  # once: VGG16's file is 528 MB
+    metrics = {}
+    for split in ("train", "valid"):
+        manifest = read_split(paths.sample, split)
+        stats = extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=manifest.paths,
+                              labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
+                              out_path=out_paths[split], work_dir=Path(paths.work) / split, dtype=dtype,
+                              compute=compute, flip=flip and split == "train")
+        metrics.update({f"{split}_{key}": value for key, value in stats.items()})
+    if distribute.is_chief():
+        metrics.update(check_split(model=model, cut=cut, inputs=inputs, feature_path=out_paths["valid"]))
+    return StageResult({**metrics, **distribute.describe()})
 
 
 if __name__ == "__main__":
-    stage.run(main, runs_model=True)
+    stage.main(__doc__, run, runs_model=True, model="the pretrained classifier (.keras)",
+               sample="folder with the train.tsv and valid.tsv manifests",
+               train_out="train features to write (HDF5)", valid_out="valid features to write (HDF5)",
+               work="resumable work in progress, outside the declared outputs",
+               metrics="JSON with row counts and the split check")

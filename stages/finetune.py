@@ -1,24 +1,35 @@
-"""Stage finetune: train the dense part with BN on cached train features streamed from HDF5."""
+"""Stage finetune: train the dense part with BN on cached train features streamed from HDF5 in shuffled batches,
+resumable from per-epoch checkpoints."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
-def main():
-    args = stage.arguments(__doc__, model="the dense part with BN (.keras)", train="train features (HDF5)",
-                           valid="valid features (HDF5)", out="the fine-tuned dense part (.keras)",
-                           work="per-epoch checkpoints, outside the declared outputs",
-                           live="dvclive folder for the per-epoch curves",
-                           metrics="JSON with the last epoch's loss and accuracy")
-    params = stage.params()
+def run(paths, params):
+    """The trained dense part saved to `--out`; the last epoch's train and valid loss and accuracy, and the epochs
+    trained again because a checkpoint failed its check."""
+    import dataclasses
 
-    from vggbn.files import write_result
-    from vggbn.finetune import run_finetune
+    from vggbn.numerics import distribute, models
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
+    from vggbn.storage.hashing import file_md5
+    from vggbn.storage.results import StageResult
 
-    result = run_finetune(model_path=args.model, train_path=args.train, valid_path=args.valid, out_path=args.out,
-                          work_dir=args.work, live_dir=args.live, params=params.finetune)
-    write_result(result, metrics=args.metrics)
-    return result
+    params = params.finetune
+    recipe = {"model": file_md5(paths.model), "train": file_md5(paths.train), "valid": file_md5(paths.valid),
+              "params": dataclasses.asdict(params)}
+    trained = train_on_features(models.load_model_file(paths.model), TrainingPlan(**dataclasses.asdict(params)),
+                                train_path=paths.train, valid_path=paths.valid, work_dir=paths.work, recipe=recipe,
+                                live_dir=paths.live)
+    models.save_model(trained.model, paths.out)
+    last = trained.history[-1]
+    return StageResult({"train_loss": last["loss"], "train_accuracy": last["accuracy"],
+                        "valid_loss": last["val_loss"], "valid_accuracy": last["val_accuracy"],
+                        "epochs": len(trained.history),
+                        "epochs_recomputed_corrupt": trained.epochs_recomputed_corrupt, **distribute.describe()})
 
 
 if __name__ == "__main__":
-    stage.run(main, runs_model=True)
+    stage.main(__doc__, run, runs_model=True, model="the dense part with BN (.keras)", train="train features (HDF5)",
+               valid="valid features (HDF5)", out="the fine-tuned dense part (.keras)",
+               work="per-epoch checkpoints, outside the declared outputs",
+               live="dvclive folder for the per-epoch curves", metrics="JSON with the last epoch's loss and accuracy")

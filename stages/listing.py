@@ -1,28 +1,19 @@
-"""Stage listing: list the image folder (sorted path, size, kind), cheaply, on every `dvc repro`.
+"""Stage listing: list the image folder data.root (sorted path, size, kind), cheaply, on every `dvc repro`.
 
 The folder itself is no DVC dependency; this listing stands in for it and stays byte-identical while the folder is
 unchanged, so nothing downstream reruns.
 """
 
-import argparse
-
-from vggbn import stage
+from vggbn.runner import stage
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, help="listing to write (TSV: path, size, kind)")
-    parser.add_argument("--folder", choices=("data", "transfer"), default="data",
-                        help="which folder: data.root (the pipeline's images) or transfer.root (the new task's)")
-    args = parser.parse_args()
-    params = stage.params()
+def run(paths, params):
+    """Scan `data.root` into the listing `--out`; the root and the counts of what was listed."""
+    from vggbn.storage.listing import list_folder
+    from vggbn.storage.results import StageResult
 
-    from vggbn.listing import run_listing
-
-    if args.folder == "data":
-        return run_listing(root=params.data.root, out=args.out, valid_labels=params.data.valid_labels)
-    return run_listing(root=params.transfer.root, out=args.out)
+    return StageResult(list_folder(root=params.data.root, out=paths.out, valid_labels=params.data.valid_labels))
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, run, out="listing to write (TSV: path, size, kind)")

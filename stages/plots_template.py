@@ -2,17 +2,21 @@
 Vega-Embed inlined from the installed vl-convert-python, so the plot pages draw with no network; named in
 .dvc/config.local (the committed .dvc/config names .dvc/plots-fallback.html, which every clone has)."""
 
-from vggbn import stage
+import os
+
+from vggbn.runner import stage
 
 
-def main():
-    args = stage.arguments(__doc__, out="the template to write (HTML, with {plot_divs})")
-    stage.params()  # nothing read, but a bad params.yaml fails here, in the first stage, within a second
+def run(paths, params, dvc_dir: str | os.PathLike = ".dvc"):
+    """Write the offline template and point DVC's local config at it; the template's path and what was done to the
+    config, as a sentence (no metrics file: for the stage's summary). Reads no params, but a bad params.yaml still
+    fails here, in the first stage, within a second."""
+    from vggbn.pages.plots_template import point_dvc_at, write_template
+    from vggbn.storage.results import StageResult
 
-    from vggbn.plots_template import run_plots_template
-
-    return run_plots_template(out=args.out)
+    write_template(paths.out)
+    return StageResult({"template": os.fspath(paths.out), "config": point_dvc_at(paths.out, dvc_dir)})
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, run, out="the template to write (HTML, with {plot_divs})")

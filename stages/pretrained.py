@@ -1,17 +1,19 @@
 """Stage pretrained: materialize the classifier that model.source names (demo, vgg16 or a file) as one .keras file."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
-def main():
-    args = stage.arguments(__doc__, demo_model="the demo classifier, used when model.source is demo",
-                           out="the pretrained classifier every later stage reads (.keras)")
-    model = stage.params().model
+def run(paths, params):
+    """The classifier `model.source` names, saved to `--out`; its name and size."""
+    from vggbn.numerics.models import pretrained_classifier, save_model
+    from vggbn.storage.results import StageResult
 
-    from vggbn.models import run_pretrained
-
-    return run_pretrained(source=model.source, weights=model.weights, demo_path=args.demo_model, out_path=args.out)
+    model = pretrained_classifier(source=params.model.source, weights=params.model.weights,
+                                  demo_path=paths.demo_model)
+    save_model(model, paths.out)
+    return StageResult({"name": model.name, "params": model.count_params(), "layers": len(model.layers)})
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, run, demo_model="the demo classifier, used when model.source is demo",
+               out="the pretrained classifier every later stage reads (.keras)")

@@ -1,23 +1,25 @@
 """Stage report: the run's key numbers as tables and every plot of dvc.yaml as a picture, in report/index.html
 (inline SVG: no script, no network) and report/README.md (with PNGs in report/figures/)."""
 
-import argparse
+import os
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--metrics", required=True, nargs="+", metavar="JSON",
-                        help="metrics files the tables come from (metrics/<stage>.json)")
-    parser.add_argument("--out", required=True, help="the report folder to write")
-    args = parser.parse_args()
-    params = stage.params()
+def run(paths, params):
+    """The run's report from its metrics files and DVC's filled plot specs, written to `--out`; the folder and how
+    many tables and figures it holds (no metrics file: for the stage's summary)."""
+    from vggbn.pages.figures import filled_specs
+    from vggbn.pages.report import RUN_INTRO, Document, key_tables, read_metrics, write_report
+    from vggbn.storage.results import StageResult
 
-    from vggbn.report import run_report
-
-    return run_report(metrics=args.metrics, out_dir=args.out, model_source=params.model.source)
+    source = params.model.source
+    tables = key_tables(read_metrics(paths.inputs), demo=source == "demo")
+    figures = filled_specs()
+    write_report(paths.out, Document(f"vggbn run report (model.source: {source})", RUN_INTRO, tables, figures))
+    return StageResult({"folder": os.fspath(paths.out), "tables": len(tables), "figures": len(figures)})
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, run, inputs=stage.Many("metrics files the tables come from (metrics/<stage>.json)"),
+               out="the report folder to write")

@@ -1,23 +1,23 @@
 """Stage sample: a stable, seeded sample of the listed images, each checked to decode, as manifests (no copies)."""
 
-from vggbn import stage
+from vggbn.runner import stage
 
 
-def main():
-    args = stage.arguments(__doc__, listing="the listing stage's output (TSV)",
-                           out="folder to write: train.tsv, valid.tsv (path, label, md5), classes.txt, rejected.tsv",
-                           metrics="JSON with the image and rejection counts")
-    params = stage.params()
+def run(paths, params):
+    """Read the listing, draw and check the sample, write the sample folder `--out`; the image counts."""
+    from vggbn.numerics.sampling import build_sample
+    from vggbn.storage.listing import read_listing
+    from vggbn.storage.manifest import write_sample
+    from vggbn.storage.results import StageResult
 
-    from vggbn.files import write_result
-    from vggbn.sample import run_sample
-
-    result = run_sample(listing=args.listing, out=args.out, root=params.data.root,
-                        valid_labels=params.data.valid_labels, train=params.sample.train, valid=params.sample.valid,
-                        seed=params.sample.seed, strict=params.sample.strict)
-    write_result(result, metrics=args.metrics)
-    return result
+    sample = build_sample(entries=read_listing(paths.listing), root=params.data.root, train=params.sample.train,
+                          valid=params.sample.valid, seed=params.sample.seed, strict=params.sample.strict,
+                          valid_labels=params.data.valid_labels)
+    write_sample(paths.out, sample)
+    return StageResult(sample.metrics)
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, run, listing="the listing stage's output (TSV)",
+               out="folder to write: train.tsv, valid.tsv (path, label, md5), classes.txt, rejected.tsv",
+               metrics="JSON with the image and rejection counts")

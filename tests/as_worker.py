@@ -1,5 +1,5 @@
 """One worker of the distributed tests: the image pass, the conv statistics and a fine-tuning of a mini VGG, under
-the strategy the environment gives (`vggbn.distribute`), run as a real process (alone, or by `vggbn.launch`).
+the strategy the environment gives (`vggbn.numerics.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
 
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
@@ -55,29 +55,30 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn import calibration, distribute, extract, features, models, surgery, transfer  # noqa: E402
-from vggbn.finetune import train_on_features  # noqa: E402
-from vggbn.images import ImageInput  # noqa: E402
+from vggbn.numerics import distribute, extract, models, new_task, surgery  # noqa: E402
+from vggbn.storage import features  # noqa: E402
+from vggbn.numerics.feature_training import TrainingPlan, train_on_features  # noqa: E402
+from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
 def pause_after_checkpoint(epoch_to_pause: int) -> None:
-    from vggbn import finetune
+    from vggbn.numerics import feature_training
 
-    save = finetune._save_checkpoint
+    save = feature_training._save_checkpoint
 
     def saved_then_paused(model, work_dir, epoch, history):
         save(model, work_dir, epoch, history)
         if epoch == epoch_to_pause:
             time.sleep(600)
 
-    finetune._save_checkpoint = saved_then_paused
+    feature_training._save_checkpoint = saved_then_paused
 
 
 def main():
     if os.environ.get("PAUSE_AFTER_EPOCH"):
         pause_after_checkpoint(int(os.environ["PAUSE_AFTER_EPOCH"]))
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("vggbn.finetune").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
+    logging.getLogger("vggbn.numerics.feature_training").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
     conv, dense = models.split(model, "block2_pool")
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))
@@ -86,15 +87,14 @@ def main():
     stats = extract.extract_split(conv=conv, model_md5="m", inputs=inputs, paths=paths, labels=labels,
                                   md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
                                   work_dir=WORKSPACE / "work" / "features")
-    moments = calibration.conv_moments(conv, inputs, paths, surgery.conv_names(conv))
+    moments = surgery.measure_images(conv, inputs, paths, surgery.conv_names(conv))
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
-    trained = train_on_features(with_bn, train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
-                                epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3, dropout=0.5, seed=0,
-                                shuffle_buffer=16,
-                                work_dir=WORKSPACE / "work" / "train", recipe={"test": 1},
-                                live_dir=WORKSPACE / "live")
-    report = transfer.compare_transfer({"start": dense}, train_path=WORKSPACE / "features.h5",
+    trained = train_on_features(with_bn, TrainingPlan(epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3,
+                                dropout=0.5, seed=0, shuffle_buffer=16), train_path=WORKSPACE / "features.h5",
+                                valid_path=WORKSPACE / "features.h5", work_dir=WORKSPACE / "work" / "train",
+                                recipe={"test": 1}, live_dir=WORKSPACE / "live")
+    report = new_task.compare_transfer({"start": dense}, train_path=WORKSPACE / "features.h5",
                                        valid_path=WORKSPACE / "features.h5", num_classes=3, train_mode="head",
                                        lrs=[1e-2], seeds=[0], epochs=1, batch_size=10,
                                        work_dir=WORKSPACE / "work" / "transfer")

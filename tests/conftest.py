@@ -17,7 +17,7 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def mini_vgg():
     """A two-block VGG-shaped classifier at 32x32 with random weights: fast, and the same code path as VGG16."""
-    from vggbn.models import build_demo_classifier
+    from vggbn.numerics.models import build_demo_classifier
 
     return build_demo_classifier(input_size=32, num_classes=5, filters=(8, 16), dense_units=32, seed=1)
 

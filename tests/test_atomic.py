@@ -3,8 +3,8 @@ them; what a live writer is writing is left alone."""
 
 import os
 
-from vggbn.atomic import atomic_path, partial_path, remove_stale_partials, staging_folder
-from vggbn.models import build_demo_classifier, save_model
+from vggbn.storage.atomic import atomic_path, partial_path, remove_stale_partials, staging_folder
+from vggbn.numerics.models import build_demo_classifier, save_model
 
 DEAD = 4_194_304 + 4321  # above Linux's largest pid: no such process
 

@@ -20,7 +20,7 @@ IMAGE_SIZES = [(40, 60), (32, 32), (50, 20), (33, 47)]  # not square: center_cro
 
 
 def tiny_model(num_classes=3):
-    from vggbn.models import build_demo_classifier
+    from vggbn.numerics.models import build_demo_classifier
 
     return build_demo_classifier(input_size=32, num_classes=num_classes, filters=(4, 8), dense_units=8)
 
@@ -28,7 +28,7 @@ def tiny_model(num_classes=3):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project folder: the combined model, params.yaml (center_crop), the sample's classes.txt and PNG images."""
-    from vggbn.models import save_model
+    from vggbn.numerics.models import save_model
 
     root = tmp_path_factory.mktemp("cli")
     (root / "models").mkdir()
@@ -60,7 +60,7 @@ def run(capsys, *args):
 
 
 def expected_probabilities(paths, model_path="models/combined.keras", resize="center_crop"):
-    from vggbn import images, models
+    from vggbn.numerics import images, models
 
     model = models.load_model_file(model_path)
     return model.predict(images.load_batch(paths, (32, 32), resize, "caffe"), verbose=0)
@@ -108,8 +108,8 @@ def test_predict_shows_at_most_every_class(in_project, capsys):
 
 
 def test_predict_names_imagenet_classes(in_project, capsys):
-    from vggbn.imagenet import imagenet_names, imagenet_wnids
-    from vggbn.models import save_model
+    from vggbn.storage.imagenet import imagenet_names, imagenet_wnids
+    from vggbn.numerics.models import save_model
 
     save_model(tiny_model(1000), "models/imagenet.keras")
     code, out, err = run(capsys, "predict", "--model", "models/imagenet.keras", "--top", 1, "--json", IMAGES[0])
@@ -122,7 +122,7 @@ def test_predict_names_imagenet_classes(in_project, capsys):
 
 
 def test_predict_falls_back_to_output_indices(in_project, capsys):
-    from vggbn.models import save_model
+    from vggbn.numerics.models import save_model
 
     save_model(tiny_model(4), "models/four.keras")
     code, out, err = run(capsys, "predict", "--model", "models/four.keras", "--json", IMAGES[0])
@@ -184,10 +184,10 @@ def test_missing_params_file_is_explained(project, tmp_path, monkeypatch, capsys
 
 def bn_project(root, position, dead_unit=True):
     """models/bn.keras (the tiny model with calibrated BN), data/bn_stats.h5 and metrics/*.json under `root`."""
-    from vggbn import surgery
-    from vggbn.models import save_model
-    from vggbn.calibration import save_statistics
-    from vggbn.moments import Moments
+    from vggbn.numerics import surgery
+    from vggbn.numerics.models import save_model
+    from vggbn.storage.statistics import save_statistics
+    from vggbn.numerics.moments import Moments
 
     rng = np.random.default_rng(1)
     moments = {}

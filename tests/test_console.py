@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggbn import console
+from vggbn.runner import console
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**clean, "PYTHONPATH": str(ROOT), **env})
 
 
-IMPORT_AND_RUN = ("from vggbn import console\nconsole.quiet_tensorflow_import()\nimport keras\n"
+IMPORT_AND_RUN = ("from vggbn.runner import console\nconsole.quiet_tensorflow_import()\nimport keras\n"
                   "import tensorflow as tf\nprint(float(tf.reduce_sum(tf.ones(3))))\n")
 
 
@@ -74,7 +74,7 @@ def test_a_failing_import_still_shows_its_error(tmp_path):
     fake.mkdir()
     (fake / "__init__.py").write_text("import os\nos.write(2, b'W0000 00:00:1.0 1 a.cc:1] chatter\\n')\n"
                                       "raise ImportError('libtensorflow_framework.so.2: cannot open shared object')\n")
-    done = python(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom vggbn import console\n"
+    done = python(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom vggbn.runner import console\n"
                   "console.quiet_tensorflow_import()\nimport tensorflow\n")
     assert done.returncode == 1 and "chatter" not in done.stderr
     assert "ImportError: libtensorflow_framework.so.2: cannot open shared object" in done.stderr
@@ -188,7 +188,7 @@ def test_on_a_terminal_a_bar_with_rate_and_time_left(monkeypatch):
 
 def write_features(path, rows, classes, rng):
     """A small feature file as build_feature_file writes it (rows of 6 floats)."""
-    from vggbn import features
+    from vggbn.storage import features
 
     x = rng.normal(size=(rows, 6)).astype(np.float32)
     y = rng.integers(0, classes, rows)
@@ -202,7 +202,7 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
     batches is known, so it never runs out of data (70 valid rows at batch 16: a last, partial batch)."""
     import keras
 
-    from vggbn.finetune import train_on_features
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
 
     write_features(tmp_path / "train.h5", 50, 3, rng)
     write_features(tmp_path / "valid.h5", 70, 3, rng)
@@ -211,8 +211,9 @@ def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
         keras.layers.Dense(4, activation="relu", name="fc1")(inputs)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        history = train_on_features(model, train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5",
-                                    epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32).history
+        history = train_on_features(model, TrainingPlan(epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0,
+                                    shuffle_buffer=32), train_path=tmp_path / "train.h5", valid_path=tmp_path /
+                                    "valid.h5").history
     assert len(history) == 2
     assert [str(w.message) for w in caught] == []
 
@@ -235,13 +236,13 @@ def every_step(monkeypatch):
 
 
 def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
-    from vggbn.finetune import train_on_features
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
 
     write_features(tmp_path / "train.h5", 64, 3, rng)
     write_features(tmp_path / "valid.h5", 20, 3, rng)
     caplog.set_level(logging.INFO, logger="vggbn")
-    train_on_features(small_dense(), train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5", epochs=2,
-                      batch_size=16, lr=1e-3, dropout=None, seed=0, shuffle_buffer=32)
+    train_on_features(small_dense(), TrainingPlan(epochs=2, batch_size=16, lr=1e-3, dropout=None, seed=0,
+                      shuffle_buffer=32), train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5")
     lines = progress_lines(caplog)
     for epoch in ("epoch 1/2", "epoch 2/2"):  # 4 steps: at 25%, 50% and 75%
         assert [line.split(" (")[0] for line in lines if line.startswith(epoch)] == [
@@ -249,7 +250,7 @@ def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
 
 
 def test_the_transfer_grid_has_one_bar_over_its_runs(tmp_path, rng, caplog, every_step):
-    from vggbn.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     write_features(tmp_path / "train.h5", 24, 2, rng)
     write_features(tmp_path / "valid.h5", 12, 2, rng)

@@ -1,5 +1,5 @@
 """The image pass, the conv statistics and fine-tuning under MirroredStrategy (two logical CPU devices) and under
-MultiWorkerMirroredStrategy (two worker processes on 127.0.0.1, started by `vggbn.launch`) equal one process's,
+MultiWorkerMirroredStrategy (two worker processes on 127.0.0.1, started by `vggbn.runner.launch`) equal one process's,
 and only the chief writes files."""
 
 import json
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggbn import launch
+from vggbn.runner import launch
 
 WORKER = Path(__file__).with_name("as_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ CHIEF_WRITES = {"features.h5", "result.npz", "result.json"}
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A model file and 23 images of 3 classes (23: no batch size or replica count divides it)."""
-    from vggbn import models
+    from vggbn.numerics import models
 
     folder = tmp_path_factory.mktemp("workspace")
     rng = np.random.default_rng(0)
@@ -52,7 +52,7 @@ def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int 
     command = [sys.executable, str(WORKER), str(copy), str(logical)]
     if workers:
         env[launch.ENV] = f"local:{workers}"
-        command = [sys.executable, "-c", "import sys; from vggbn import launch; sys.exit(launch.relaunch(sys.argv[1:]))",
+        command = [sys.executable, "-c", "import sys; from vggbn.runner import launch; sys.exit(launch.relaunch(sys.argv[1:]))",
                    *command]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

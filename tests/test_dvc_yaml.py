@@ -8,42 +8,50 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vggbn.params import documented_params
+from vggbn.runner.params import documented_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
-# Modules that can only accept or refuse a stage's inputs, never change its result. No stage lists them as deps, so
-# adding a param or rewording a message reruns nothing (param values are tracked by each stage's `params:`).
-# Keep this list short: anything that computes, formats or names an output belongs in the deps.
-NOT_DEPS = {
-    "vggbn/__init__.py": "the error type and the version string",
-    "vggbn/params.py": "the params schema and its validation (every key is set in params.yaml: see below)",
-    "vggbn/stage.py": "the stage runner: command line, params loading, logging, one-line errors",
-    "vggbn/layer_names.py": "layer names known without TensorFlow, to refuse a bad features.cut early",
-    "vggbn/atomic.py": "write under a temporary name, then rename: decides no byte of any output",
-    "vggbn/console.py": "what the terminal shows: log level, TensorFlow's start-up chatter filtered, progress bars "
-                        "(loops pass their items through unchanged)",
-    "vggbn/summary.py": "the one-line summary a stage logs, formatted from metrics already computed",
-    "vggbn/launch.py": "where a stage runs (its cluster, which worker writes, the launcher prefix): the environment's "
-                       "business, so moving to a cluster reruns nothing",
-}
+# The runner (vggbn/runner/) can only accept, refuse or describe a stage's inputs (params schema, command line,
+# logging and progress, summaries, where a stage runs), never change a result: no stage lists it, so adding a param,
+# rewording a message or moving to a cluster reruns nothing. The package's own __init__ holds only the error type,
+# and each part's __init__ only its docstring (checked below). Everything else a stage imports is in its deps.
+NEVER_DEPS = ("vggbn/runner/", "vggbn/__init__.py")
+
+
+def never_a_dep(module: str) -> bool:
+    return module.startswith(NEVER_DEPS) or (module.startswith("vggbn/") and module.endswith("/__init__.py"))
+
+
+def module_file(dotted: str) -> str | None:
+    """`vggbn.storage.features` -> `vggbn/storage/features.py` (or a package's __init__.py); None if no such file."""
+    base = dotted.replace(".", "/")
+    for candidate in (f"{base}.py", f"{base}/__init__.py"):
+        if (ROOT / candidate).exists():
+            return candidate
+    return None
+
+
+def with_packages(module: str) -> set[str]:
+    """The module and the __init__.py of every package above it, which Python imports first."""
+    parts = module.split("/")
+    return {module} | {"/".join(parts[:i]) + "/__init__.py" for i in range(1, len(parts) - 1)}
 
 
 def vggbn_imports(path: Path) -> set[str]:
     """vggbn module files imported anywhere in `path` (inside functions too)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        dotted = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vggbn":
-            if node.module == "vggbn":
-                found |= {f"vggbn/{a.name}.py" for a in node.names if (ROOT / f"vggbn/{a.name}.py").exists()}
-            else:
-                found.add(f"vggbn/{node.module.split('.', 1)[1]}.py")
-            found.add("vggbn/__init__.py")
+            dotted = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("vggbn."):
-                    found |= {f"vggbn/{alias.name.split('.', 1)[1]}.py", "vggbn/__init__.py"}
+            dotted = [a.name for a in node.names if a.name.split(".")[0] == "vggbn"]
+        for name in dotted:
+            module = module_file(name)
+            if module:
+                found |= with_packages(module)
     return found
 
 
@@ -54,6 +62,14 @@ def closure(script: Path) -> set[str]:
             seen.add(module)
             todo.append(ROOT / module)
     return seen
+
+
+def test_package_inits_hold_only_a_docstring():
+    """They are no stage's dependency, so they must not hold anything that could change a result."""
+    for init in sorted((ROOT / "vggbn").glob("*/__init__.py")):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), \
+            f"{init.relative_to(ROOT)} holds code: only a docstring, since no stage lists it as a dependency"
 
 
 def deps_of(stage):
@@ -72,7 +88,7 @@ def outs_of(stage):
 def test_stage_deps_list_every_library_module_it_imports(name):
     stage = STAGES[name]
     script = "stages/{}.py".format(re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1))
-    needed = (closure(ROOT / script) - set(NOT_DEPS)) | {script}
+    needed = {m for m in closure(ROOT / script) if not never_a_dep(m)} | {script}
     missing = needed - deps_of(stage)
     assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in its deps"
     extra = {d for d in deps_of(stage) if d.startswith("vggbn/")} - needed

@@ -1,12 +1,17 @@
 """conv features through the real image path: flipped copies, float16 storage, bfloat16 compute, the split check."""
 
+import argparse
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
-from vggbn import calibration, extract, features, images, models
-from vggbn.images import ImageInput
+from stages import bn_stats
+from vggbn.numerics import extract, images, models
+from vggbn.runner.params import parse_params
+from vggbn.storage.statistics import StatisticsError, load_statistics, save_statistics
+from vggbn.storage import features
+from vggbn.numerics.images import ImageInput
 
 
 @pytest.fixture
@@ -112,20 +117,21 @@ def test_bn_stats_names_the_layer_units_and_row_of_non_finite_activations(tmp_pa
         row[...] = 3.4e38
         f["features"][2] = row
     models.save_model(mini_vgg, tmp_path / "model.keras")
-    with pytest.raises(calibration.StatisticsError, match=rf"^fc1: units .* are not finite on row 2 of {out} "
-                                                          r"\(image train/c0/img 2\.png\), so their statistics"):
-        calibration.run_bn_stats(model_path=tmp_path / "model.keras", train_path=out, sample_dir=tmp_path,
-                                 inputs=ImageInput(str(root), 4, "squash", "caffe"), out_path=tmp_path / "s.h5",
-                                 layers="dense", position="after_activation", batch_size=2, conv_images=None)
+    params = parse_params({"data": {"root": str(root)}, "features": {"batch_size": 4},
+                           "bn": {"layers": "dense", "position": "after_activation", "batch_size": 2}})
+    paths = argparse.Namespace(model=tmp_path / "model.keras", train=out, sample=tmp_path, out=tmp_path / "s.h5")
+    with pytest.raises(StatisticsError, match=rf"^fc1: units .* are not finite on row 2 of {out} "
+                                              r"\(image train/c0/img 2\.png\), so their statistics"):
+        bn_stats.run(paths, params)
     assert not (tmp_path / "s.h5").exists()
 
 
 def test_insert_bn_refuses_statistics_that_are_not_finite(tmp_path):
-    from vggbn.moments import Moments
+    from vggbn.numerics.moments import Moments
 
     moments = Moments(3).update(np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 4.0]]))
     moments.m2[1] = np.inf
-    calibration.save_statistics(tmp_path / "stats.h5", {"fc1": moments})
-    with pytest.raises(calibration.StatisticsError, match=r"stats\.h5: fc1: units 1 have a non-finite mean or "
+    save_statistics(tmp_path / "stats.h5", {"fc1": moments})
+    with pytest.raises(StatisticsError, match=r"stats\.h5: fc1: units 1 have a non-finite mean or "
                                                           r"variance"):
-        calibration.load_statistics(tmp_path / "stats.h5")
+        load_statistics(tmp_path / "stats.h5")

@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from vggbn import features
-from vggbn.dvccache import CachedOutput
-from vggbn.files import file_md5
+from vggbn.storage import features
+from vggbn.storage.dvccache import CachedOutput
+from vggbn.storage.hashing import file_md5
 
 RECIPE = {"model_md5": "abc", "cut": "block2_pool"}
 

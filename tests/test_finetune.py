@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from vggbn import features
-from vggbn.finetune import TrainingDiverged, train_on_features
+from vggbn.storage import features
+from vggbn.numerics.feature_training import TrainingDiverged, TrainingPlan, train_on_features
 
 RECIPE = {"run": "test"}
 
@@ -44,9 +44,9 @@ def dense_part():
 
 
 def train(files, epochs, work_dir, lr=0.01, **options):
-    return train_on_features(dense_part(), train_path=files["train"], valid_path=files["valid"], epochs=epochs,
-                             batch_size=8, lr=lr, dropout=0.5, seed=0, shuffle_buffer=16, work_dir=work_dir,
-                             recipe=RECIPE, **options)
+    return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=lr, dropout=0.5, seed=0,
+                             shuffle_buffer=16), train_path=files["train"], valid_path=files["valid"],
+                             work_dir=work_dir, recipe=RECIPE, **options)
 
 
 def assert_same_weights(a, b):
@@ -104,14 +104,14 @@ def test_a_diverging_run_stops_naming_the_epoch_before_checkpointing_it(feature_
     work = tmp_path / "work"
     with pytest.raises(TrainingDiverged, match=r"^epoch 1, batch 1: training diverged \(loss nan\); a lower "
                                                r"learning rate than 0\.01 may hold$"):
-        train_on_features(broken_dense_part(), train_path=feature_files["train"], valid_path=feature_files["valid"],
-                          epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0, shuffle_buffer=16, work_dir=work,
-                          recipe=RECIPE)
+        train_on_features(broken_dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0,
+                          shuffle_buffer=16), train_path=feature_files["train"], valid_path=feature_files["valid"],
+                          work_dir=work, recipe=RECIPE)
     assert not list(work.glob("checkpoint-*")) and not (work / "epoch.json").exists()
 
 
 def test_a_learning_rate_sweep_records_a_diverged_run(feature_files):
-    trained = train_on_features(broken_dense_part(), train_path=feature_files["train"],
-                                valid_path=feature_files["valid"], epochs=2, batch_size=8, lr=0.01, dropout=None,
-                                seed=0, shuffle_buffer=16, diverged="record")
+    trained = train_on_features(broken_dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0,
+                                shuffle_buffer=16), train_path=feature_files["train"],
+                                valid_path=feature_files["valid"], diverged="record")
     assert len(trained.history) == 2 and np.isnan(trained.history[-1]["loss"])

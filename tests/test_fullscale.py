@@ -19,7 +19,7 @@ import pytest
 from conftest import ALWAYS_CHANGED
 from project import copy_of, metrics, repro, run, set_param
 
-from vggbn.files import file_md5
+from vggbn.storage.hashing import file_md5
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def small_gap_classifier(path: Path, num_classes: int, *, dense_head: bool = Tru
     """A small functional classifier of another shape than VGG's: convs, global average pooling, two Dense layers."""
     import keras
 
-    from vggbn.models import save_model
+    from vggbn.numerics.models import save_model
 
     init = keras.initializers.GlorotUniform(seed=3)
     inputs = keras.Input((size, size, 3), name="image")

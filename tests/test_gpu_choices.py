@@ -3,8 +3,9 @@ for a worker's device list, and each local worker's share of the visible GPUs.""
 
 import pytest
 
-from vggbn import distribute, launch
-from vggbn.launch import LaunchError
+from vggbn.numerics import distribute
+from vggbn.runner import launch
+from vggbn.runner.launch import LaunchError
 
 
 def test_gpu_workers_use_nccl_and_cpu_workers_ring_with_the_timeout():

@@ -1,5 +1,5 @@
-"""vggbn.images (decoding real files, resize geometry, Keras' preprocessing, the tf.data pipeline) and
-vggbn.imagenet (the shipped class table)."""
+"""vggbn.numerics.images (decoding real files, resize geometry, Keras' preprocessing, the tf.data pipeline) and
+vggbn.storage.imagenet (the shipped class table)."""
 
 import hashlib
 import json
@@ -14,7 +14,8 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from vggbn import images, imagenet  # noqa: E402
+from vggbn.numerics import images
+from vggbn.storage import imagenet  # noqa: E402
 
 
 def decoded(path) -> np.ndarray:
@@ -319,6 +320,6 @@ def test_imagenet_table_is_keras_class_index_byte_for_byte():
 
 
 def test_imagenet_module_does_not_import_tensorflow():
-    code = ("import sys, vggbn.imagenet as m; assert len(m.imagenet_wnids()) == 1000; "
+    code = ("import sys, vggbn.storage.imagenet as m; assert len(m.imagenet_wnids()) == 1000; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

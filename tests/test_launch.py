@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vggbn import launch
-from vggbn.launch import Cluster, DistributeError, LaunchError
+from vggbn.runner import launch
+from vggbn.runner.launch import Cluster, DistributeError, LaunchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_local_workers_get_distinct_ports_and_their_index(env, tmp_path):
               "sorted(os.sched_getaffinity(0))]))")
     cores = len(os.sched_getaffinity(0))
     workers = min(2, cores)
-    assert launch.run_local([sys.executable, "-c", script, str(tmp_path / "w")], workers, 1) == 0
+    assert launch.start_local_workers([sys.executable, "-c", script, str(tmp_path / "w")], workers, 1) == 0
     seen = [json.loads((tmp_path / f"w{i}").read_text()) for i in range(workers)]
     addresses = seen[0][0]["cluster"]["worker"]
     assert len(set(addresses)) == workers and all(s[0]["cluster"]["worker"] == addresses for s in seen)
@@ -110,7 +110,7 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(env, tmp_p
               "print('worker', i, 'says goodbye', flush=True); time.sleep(60) if i == 0 else sys.exit(3)")
     env.setattr(tempfile, "tempdir", str(tmp_path))  # where the other workers' logs go
     start = time.monotonic()
-    assert launch.run_local([sys.executable, "-c", script], 2) == 3
+    assert launch.start_local_workers([sys.executable, "-c", script], 2) == 3
     assert time.monotonic() - start < 30
     err = capsys.readouterr().err
     assert "worker 1 of 2 failed (exit status 3)" in err and "worker 1 says goodbye" in err
@@ -119,7 +119,7 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(env, tmp_p
 
 def test_more_cores_than_there_are_is_refused(env):
     with pytest.raises(LaunchError, match="cores"):
-        launch.run_local([sys.executable, "-c", "pass"], 2, 10_000)
+        launch.start_local_workers([sys.executable, "-c", "pass"], 2, 10_000)
 
 
 def test_vggbn_launch_runs_the_command_with_the_launch_set(env, tmp_path):
@@ -196,7 +196,7 @@ def test_a_worker_hung_after_the_others_finished_is_stopped_and_named(env, tmp_p
     script = ("import json, os, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
               "time.sleep(300) if i == 1 else None")
     start = time.monotonic()
-    assert launch.run_local([sys.executable, "-c", script], 2) == 124
+    assert launch.start_local_workers([sys.executable, "-c", script], 2) == 124
     assert time.monotonic() - start < 30
     assert "error: worker 1 of 2 did not finish within 2 s (VGGBN_COLLECTIVE_TIMEOUT) of the others: hung, " \
            "stopped" in capsys.readouterr().err
@@ -204,7 +204,8 @@ def test_a_worker_hung_after_the_others_finished_is_stopped_and_named(env, tmp_p
 
 HUNG_IN_A_COLLECTIVE = """
 import sys, time
-from vggbn import distribute, launch, stage
+from vggbn.numerics import distribute
+from vggbn.runner import launch, stage
 distribute.strategy()
 def main():
     distribute.barrier()  # every worker here
@@ -223,7 +224,7 @@ def test_a_worker_hung_in_a_collective_ends_the_stage_within_the_timeout(env, tm
     env.setenv("PYTHONPATH", str(ROOT))
     env.setattr(tempfile, "tempdir", str(tmp_path))
     start = time.monotonic()
-    assert launch.run_local([sys.executable, "-c", HUNG_IN_A_COLLECTIVE], 2) == 2
+    assert launch.start_local_workers([sys.executable, "-c", HUNG_IN_A_COLLECTIVE], 2) == 2
     assert time.monotonic() - start < 90
     err = capfd.readouterr().err  # worker 0 writes to this process' stderr
     assert ("error: worker 0 of 2: a collective did not complete within 5 s (VGGBN_COLLECTIVE_TIMEOUT): another "

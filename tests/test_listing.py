@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vggbn.listing import HEADER, Entry, ListingError, read_listing, run_listing, scan, shell_word
+from vggbn.storage.listing import HEADER, Entry, ListingError, read_listing, list_folder, scan, shell_word
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def rows(out: Path) -> list[str]:
 
 def test_listing_is_sorted_skips_hidden_names_and_records_folders(folder, tmp_path):
     out = tmp_path / "listing.tsv"
-    assert run_listing(root=folder, out=out).metrics == {"root": str(folder), "rows": 14, "files": 6, "folders": 8,
+    assert list_folder(root=folder, out=out) == {"root": str(folder), "rows": 14, "files": 6, "folders": 8,
                                                          "links": 0, "bad_names": 0}
     assert rows(out) == [HEADER, "train/\t0\tdir", "train/a b/\t0\tdir", "train/a b/x.png\t3\tfile",
                          "train/a-b/\t0\tdir", "train/a-b/w.gif\t5\tfile", "train/a/\t0\tdir",
@@ -53,19 +53,19 @@ def test_listing_is_sorted_skips_hidden_names_and_records_folders(folder, tmp_pa
 
 def test_unchanged_folder_gives_a_byte_identical_listing_even_after_a_copy(folder, tmp_path):
     first, second, copied = tmp_path / "1.tsv", tmp_path / "2.tsv", tmp_path / "3.tsv"
-    run_listing(root=folder, out=first)
+    list_folder(root=folder, out=first)
     os.utime(folder / "train/b/1.JPEG", (1, 1))  # mtimes change on copy and checkout: they must not matter
-    run_listing(root=folder, out=second)
+    list_folder(root=folder, out=second)
     shutil.copytree(folder, tmp_path / "copy")
-    run_listing(root=tmp_path / "copy", out=copied)
+    list_folder(root=tmp_path / "copy", out=copied)
     assert first.read_bytes() == second.read_bytes() == copied.read_bytes()
 
     touch(folder / "train/b/3.JPEG")
-    run_listing(root=folder, out=second)
+    list_folder(root=folder, out=second)
     assert first.read_bytes() != second.read_bytes()
     (folder / "train/b/3.JPEG").unlink()
     (folder / "train/b/2.JPEG").write_bytes(b"123")  # same name, new content of another size
-    run_listing(root=folder, out=second)
+    list_folder(root=folder, out=second)
     assert "train/b/2.JPEG\t3\tfile" in rows(second)
 
 
@@ -76,7 +76,7 @@ def test_symlinks_are_recorded_not_followed(folder, tmp_path):
     (folder / "train/a/dangling.JPEG").symlink_to("../nothing.JPEG")
     (folder / "train/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     out = tmp_path / "listing.tsv"
-    run_listing(root=folder, out=out)
+    list_folder(root=folder, out=out)
     listed = {entry.path: entry for entry in read_listing(out)}
     assert listed["train/a/out.JPEG"] == Entry("train/a/out.JPEG", 7, "link")  # the size of what it points to
     assert listed["train/a/in.JPEG"] == Entry("train/a/in.JPEG", 2, "link")
@@ -95,7 +95,7 @@ def test_names_a_tsv_row_cannot_hold_are_escaped_and_marked(folder, tmp_path):
         pytest.skip("this file system refuses names that are not UTF-8")
     touch(folder / "train/bad\tclass/x.JPEG")
     out = tmp_path / "listing.tsv"
-    run_listing(root=folder, out=out)
+    list_folder(root=folder, out=out)
     out.read_bytes().decode("utf-8")  # valid UTF-8 throughout
     marked = {entry.path for entry in read_listing(out) if entry.kind == "badname"}
     assert marked == {"train/a/tab\\x09here.JPEG", "train/a/new\\x0aline.JPEG", "train/a/latin1-\\xe9.JPEG",
@@ -112,7 +112,7 @@ def test_a_badname_path_is_a_shell_word_for_the_very_file(folder, tmp_path):
         except OSError:
             pytest.skip("this file system refuses names that are not UTF-8")
     out = tmp_path / "listing.tsv"
-    run_listing(root=folder, out=out)
+    list_folder(root=folder, out=out)
     words = [shell_word(entry.path) for entry in read_listing(out) if entry.kind == "badname"]
     assert len(words) == len(names) and all(word.startswith("$'train/a/") for word in words)
     shown = [subprocess.run(["bash", "-c", f"cat -- {word}"], cwd=folder, capture_output=True, check=True).stdout
@@ -123,11 +123,11 @@ def test_a_badname_path_is_a_shell_word_for_the_very_file(folder, tmp_path):
 def test_labels_csv_is_listed_first_with_a_content_hash(folder, tmp_path):
     csv = touch(folder / "labels.csv", b"ImageId,PredictionString\nv,n01 1 2 3 4\n")
     out = tmp_path / "listing.tsv"
-    run_listing(root=folder, out=out, valid_labels="labels.csv")
+    list_folder(root=folder, out=out, valid_labels="labels.csv")
     first = rows(out)
     assert first[1].startswith(f"labels.csv\t{csv.stat().st_size}\tlabels md5=")
     csv.write_bytes(b"ImageId,PredictionString\nv,n02 1 2 3 4\n")  # same size, another class
-    run_listing(root=folder, out=out, valid_labels="labels.csv")
+    list_folder(root=folder, out=out, valid_labels="labels.csv")
     assert rows(out)[1] != first[1] and rows(out)[2:] == first[2:]
 
 
@@ -147,7 +147,7 @@ def test_layout_errors_name_the_path(folder, tmp_path, remove, valid_labels, mes
         touch(folder / valid_labels)
     out = tmp_path / "listing.tsv"
     with pytest.raises(ListingError, match=message):
-        run_listing(root=folder, out=out, valid_labels=valid_labels)
+        list_folder(root=folder, out=out, valid_labels=valid_labels)
     assert not out.exists() and not list(tmp_path.glob(".partial-*"))
 
 
@@ -170,7 +170,7 @@ def test_stage_script_writes_the_listing_and_reports_errors_in_one_line(folder, 
     command = [sys.executable, str(ROOT / "stages/listing.py"), "--out", "out/listing.tsv"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    run_listing(root=folder, out=tmp_path / "expected.tsv")
+    list_folder(root=folder, out=tmp_path / "expected.tsv")
     assert (tmp_path / "out/listing.tsv").read_bytes() == (tmp_path / "expected.tsv").read_bytes()
 
     (tmp_path / "params.yaml").write_text("data:\n  root: nowhere\n")

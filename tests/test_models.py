@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from vggbn import models
+from vggbn.numerics import models
 
 
 def test_split_and_join_reproduce_the_model(mini_vgg, rng):
@@ -83,7 +83,7 @@ def test_saved_models_are_byte_reproducible_and_load_safely(mini_vgg, tmp_path, 
 
 
 def test_layer_names_known_without_tensorflow_match_the_models(mini_vgg, tmp_path):
-    from vggbn.layer_names import DEMO_LAYERS, VGG16_LAYERS, layer_names
+    from vggbn.runner.layer_names import DEMO_LAYERS, VGG16_LAYERS, layer_names
 
     # The input layer's name is numbered per process by Keras (input_layer_4); no one cuts there.
     assert [layer.name for layer in models.vgg16("none").layers][1:] == VGG16_LAYERS[1:]

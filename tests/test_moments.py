@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vggbn.calibration import load_statistics, save_statistics
-from vggbn.moments import Moments
+from vggbn.storage.statistics import load_statistics, save_statistics
+from vggbn.numerics.moments import Moments
 
 
 def test_matches_numpy_over_uneven_batches(rng):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vggbn import optimizers, training
+from vggbn.numerics import optimizers, training
 
 LR = 1e-3
 STEPS = 4
@@ -141,7 +141,7 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from vggbn import optimizers, training
+    from vggbn.numerics import optimizers, training
 
     training.seed_everything(0)
     x = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vggbn.params import ParamsError, documented_params, load_params, parse_params
+from vggbn.runner.params import ParamsError, documented_params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

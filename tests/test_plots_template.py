@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vggbn import plots_template
-from vggbn.plots_template import PlotsTemplateError, config_value, page_template
+from vggbn.pages import plots_template
+from vggbn.pages.plots_template import PlotsTemplateError, config_value, page_template
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = "window.vegaEmbed=function(){};/* a stand-in for the real bundle */"

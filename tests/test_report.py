@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vggbn import report
-from vggbn.figures import Figure, FiguresError, figures_from_dvc_json, render_svg, scoped_svg, slug
-from vggbn.report import Document, ReportError, Table
+from vggbn.pages import report
+from vggbn.pages.figures import Figure, FiguresError, figures_from_dvc_json, render_svg, scoped_svg, slug
+from vggbn.pages.report import Document, ReportError, Table
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / ".dvc" / "plots"
@@ -43,8 +43,8 @@ def test_numbers_print_with_four_decimals_or_three_digits_when_tiny(value, text)
     assert report.number(value) == text
 
 
-def test_run_tables_hold_the_identity_accuracies_last_epoch_transfer_and_calibration():
-    tables = {table.title.split(",")[0].split(":")[0]: table for table in report.run_tables(METRICS, demo=True)}
+def test_key_tables_hold_the_identity_accuracies_last_epoch_transfer_and_calibration():
+    tables = {table.title.split(",")[0].split(":")[0]: table for table in report.key_tables(METRICS, demo=True)}
     assert list(tables) == ["Identity", "Accuracy", "Fine-tuning", "Transfer to new classes", "BN calibration per layer"]
     identity = cells(tables["Identity"])
     assert identity["largest difference of output probabilities (`max_abs_diff`)"] == ("1.19e-07", "≤ 1e-05", "yes")
@@ -70,7 +70,7 @@ def test_a_bound_exceeded_says_so_and_the_demo_row_needs_the_demo_model():
 
 
 def test_missing_metrics_files_leave_their_tables_out():
-    tables = report.run_tables({"combine": METRICS["combine"]}, demo=True)
+    tables = report.key_tables({"combine": METRICS["combine"]}, demo=True)
     assert [table.title for table in tables] == ["Accuracy"]
 
 
@@ -212,7 +212,7 @@ def test_transfer_ticks_are_one_per_decade_and_do_not_collide():
 
 def test_a_report_rewritten_from_the_same_inputs_is_byte_identical(tmp_path):
     figure = filled("identity", [{"before": "0.5", "after": "0.5", "rev": "workspace"}], x="before", y="after")
-    document = Document("R", "intro", report.run_tables(METRICS, demo=True), [figure])
+    document = Document("R", "intro", report.key_tables(METRICS, demo=True), [figure])
     report.write_report(tmp_path / "a", document)
     report.write_report(tmp_path / "b", document)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from vggbn import cli, plots_template
+from vggbn import cli
+from vggbn.pages import plots_template
 
 
 def run(capsys, *args):

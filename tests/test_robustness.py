@@ -205,7 +205,7 @@ def test_a_model_that_yields_nan_stops_conv_features_with_one_line_naming_the_im
 
     project, _ = pipeline
     copy = copy_of(project, tmp_path / "project")
-    from vggbn import models
+    from vggbn.numerics import models
 
     model = keras.saving.load_model(copy / "models/demo.keras", safe_mode=True)
     # The cut layer is linear: a fused Conv2D+BiasAdd+ReLU turns NaN into 0 on some CPUs (max pooling drops NaN
@@ -473,7 +473,7 @@ def make_messy_folder(root: Path, outside: Path) -> tuple[dict, dict]:
 
 
 def test_messy_folder_runs_through_with_exactly_the_unusable_files_rejected(pipeline, tmp_path):
-    from vggbn.models import build_demo_classifier, save_model
+    from vggbn.numerics.models import build_demo_classifier, save_model
 
     project, _ = pipeline
     copy = copy_of(project, tmp_path / "project")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggbn.listing import read_listing, run_listing
-from vggbn.manifest import read_manifest, write_sample
-from vggbn.sample import SampleError, build_sample, check_image, rank, run_sample
+from vggbn.storage.listing import read_listing, list_folder
+from vggbn.storage.manifest import read_manifest, write_sample
+from vggbn.numerics.sampling import SampleError, build_sample, check_image, rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def put(path: Path, data: bytes) -> Path:
 
 def listed(root: Path, valid_labels=None) -> list:
     out = root.parent / "listing.tsv"
-    run_listing(root=root, out=out, valid_labels=valid_labels)
+    list_folder(root=root, out=out, valid_labels=valid_labels)
     return list(read_listing(out))
 
 
@@ -346,8 +346,10 @@ def test_stage_script(root, tmp_path):
                             text=True)
     assert result.returncode == 0, result.stderr
     assert "tensorflow" not in result.stderr  # -X importtime lists every module imported
-    expected = run_sample(listing=tmp_path / "listing.tsv", out=tmp_path / "expected", root=root, train=5, valid=None,
-                          seed=1, strict=False, valid_labels="LOC_val_solution.csv").metrics
+    sample = build_sample(entries=read_listing(tmp_path / "listing.tsv"), root=root, train=5, valid=None, seed=1,
+                          strict=False, valid_labels="LOC_val_solution.csv")
+    write_sample(tmp_path / "expected", sample)
+    expected = sample.metrics
     assert json.loads((tmp_path / "metrics/sample.json").read_text()) == expected
     assert expected["train_images"] == 5 and expected["valid_images"] == 2
     for name in ("train.tsv", "valid.tsv", "classes.txt", "rejected.tsv"):
@@ -362,7 +364,7 @@ def test_stage_script(root, tmp_path):
 
 
 def test_read_manifest_names_the_file_and_the_line(tmp_path):
-    from vggbn.manifest import SampleError, read_manifest
+    from vggbn.storage.manifest import SampleError, read_manifest
 
     good = tmp_path / "train.tsv"
     good.write_text("path\tlabel\tmd5\ntrain/a b/ü.JPEG\t3\tabc\n", encoding="utf-8")

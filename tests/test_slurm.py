@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from project import ENV, copy_of, metrics, run, stages_ran
-from vggbn import launch
+from vggbn.runner import launch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MODEL_STAGES = ["conv_features", "bn_stats", "insert_bn", "finetune", "combine", "transfer"]

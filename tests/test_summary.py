@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vggbn.summary import FORMATTERS, summary
+from vggbn.runner.summary import FORMATTERS, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__")

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from vggbn import models, surgery
-from vggbn.moments import Moments
+from vggbn.numerics import models, surgery
+from vggbn.numerics.moments import Moments
 
 
 def dense_stack(rng, widths, dead_units=0):

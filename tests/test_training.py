@@ -13,7 +13,7 @@ import json, sys
 import numpy as np, tensorflow as tf, keras
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
                                            [tf.config.LogicalDeviceConfiguration()] * 2)
-from vggbn.training import Trainer, compile_for_training, seed_everything
+from vggbn.numerics.training import Trainer, compile_for_training, seed_everything
 
 def build():
     init = keras.initializers.GlorotUniform(seed=3)

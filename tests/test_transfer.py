@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_features(path, rows, rng, *, classes=3, row_shape=(2, 2, 4), chunk_rows=8):
-    from vggbn import features
+    from vggbn.storage import features
 
     x = np.maximum(rng.normal(size=(rows, *row_shape)), 0).astype(np.float32)
     y = rng.integers(0, classes, rows)
@@ -52,7 +52,7 @@ def feature_files(tmp_path, rng):
 
 
 def test_head_mode_freezes_everything_before_the_head_with_inner_dropout_off():
-    from vggbn.transfer import new_task_model
+    from vggbn.numerics.new_task import new_task_model
 
     head = new_task_model(start_model(), 3, train_mode="head", seed=0)
     layers = {layer.name: layer for layer in head.layers}
@@ -69,16 +69,16 @@ def test_head_mode_freezes_everything_before_the_head_with_inner_dropout_off():
 def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feature_files, dropout):
     """compare_transfer's head mode (the frozen part's output cached once, the head trained on it) against the
     whole model trained with the same semantics, seeded: the same valid accuracy and loss."""
-    from vggbn.finetune import evaluate, train_on_features
-    from vggbn.transfer import compare_transfer, new_task_model
+    from vggbn.numerics.feature_training import evaluate, TrainingPlan, train_on_features
+    from vggbn.numerics.new_task import compare_transfer, new_task_model
 
     train, valid = feature_files
     start = start_model(dropout=dropout)
     report = compare_transfer({"start": start}, train_path=train, valid_path=valid, num_classes=3, train_mode="head",
                               lrs=[0.03], seeds=[1], epochs=3, batch_size=8, work_dir=tmp_path / "work")
-    whole = train_on_features(new_task_model(start, 3, train_mode="head", seed=1), train_path=train,
-                              valid_path=valid, epochs=3, batch_size=8, lr=0.03, dropout=None, seed=1,
-                              shuffle_buffer=4096, diverged="record", show_progress=False).model
+    whole = train_on_features(new_task_model(start, 3, train_mode="head", seed=1), TrainingPlan(epochs=3, batch_size=8,
+                              lr=0.03, dropout=None, seed=1, shuffle_buffer=4096), train_path=train, valid_path=valid,
+                              diverged="record", show_progress=False).model
     expected = evaluate(whole, valid, 8)
     result = report["start"]["per_lr"]["0.03"]
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-5)
@@ -87,7 +87,7 @@ def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feat
 
 
 def test_the_dropout_before_the_head_acts_on_the_cached_rows(tmp_path, feature_files):
-    from vggbn.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     train, valid = feature_files
     losses = [compare_transfer({"start": start_model(dropout=rate)}, train_path=train, valid_path=valid,
@@ -99,7 +99,7 @@ def test_the_dropout_before_the_head_acts_on_the_cached_rows(tmp_path, feature_f
 def test_bad_train_mode_and_a_start_without_classifier_are_one_line_errors(tmp_path, feature_files):
     import keras
 
-    from vggbn.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     train, valid = feature_files
     with pytest.raises(ValueError, match=r"^Expected `train_mode` to be one of head, dense\. Received: "
@@ -117,7 +117,7 @@ GRID_CHILD = textwrap.dedent("""
     import sys, warnings
     warnings.filterwarnings("ignore")
     import keras
-    from vggbn import transfer
+    from vggbn.numerics import new_task as transfer
 
     def rss_mb():
         with open("/proc/self/status") as status:
@@ -172,7 +172,7 @@ def test_a_grid_leaves_no_feature_stream_behind(feature_files):
     from tensorflow.python.data.ops import dataset_ops
     from tensorflow.python.framework import ops
 
-    from vggbn.transfer import compare_transfer
+    from vggbn.numerics.new_task import compare_transfer
 
     def alive():
         gc.collect()
@@ -192,8 +192,8 @@ def test_a_grid_leaves_no_feature_stream_behind(feature_files):
 def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, mini_vgg):
     """`models.split`'s dense part shares its layers with the whole classifier (the pipeline's without-BN start):
     the frozen part is rebuilt on an input of its own."""
-    from vggbn import models
-    from vggbn.transfer import compare_transfer
+    from vggbn.numerics import models
+    from vggbn.numerics.new_task import compare_transfer
 
     _, dense = models.split(mini_vgg)
     row_shape = tuple(dense.input_shape[1:])

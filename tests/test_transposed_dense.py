@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vggbn import models, training
-from vggbn.finetune import _restore_rng_states, _rng_states
+from vggbn.numerics import models, training
+from vggbn.numerics.feature_training import _restore_rng_states, _rng_states
 
 
 def chain(bias=True):

@@ -21,9 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vggbn import VggbnError, console
-from vggbn.files import file_md5
-from vggbn.stage import exit_status
+from vggbn import VggbnError
+from vggbn.runner import console
+from vggbn.storage.hashing import file_md5
+from vggbn.runner.stage import exit_status
 
 DEFAULT_MODEL = "models/combined.keras"
 DEFAULT_PARAMS = "params.yaml"
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def launch_command(args) -> None:
-    """`vggbn launch`: COMMAND with VGGBN_LAUNCH=local:N[:C] (`vggbn.launch`), exiting with its status."""
-    from vggbn import launch
+    """`vggbn launch`: COMMAND with VGGBN_LAUNCH=local:N[:C] (`vggbn.runner.launch`), exiting with its status."""
+    from vggbn.runner import launch
 
     run = args.run[1:] if args.run[:1] == ["--"] else args.run
     if not run:
@@ -175,7 +176,7 @@ def _check_top(top: int) -> None:
 
 def _check_images(paths: list[str]) -> None:
     """Each image must be a file that Pillow decodes fully, in a format TensorFlow reads (the sample's checks)."""
-    from vggbn.sample import check_image
+    from vggbn.numerics.sampling import check_image
 
     for path in paths:
         if not os.path.lexists(path):
@@ -192,7 +193,7 @@ def _check_model_file(path: str) -> None:
 
 
 def _load_params(path: str):
-    from vggbn.params import load_params
+    from vggbn.runner.params import load_params
 
     if path == DEFAULT_PARAMS and not Path(path).is_file():
         raise CliError(f"{path}: no params file here: run in the project folder or pass --params")
@@ -201,7 +202,7 @@ def _load_params(path: str):
 
 def _read_classes(path: str) -> list[str] | None:
     """The class names file's names; None where the default file is missing (outputs are named by index)."""
-    from vggbn.manifest import read_classes
+    from vggbn.storage.manifest import read_classes
 
     if path == DEFAULT_CLASSES and not os.path.lexists(path):
         return None
@@ -214,7 +215,7 @@ def class_labels(classes: list[str] | None, num_outputs: int, classes_path: str)
     The class folders when there are as many as outputs (a folder named by a WordNet id gets its ImageNet name);
     ImageNet's WordNet ids and names for a 1000-output model; otherwise the output index, with a note on stderr.
     """
-    from vggbn.imagenet import imagenet_names
+    from vggbn.storage.imagenet import imagenet_names
 
     names = imagenet_names()
     if classes is not None and len(classes) == num_outputs:
@@ -245,7 +246,7 @@ def predict(args) -> None:
 
     import tensorflow as tf
 
-    from vggbn import images, models
+    from vggbn.numerics import images, models
 
     model = models.load_model_file(args.model)
     size = models.input_size(model)
@@ -287,7 +288,7 @@ def predict(args) -> None:
 def _undecodable(paths: list[str], size, resize: str, preprocess: str) -> str | None:
     import tensorflow as tf
 
-    from vggbn import images
+    from vggbn.numerics import images
 
     for path in paths:
         try:
@@ -320,17 +321,9 @@ def _read_metrics(folder: str) -> dict:
 
 def _lock_check(paths: list[str]) -> dict[str, str]:
     """For each file that dvc.lock records as a stage output: 'matches' or 'differs' (a file of another run)."""
-    import yaml
+    from vggbn.storage.dvccache import recorded_outputs
 
-    try:
-        lock = yaml.safe_load(Path(DVC_LOCK).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    recorded = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                recorded[os.path.normpath(out["path"])] = out["md5"]
+    recorded = {path: out["md5"] for path, out in recorded_outputs(DVC_LOCK).items()}
     status = {}
     for path in paths:
         key = os.path.normpath(os.path.relpath(path)) if os.path.isabs(path) else os.path.normpath(path)
@@ -382,8 +375,8 @@ def describe_model(path: str, stats_path: str, metrics_dir: str) -> dict:
     """Everything `vggbn info` shows, as a JSON-ready dict."""
     import keras
 
-    from vggbn import models
-    from vggbn.calibration import load_statistics
+    from vggbn.numerics import models
+    from vggbn.storage.statistics import load_statistics
 
     model = models.load_model_file(path)
     stats, attrs = None, {}
@@ -500,15 +493,15 @@ def compare_report(args) -> None:
     _check_dvc_project()
     if len(args.rev) > 2:
         raise CliError(f"--rev: give one or two revisions, got {len(args.rev)}")
-    from vggbn.report import run_compare
+    from vggbn.pages.report import write_comparison
 
-    page = run_compare(args.rev, args.out)
+    page = write_comparison(args.rev, args.out)
     print(page)
 
 
 def plots_template(args) -> None:
     _check_dvc_project()
-    from vggbn import plots_template as template
+    from vggbn.pages import plots_template as template
 
     if not Path(args.out).is_file():
         template.write_template(args.out)

@@ -1,0 +1,349 @@
+"""The training loop of every stage that trains, under any `tf.distribute` strategy: seeding, compiling, the step,
+per-epoch logs, progress and dvclive curves."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import shutil
+import threading
+from typing import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.backend.tensorflow import random as keras_random
+from keras.src.random.seed_generator import draw_seed
+
+from vggbn.runner import console
+from vggbn.numerics import models, optimizers
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Same params, same weights: seeded Python/numpy/TF RNGs and deterministic TF kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def compile_for_training(model: keras.Model, lr: float) -> None:
+    """Adam (`optimizers.FusedAdam`: Keras' Adam in one fused kernel), sparse cross-entropy and accuracy."""
+    model.compile(optimizer=optimizers.FusedAdam(learning_rate=lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+@tf.custom_gradient
+def _matmul_transposed_kernel(x, kernel_t):
+    """`x @ transpose(kernel_t)` for a kernel stored (out, in), computed as `transpose(kernel_t @ x^T)`: at a small
+    batch the large matrix is then the left operand, which the CPU's GEMM streams once instead of packing it first
+    (VGG16's fc1 at batch 16: about 32 ms instead of 49). The gradients: `dy @ kernel_t` for `x`, `dy^T @ x` for the
+    kernel (written in the kernel's (out, in) layout); a gradient nobody uses is never computed in a traced step."""
+    y = tf.transpose(tf.matmul(kernel_t, x, transpose_b=True))
+
+    def gradient(dy):
+        return tf.matmul(dy, kernel_t), tf.matmul(dy, x, transpose_a=True)
+
+    return y, gradient
+
+
+@keras.saving.register_keras_serializable(package="vggbn")
+class TransposedDense(keras.layers.Layer):
+    """A `keras.layers.Dense` for training only: the same function, with its kernel stored transposed, (units,
+    input features), as `kernel_t`, so a training step at a small batch reads it at the memory's speed (see
+    `_matmul_transposed_kernel`). Forward and gradients equal Dense's up to the order of floating-point sums.
+
+    `for_training` puts it in place of each plain Dense layer of a chain and `for_saving` puts the plain Dense
+    back (kernel transposed back, bit for bit): models saved by the stages hold standard Keras layers. A
+    checkpoint saved during training holds this layer; it loads with safe_mode on (it is registered).
+    """
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True, chunks: int = 1,
+                 dense_config: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.use_bias, self.chunks = int(units), bool(use_bias), int(chunks)
+        if self.chunks < 1 or self.units % self.chunks:
+            raise ValueError(f"Expected `chunks` to divide units={units}. Received: chunks={chunks}")
+        self.activation = keras.activations.get(activation)
+        self.dense_config = dense_config  # the Dense layer's own config, to give it back as it was
+
+    def build(self, input_shape):
+        rows = self.units // self.chunks
+        self.kernels_t = [self.add_weight(name=f"kernel_t_{i}", shape=(rows, int(input_shape[-1])),
+                                          initializer="glorot_uniform") for i in range(self.chunks)]
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros") if self.use_bias else None
+
+    @property
+    def kernel_t(self):
+        """The whole kernel, (units, input features)."""
+        return keras.ops.concatenate([keras.ops.convert_to_tensor(k) for k in self.kernels_t], axis=0)
+
+    def call(self, inputs):
+        parts = [_matmul_transposed_kernel(inputs, tf.cast(kernel, self.compute_dtype)) for kernel in self.kernels_t]
+        y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, self.compute_dtype)
+        return self.activation(y) if self.activation is not None else y
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias, "chunks": self.chunks,
+                "activation": keras.activations.serialize(self.activation), "dense_config": self.dense_config}
+
+
+def _plain_dense(layer) -> bool:
+    """A Dense layer `TransposedDense` can stand for: exactly Dense, 2-D input, nothing but kernel, bias and
+    activation (no regularizer, constraint, LoRA or quantization)."""
+    if type(layer) is not keras.layers.Dense or len(layer.input.shape) != 2:
+        return False
+    config = layer.get_config()
+    return not any(config.get(key) for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                                               "kernel_constraint", "bias_constraint", "lora_rank", "quantization_config"))
+
+
+def _is_chain(model: keras.Model) -> bool:
+    """A functional model whose layers after its InputLayer each take the previous one's output."""
+    layers = model.layers
+    try:
+        return (isinstance(layers[0], keras.layers.InputLayer)
+                and all(layer.input is previous.output for previous, layer in zip(layers, layers[1:])))
+    except (AttributeError, ValueError):  # a layer called more than once, or never
+        return False
+
+
+CHUNK_BYTES = 8 << 20
+
+
+def chunks(inputs: int, units: int, gpu: bool = False) -> int:
+    """Pieces a kernel of `inputs` x `units` is stored in while training: on a CPU, the fewest that divide `units`
+    into pieces of at most about `CHUNK_BYTES` (8 MiB: VGG16's fc1 in 64 pieces, fc2 in 8). Each piece's gradient
+    is its own tensor, so its Adam update can run as soon as it is computed, while it is still in the CPU's cache,
+    instead of after the whole 411 MB gradient has gone to memory and come back. On a GPU (`gpu`), one piece: there
+    pieces would only turn one large matmul and one Adam launch into many small ones."""
+    if gpu:
+        return 1
+    wanted = -(-inputs * units * 4 // CHUNK_BYTES)
+    return next(n for n in range(max(wanted, 1), units + 1) if units % n == 0)
+
+
+def for_training(model: keras.Model) -> keras.Model:
+    """`model` (a chain) with each plain Dense layer replaced by a `TransposedDense` computing the same, with the
+    same name, dtype policy and weights (kernel transposed); `model` itself when it has none or is no chain."""
+    if not any(_plain_dense(layer) for layer in model.layers) or not _is_chain(model):
+        return model
+    gpu = bool(tf.config.list_logical_devices("GPU"))  # where the training runs: kernel pieces only on a CPU
+
+    def convert(layer):
+        if not _plain_dense(layer):
+            return None
+        config = layer.get_config()
+        new = TransposedDense(config["units"], activation=config["activation"], use_bias=config["use_bias"],
+                              name=layer.name, dtype=config.get("dtype"), trainable=layer.trainable,
+                              chunks=chunks(*layer.kernel.shape, gpu=gpu), dense_config=config)
+        kernel, *bias = layer.get_weights()
+        return new, [*np.split(kernel.T.copy(), new.chunks), *bias]
+
+    return models.copy_chain(model, convert=convert)
+
+
+def for_saving(model: keras.Model) -> keras.Model:
+    """`model` with each `TransposedDense` back as the plain `keras.layers.Dense` it stands for (kernel transposed
+    back: bit for bit the trained weights); `model` itself when it has none."""
+    if not any(isinstance(layer, TransposedDense) for layer in model.layers):
+        return model
+
+    def convert(layer):
+        if not isinstance(layer, TransposedDense):
+            return None
+        config = {**(layer.dense_config or {}), "units": layer.units, "use_bias": layer.use_bias,
+                  "activation": keras.activations.serialize(layer.activation), "name": layer.name,
+                  "dtype": layer.dtype_policy, "trainable": layer.trainable}
+        new = keras.layers.Dense.from_config(config)
+        weights = layer.get_weights()
+        kernel_t = np.concatenate(weights[:layer.chunks], axis=0)
+        return new, [kernel_t.T.copy(), *weights[layer.chunks:]]
+
+    return models.copy_chain(model, convert=convert)
+
+
+def live_logger(live_dir, history: list[dict]):
+    """A fresh dvclive logger in `live_dir` holding the epochs already done, named as its Keras callback names them.
+
+    It neither edits dvc.yaml nor saves experiments itself: the curves are declared as plots in dvc.yaml.
+    """
+    from dvclive import Live
+
+    shutil.rmtree(live_dir, ignore_errors=True)
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    for logs in history:
+        log_epoch(live, logs)
+    return live
+
+
+class Trainer:
+    """One training loop for every `tf.distribute` strategy (Keras' `fit` fails under MultiWorkerMirroredStrategy,
+    keras-team/keras#20585): `model` (compiled with `compile_for_training`, built under the strategy's scope) is
+    trained batch by batch with `strategy.run`.
+
+    Global-batch semantics: every worker passes the same global batch; replica r takes a contiguous slice of it, the
+    loss is the global batch's mean (each replica's sum over its rows divided by the global row count, gradients
+    summed across replicas), and BatchNormalization layers normalize by the global batch's statistics
+    (`synchronized`), and Dropout drops what it drops over the global batch. So N replicas train what one process
+    trains, up to the order of floating-point sums. With one replica it is a plain traced step.
+    """
+
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
+        self.model, self.strategy = model, strategy
+        self.replicas = int(strategy.num_replicas_in_sync)
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        self._unsynchronized = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+                                and not layer.synchronized] if self.replicas > 1 else []
+        for layer in self._unsynchronized:
+            layer.synchronized = True
+        self._rows = threading.local()
+        self._dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)
+                          and layer.noise_shape is None] if self.replicas > 1 else []
+        for layer in self._dropouts:
+            layer.call = functools.partial(self._global_batch_dropout, layer)
+        self._train = tf.function(self._train_replicas, reduce_retracing=True)
+        self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
+
+    def _slices(self, x, y):
+        """Per replica, its contiguous slice of the global batch (the first `len % replicas` get one row more) and the
+        index of its first row; and the global batch's row count."""
+        x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32)
+        count = int(y.shape[0])
+        if self.replicas == 1:
+            return x, y, tf.constant(0), tf.constant(float(count), tf.float32)
+        bounds = [count * r // self.replicas for r in range(self.replicas + 1)]
+
+        def part(context):
+            first, stop = bounds[context.replica_id_in_sync_group], bounds[context.replica_id_in_sync_group + 1]
+            return x[first:stop], y[first:stop], tf.constant(first)
+        x, y, first = self.strategy.experimental_distribute_values_from_function(part)
+        return x, y, first, tf.constant(float(count), tf.float32)
+
+    def _sums(self, probabilities, y):
+        losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+        correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), y), tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(correct)
+
+    def _train_replicas(self, x, y, first, count):
+        def step(x, y, first):
+            # for the global batch's dropout masks, while tracing; MirroredStrategy traces each replica in a thread
+            self._rows.value = (first, tf.cast(count, tf.int32))
+            with tf.GradientTape() as tape:
+                probabilities = self.model(x, training=True)
+                loss_sum, correct = self._sums(tf.cast(probabilities, tf.float32), y)
+                loss = loss_sum / count
+            variables = self.model.trainable_variables
+            self.model.optimizer.apply(tape.gradient(loss, variables), variables)  # gradients summed over replicas
+            return loss_sum, correct
+        return self._reduced(self.strategy.run(step, args=(x, y, first)))
+
+    def _evaluate_replicas(self, x, y):
+        def step(x, y):
+            return self._sums(tf.cast(self.model(x, training=False), tf.float32), y)
+        return self._reduced(self.strategy.run(step, args=(x, y)))
+
+    def _reduced(self, per_replica):
+        return tuple(self.strategy.reduce("SUM", value, axis=None) for value in per_replica)
+
+    def finish(self) -> keras.Model:
+        """The model as it came (BN layers no longer `synchronized`: a saved model is the same whatever the
+        strategy that trained it), each `TransposedDense` back as a plain Dense (`for_saving`)."""
+        for layer in self._unsynchronized:
+            layer.synchronized = False
+        for layer in self._dropouts:
+            del layer.call  # the class's own again
+        return for_saving(self.model)
+
+    def _global_batch_dropout(self, layer: keras.layers.Dropout, inputs, training=False):
+        """Dropout as one process draws it over the whole global batch, this replica's rows of it: each replica
+        draws the global batch's mask from the same seed (the generator's state is the same on every replica) and
+        keeps its slice, so N replicas drop exactly what one process drops."""
+        if not training or layer.rate <= 0:
+            return inputs
+        first, count = self._rows.value
+        seed = keras_random._cast_seed(draw_seed(layer.seed_generator))  # Keras' own draw (its TF backend)
+        shape = tf.concat([[count], tf.shape(inputs)[1:]], axis=0)
+        kept = tf.nn.experimental.stateless_dropout(tf.ones(shape, inputs.dtype), rate=layer.rate, seed=seed)
+        return inputs * kept[first:first + tf.shape(inputs)[0]]
+
+    def train_batch(self, x, y) -> tuple[float, float]:
+        """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas."""
+        x, y, first, count = self._slices(x, y)
+        loss_sum, correct = self._train(x, y, first, count)
+        return float(loss_sum), float(correct)
+
+    def evaluate_batch(self, x, y) -> tuple[float, float]:
+        x, y, _, _ = self._slices(x, y)
+        loss_sum, correct = self._evaluate(x, y)
+        return float(loss_sum), float(correct)
+
+
+class Epochs:
+    """Running sums of one epoch's losses and correct predictions: Keras' `loss` and `accuracy` logs."""
+
+    def __init__(self):
+        self.loss = self.correct = self.count = 0.0
+
+    def add(self, loss_sum: float, correct: float, count: int) -> None:
+        self.loss, self.correct, self.count = self.loss + loss_sum, self.correct + correct, self.count + count
+
+    def logs(self, prefix: str = "") -> dict:
+        count = max(self.count, 1)
+        return {f"{prefix}loss": self.loss / count, f"{prefix}accuracy": self.correct / count}
+
+
+def evaluate_batches(trainer: Trainer, batches) -> dict:
+    """`val_loss` and `val_accuracy` over the batches (the model in inference mode)."""
+    totals = Epochs()
+    for x, y in batches:
+        totals.add(*trainer.evaluate_batch(x, y), len(y))
+    return totals.logs("val_")
+
+
+def log_epoch(live, logs: dict) -> None:
+    """One epoch's logs to dvclive, named as its Keras callback names them."""
+    from dvclive.utils import standardize_metric_name
+
+    for name, value in logs.items():
+        live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
+    live.next_step()
+
+
+def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_batches: Callable[[int], Iterable],
+                 steps: int, valid_batches: Callable[[], Iterable], check: Callable[[dict, str], None] | None = None,
+                 after_epoch: Callable[[int], None] | None = None, live=None, show_progress: bool = True) -> None:
+    """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`,
+    then the valid batches; its logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to
+    `check` (which may raise: per batch, with the batch's loss, and per epoch, before anything is saved), then
+    `after_epoch(epoch)` (a checkpoint), and logged to `live`.
+    """
+    for epoch in range(len(history), epochs):
+        totals = Epochs()
+        bar = console.open_progress(steps, f"epoch {epoch + 1}/{epochs}", "batch") if show_progress else None
+        for number, (x, y) in enumerate(itertools.islice(train_batches(epoch), steps)):
+            loss_sum, correct = trainer.train_batch(x, y)
+            if check is not None:
+                check({"loss": loss_sum / max(len(y), 1)}, f"epoch {epoch + 1}, batch {number + 1}")
+            totals.add(loss_sum, correct, len(y))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        logs = {**totals.logs(), **evaluate_batches(trainer, valid_batches())}
+        log.debug("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        if check is not None:
+            check(logs, f"epoch {epoch + 1}")
+        history.append(logs)
+        if after_epoch is not None:
+            after_epoch(epoch)
+        if live is not None:
+            log_epoch(live, logs)

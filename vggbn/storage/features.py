@@ -1,0 +1,426 @@
+"""Cached conv features in chunked HDF5: written in a streaming way, resumable, reusable, streamed back shuffled.
+
+A feature file holds `features` (N, h, w, c), `labels` (N,), `paths` (N,), `md5` (N,), `flipped` (N,) and
+`chunk_digests` (one per HDF5 chunk of `features`: the digest of its rows' bytes), and in its attributes the recipe
+that produced it.
+
+Nothing is reused without being checked. Work in progress lives in a work folder outside DVC's declared outputs
+(DVC deletes those before a stage runs): one `.npy` file per completed chunk, renamed into place when whole and
+named with the digest of its rows, so a killed run resumes at the last completed chunk and a resumed chunk whose
+bytes changed since is recomputed. Rows whose path, content hash and flip are unchanged are copied from the
+previous run's file, which DVC's cache keeps (`vggbn.storage.dvccache`: no second copy here), one whole chunk at a time,
+each checked against its digest; a chunk that fails is recomputed. Either failure is a warning naming the file and
+counted in the returned `recomputed_corrupt`; the result equals a clean run's. The digests are checked where bytes
+are reused, not on every read: a stage reading a feature file DVC has just checked out pays nothing (HDF5's own
+Fletcher-32 filter would have halved the read rate of fine-tuning's stream). numpy and h5py only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from vggbn import VggbnError
+from vggbn.runner import console
+from vggbn.storage.atomic import atomic_path, remove_stale_partials, require_space
+from vggbn.storage.hashing import bytes_digest
+from vggbn.storage.workdir import prepare_work
+
+log = logging.getLogger(__name__)
+
+TARGET_CHUNK_BYTES = 1 << 20  # HDF5 chunks of about 1 MiB read fast both sequentially and by blocks
+STRING = h5py.string_dtype("utf-8")
+CHUNK_FILE = re.compile(r"^chunk-(\d{6})-([0-9a-f]{32})\.npy$")  # chunk-<index>-<digest of its rows>.npy
+DIGEST = np.dtype("S32")  # a `bytes_digest` in hex
+LEGACY_PREVIOUS = "previous.h5"  # where earlier versions kept a second full copy of the previous run's file
+COMPUTED, REUSED, RESUMED = 1, 2, 3  # where a row of a new file came from
+
+
+class FeatureFileError(VggbnError):
+    pass
+
+
+class NonFiniteFeatures(FeatureFileError):
+    pass
+
+
+def chunk_rows_for(row_shape: Sequence[int], dtype) -> int:
+    row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    return max(1, TARGET_CHUNK_BYTES // max(1, row_bytes))
+
+
+def _rows_digest(block: np.ndarray) -> str:
+    return bytes_digest(np.ascontiguousarray(block))
+
+
+def _save_chunk(work_dir: Path, index: int, block: np.ndarray, needed: int) -> Path:
+    path = work_dir / f"chunk-{index:06d}-{_rows_digest(block)}.npy"
+    with atomic_path(path, needed=needed, sweep=False) as tmp:  # the work folder is swept once, at the start
+        with open(tmp, "wb") as handle:
+            np.save(handle, block, allow_pickle=False)
+    return path
+
+
+def _load_chunk(path: Path, shape: tuple, dtype) -> np.ndarray | None:
+    """The chunk's rows if they hold what is expected and still have the digest in its name, else None."""
+    match = CHUNK_FILE.match(path.name)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if match is None or array.shape != shape or array.dtype != np.dtype(dtype) or _rows_digest(array) != match.group(2):
+        return None
+    return array
+
+
+def _resumable_chunks(work_dir: Path) -> dict[int, Path]:
+    found = {}
+    for path in sorted(work_dir.glob("chunk-*")):
+        match = CHUNK_FILE.match(path.name)
+        if match is None or int(match.group(1)) in found:
+            path.unlink()  # not ours (an earlier version's name), or a second one for the same chunk
+        else:
+            found[int(match.group(1))] = path
+    return found
+
+
+class _Previous:
+    """Rows of the previous run's file, found by (path, md5, flipped), if it was made by the same feature recipe.
+
+    Rows are read one whole HDF5 chunk at a time, each checked against its digest in `chunk_digests`, and a chunk
+    that fails (or cannot be read) gives no rows: they are recomputed. A file that is damaged beyond that (its
+    size is not what dvc.lock records, it cannot be opened) gives none. Either way the warning names the file, and
+    `close` removes it from DVC's cache.
+    """
+
+    def __init__(self, source, feature_recipe: dict, row_shape: tuple, dtype: str):
+        self.source, self.file, self.index, self.bad_chunks, self.damage = source, None, {}, set(), None
+        self._block = (None, None)
+        if source is None:
+            return
+        path = Path(source.path)
+        size = path.stat().st_size
+        if source.size is not None and size != source.size:
+            self._damaged(f"{size} bytes where dvc.lock records {source.size}")
+            return
+        try:
+            self.file = h5py.File(path, "r")
+            recipe = json.loads(self.file.attrs.get("feature_recipe", "null"))
+            if recipe != feature_recipe:
+                return self.close()
+            self.data = self.file["features"]
+            if "chunk_digests" not in self.file:
+                log.info("%s: the previous run's features carry no digests (an earlier version made them): "
+                         "nothing reused from it", path)
+                return self.close()
+            self.digests = self.file["chunk_digests"][:]
+            if self.data.shape[1:] != tuple(row_shape) or self.data.dtype != np.dtype(dtype):
+                return self.close()
+            paths, md5s = self.file["paths"].asstr()[:], self.file["md5"].asstr()[:]
+            flipped = self.file["flipped"][:]
+            if not len(paths) == len(md5s) == len(flipped) == self.data.shape[0]:
+                raise ValueError("datasets of different lengths")
+            if len(self.digests) != -(-self.data.shape[0] // self.data.chunks[0]):
+                raise ValueError("not one digest per chunk")
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+            self._damaged(f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
+            return
+        self.chunk_rows = self.data.chunks[0]
+        self.index = {(p, m, bool(f)): row for row, (p, m, f) in enumerate(zip(paths, md5s, flipped))}
+
+    def _damaged(self, reason: str) -> None:
+        log.warning("%s: the previous run's %s is damaged (%s): nothing reused from it, every row recomputed",
+                    self.source.path, self.source.out, reason)
+        self.damage = reason
+        self.close()
+
+    def row(self, key) -> int | None:
+        """The previous file's row for `key`, unless it is missing or its chunk already failed its check."""
+        row = self.index.get(key)
+        return None if row is None or row // self.chunk_rows in self.bad_chunks else row
+
+    def read(self, row: int) -> np.ndarray | None:
+        """Row `row` of the previous file, or None if its chunk fails its check."""
+        chunk = row // self.chunk_rows
+        if chunk in self.bad_chunks:
+            return None
+        if self._block[0] != chunk:
+            start = chunk * self.chunk_rows
+            try:
+                block = self.data[start:start + self.chunk_rows]
+            except (OSError, RuntimeError):
+                block = None
+            if block is None or _rows_digest(block).encode() != self.digests[chunk]:
+                self.bad_chunks.add(chunk)
+                log.warning("%s: rows %d-%d of the previous run's %s fail their check: recomputed",
+                            self.source.path, start, min(start + self.chunk_rows, self.data.shape[0]) - 1,
+                            self.source.out)
+                return None
+            self._block = (chunk, block)
+        return self._block[1][row - chunk * self.chunk_rows]
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file, self.index = None, {}
+        if self.source is not None and (self.damage or self.bad_chunks):
+            self.source.discard(self.damage or f"{len(self.bad_chunks)} chunks fail their check")
+            self.source = None
+
+
+def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Sequence[int], md5s: Sequence[str],
+                       extract: Callable[[Sequence[int]], Iterable[np.ndarray]], row_shape: Sequence[int],
+                       dtype: str, work_dir: str | Path, feature_recipe: dict, flipped: Sequence[bool] | None = None,
+                       chunk_rows: int | None = None, attrs: dict | None = None, previous=None,
+                       image_root: str | None = None) -> dict:
+    """Write the feature file for the manifest rows, computing only what no earlier run left behind intact.
+
+    Args:
+        paths, labels, md5s: the manifest, one entry per row of the file.
+        flipped: per row, whether it holds the horizontally flipped image (default: none are).
+        extract: given row indices (ascending), yields feature batches for exactly those rows, in order.
+        row_shape, dtype: shape of one row's features and the dtype to store (float32 or float16).
+        work_dir: where chunks of an interrupted run are kept.
+        feature_recipe: everything that determines a row's features besides its image (model hash, cut, size,
+            resize, preprocessing, compute dtype): rows are reused only from a file made with the same recipe.
+        attrs: extra attributes to store in the file.
+        previous: the previous run's file to reuse rows from: an object with `path`, `out` (the output's name),
+            `size` (bytes expected, or None) and `discard(reason)` (drop it, found damaged), such as
+            `vggbn.storage.dvccache.previous_output(out_path)`; None: reuse nothing.
+        image_root: the folder `paths` are relative to, to name an image whose features are not finite.
+    Returns: rows computed now, reused from the previous run, resumed from chunks, and `recomputed_corrupt`: rows
+        whose reused or resumed bytes failed their check and were made again (also counted where they came from).
+    Raises: NonFiniteFeatures naming the first image whose features hold NaN or infinity.
+    """
+    out_path, work_dir = Path(out_path), Path(work_dir)
+    count = len(paths)
+    flipped = [bool(f) for f in flipped] if flipped is not None else [False] * count
+    if not (len(labels) == len(md5s) == len(flipped) == count):
+        raise ValueError("paths, labels, md5s and flipped must have one entry per row")
+    row_shape = tuple(row_shape)
+    chunk_rows = chunk_rows or chunk_rows_for(row_shape, dtype)
+    row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    manifest_key = [list(paths), [int(x) for x in labels], list(md5s), flipped]
+    prepare_work(work_dir, {"feature_recipe": feature_recipe, "manifest": manifest_key, "dtype": dtype,
+                            "chunk_rows": chunk_rows}, stale=("chunk-*",))
+    (work_dir / LEGACY_PREVIOUS).unlink(missing_ok=True)
+    chunks = [(start, min(start + chunk_rows, count)) for start in range(0, count, chunk_rows)]
+    resumable = _resumable_chunks(work_dir)
+    source = np.zeros(count, dtype=np.int8)  # COMPUTED, REUSED or RESUMED, once the row is in the file
+    corrupt = np.zeros(count, dtype=bool)  # rows whose reused or resumed bytes failed their check
+    old = _Previous(previous, feature_recipe, row_shape, dtype)
+
+    def fill(missing: list[int]) -> dict[int, Path]:
+        """Chunk files for the `missing` chunks, from the previous file where it holds a row intact, else computed.
+        A chunk with a row the previous file fails to give is left out: the caller tries it again."""
+        plan = {row: old.row((paths[row], md5s[row], flipped[row])) for i in missing for row in range(*chunks[i])}
+        to_compute = [row for row, old_row in plan.items() if old_row is None]
+        log.debug("%s: %d rows: %d to compute, %d to reuse from the previous run, %d in chunks to resume",
+                  out_path.name, count, len(to_compute), len(plan) - len(to_compute),
+                  sum(b - a for i, (a, b) in enumerate(chunks) if i in resumable))
+        computed = _rows(extract(to_compute) if to_compute else iter(()))
+        written = {}
+        left = len(plan) * row_bytes  # what the chunks still to write need on disk
+        with console.progress(len(to_compute), f"features {out_path.name}", "img") as bar:
+            for i in missing:
+                a, b = chunks[i]
+                block, complete = np.empty((b - a, *row_shape), dtype=dtype), True
+                for row in range(a, b):
+                    if plan[row] is None:
+                        values = next(computed, None)
+                        if values is None:
+                            raise ValueError("extract yielded fewer rows than asked for")
+                        with np.errstate(over="ignore"):  # a float16 overflow is reported just below
+                            block[row - a] = values
+                        _check_finite(block[row - a], values, row, paths, flipped, image_root, dtype)
+                        source[row] = COMPUTED
+                        bar.update(1)
+                    elif (values := old.read(plan[row])) is not None:
+                        block[row - a], source[row] = values, REUSED
+                    else:
+                        corrupt[row], complete = True, False
+                if complete:
+                    written[i] = _save_chunk(work_dir, i, block, left)
+                    log.debug("%s: chunk %d (rows %d-%d) written", out_path.name, i, a, b - 1)
+                left -= (b - a) * row_bytes
+        if next(computed, None) is not None:
+            raise ValueError("extract yielded more rows than asked for")
+        return written
+
+    def assemble(file: h5py.File, todo: list[int], fresh: set[int]) -> list[int]:
+        """Copy the chunks `todo` into the file, each checked against its digest; the ones to make again."""
+        again = []
+        for i in todo:
+            a, b = chunks[i]
+            block = _load_chunk(resumable[i], (b - a, *row_shape), dtype) if i in resumable else None
+            if block is not None:
+                file["features"][a:b] = block
+                file["chunk_digests"][i] = CHUNK_FILE.match(resumable[i].name).group(2)
+                source[a:b] = source[a:b] if i in fresh else RESUMED
+                continue
+            again.append(i)
+            if i not in resumable:
+                continue  # a reused row's chunk failed its check: recomputed on the next round
+            if i in fresh:
+                raise FeatureFileError(f"{resumable[i]}: a chunk written moments ago reads back different: the disk "
+                                       "(or memory) is failing")
+            log.warning("%s: a chunk of an interrupted run fails its check (rows %d-%d): recomputed",
+                        resumable[i], a, b - 1)
+            resumable.pop(i).unlink(missing_ok=True)
+            corrupt[a:b] = True
+        return again
+
+    try:
+        needed = count * (row_bytes + 100) + (1 << 16)  # rows, their paths and hashes, HDF5's bookkeeping
+        _require_space(out_path, needed, work_dir, sum(b - a for i, (a, b) in enumerate(chunks)
+                                                        if i not in resumable) * row_bytes)
+        with atomic_path(out_path, needed=needed) as tmp:
+            # Rounds: make the missing chunks, then copy every chunk in, in order (HDF5 has the file open only then,
+            # so a disk filling up while chunks are made fails cleanly). A chunk failing its check is made again and
+            # the file written anew, so that its bytes are a clean run's, not only its rows.
+            todo, fresh = list(range(len(chunks))), set()
+            while todo:
+                written = fill([i for i in todo if i not in resumable])
+                resumable.update(written)
+                fresh |= set(written)
+                with h5py.File(tmp, "w") as file:
+                    _create_datasets(file, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows,
+                                     {**(attrs or {}), "feature_recipe": json.dumps(feature_recipe, sort_keys=True)})
+                    again = assemble(file, list(range(len(chunks))), fresh)
+                todo = again
+    finally:
+        old.close()
+    for child in work_dir.glob("chunk-*"):
+        child.unlink()
+    remove_stale_partials(work_dir, everything=True)
+    stats = {"computed": int((source == COMPUTED).sum()), "reused": int((source == REUSED).sum()),
+             "resumed": int((source == RESUMED).sum()), "recomputed_corrupt": int(corrupt.sum())}
+    if stats["recomputed_corrupt"]:
+        log.warning("%s: %d rows failed their check and were made again", out_path, stats["recomputed_corrupt"])
+    return stats
+
+
+def _require_space(out_path: Path, file_bytes: int, work_dir: Path, chunk_bytes: int) -> None:
+    """Fail before any work if the chunks still to write and the finished file (both on disk at the end) cannot
+    fit. A disk that fills up later all the same (others write to it too) stops the run at the chunk being
+    written, and the rerun resumes after the completed ones."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.parent.stat().st_dev == work_dir.stat().st_dev:
+        require_space(work_dir / "chunk-*.npy", chunk_bytes + file_bytes)
+    else:
+        require_space(work_dir / "chunk-*.npy", chunk_bytes)
+        require_space(out_path, file_bytes)
+
+
+def _check_finite(stored: np.ndarray, computed: np.ndarray, row: int, paths, flipped, image_root, dtype) -> None:
+    """Stop at the first image whose features are not finite, naming it, before anything downstream uses them."""
+    if np.isfinite(stored).all():
+        return
+    image = str(Path(image_root) / paths[row]) if image_root is not None else paths[row]
+    image += " (flipped)" if flipped[row] else ""
+    if np.isfinite(computed).all():
+        raise NonFiniteFeatures(f"{image}: its features reach {np.abs(computed).max():.4g}, beyond what "
+                                f"features.dtype {dtype} can hold; store float32")
+    kind = "NaN" if np.isnan(computed).any() else "infinite values"
+    raise NonFiniteFeatures(f"{image}: the conv part gives {kind} for this image: is the model file broken "
+                            "(NaN or huge weights), or the image one it cannot handle?")
+
+
+def _rows(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for batch in batches:
+        yield from batch
+
+
+def _create_datasets(file, paths, labels, md5s, flipped, row_shape, dtype, chunk_rows, attrs) -> h5py.Dataset:
+    data = file.create_dataset("features", (len(paths), *row_shape), dtype=dtype,
+                               chunks=(min(chunk_rows, max(1, len(paths))), *row_shape))
+    file.create_dataset("chunk_digests", (-(-len(paths) // chunk_rows),), dtype=DIGEST)
+    file.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
+    file.create_dataset("paths", data=list(paths), dtype=STRING)
+    file.create_dataset("md5", data=list(md5s), dtype=STRING)
+    file.create_dataset("flipped", data=np.asarray(flipped, dtype=bool))
+    for key, value in attrs.items():
+        file.attrs[key] = value
+    return data
+
+
+def open_features(path: str | Path) -> h5py.File:
+    """Open a feature file for reading; a missing or foreign file is a one-line error naming it."""
+    path = Path(path)
+    try:
+        file = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as error:
+        raise FeatureFileError(f"{path}: cannot open feature file: {error}") from None
+    missing = {"features", "labels"} - set(file)
+    if missing:
+        file.close()
+        raise FeatureFileError(f"{path}: not a feature file: no {', '.join(sorted(missing))} dataset")
+    return file
+
+
+def read_rows(path: str | Path, features: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Rows `start:stop` of a feature file's `features` as float32; rows that cannot be read (a truncated file)
+    are a one-line error naming the file and the rows."""
+    try:
+        return features[start:stop].astype(np.float32)
+    except (OSError, RuntimeError) as error:
+        raise FeatureFileError(f"{path}: rows {start}-{min(stop, features.shape[0]) - 1} cannot be read ("
+                               f"{str(error).splitlines()[0]}): the file is damaged; `dvc checkout {path}` restores "
+                               "it from DVC's cache, or rerun the stage that wrote it with `dvc repro -f`") from None
+
+
+def iter_batches(path: str | Path, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features float32, labels) in file order, batch by batch: memory stays at one batch."""
+    with open_features(path) as file:
+        features, labels = file["features"], file["labels"]
+        for start in range(0, features.shape[0], batch_size):
+            yield read_rows(path, features, start, start + batch_size), labels[start:start + batch_size]
+
+
+def shuffled_batches(path: str | Path, batch_size: int, buffer_rows: int, seed: int,
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every row once, in shuffled batches, reading contiguous blocks: random single-row reads are slow.
+
+    Blocks of whole HDF5 chunks are visited in a seeded random order and gathered into a buffer of about
+    `buffer_rows` rows that is shuffled row by row; memory stays at the buffer.
+    """
+    rng = np.random.default_rng(seed)
+    with open_features(path) as file:
+        features, labels = file["features"], file["labels"]
+        count = features.shape[0]
+        chunk = features.chunks[0] if features.chunks else 1
+        block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
+        starts = rng.permutation(np.arange(0, count, block))
+        carry_x = np.empty((0, *features.shape[1:]), dtype=np.float32)
+        carry_y = np.empty((0,), dtype=labels.dtype)
+        for i in range(0, len(starts), max(1, buffer_rows // block)):
+            group = starts[i:i + max(1, buffer_rows // block)]
+            xs = [carry_x] + [read_rows(path, features, s, s + block) for s in group]
+            ys = [carry_y] + [labels[s:s + block] for s in group]
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            order = rng.permutation(len(y))
+            x, y = x[order], y[order]
+            full = (len(y) // batch_size) * batch_size
+            for start in range(0, full, batch_size):
+                yield x[start:start + batch_size], y[start:start + batch_size]
+            carry_x, carry_y = x[full:], y[full:]
+        if len(carry_y):
+            yield carry_x, carry_y
+
+
+def row_count(path: str | Path) -> int:
+    """How many rows a feature file holds."""
+    with open_features(path) as file:
+        return file["features"].shape[0]
+
+
+def feature_cut(path: str | Path) -> str:
+    """The layer a feature file's features were cut at: later stages split the classifier there too."""
+    with open_features(path) as file:
+        return str(file.attrs["cut"])
