@@ -9,7 +9,7 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
   weights, at `--size` px (VGG16 itself at 224) -> chunked HDF5) over a quarter of the images, then over all of them; the rate is the difference in
   images over the difference in time, so start-up, tracing and the strategy's set-up cancel.
 - conv_decode: the same pass where decoding binds, as on a GPU: full-size JPEGs (500x375, like ImageNet's) resized
-  to 224, through a conv part cheap enough (three blocks of 8 filters, cut at block3_pool: `DECODE_FILTERS`)
+  to 224, through a conv part cheap enough (three blocks of 4 filters, cut at block3_pool: `DECODE_FILTERS`)
   that decoding takes at least half of one process's time (`decode_share_of_time_1w`, from the decode-only rate
   of the same pipeline, measured alone). Under two workers each decodes only its own rows of each batch; each
   worker counts the images it asked tf.data to decode (`ImageInput.dataset`'s paths), and
@@ -23,7 +23,7 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
   global batch of 8,192 (the figure at 1,024 is printed beside it).
 
     python3 bench/distribute.py [--images 1024] [--size 64] [--rows 16384] [--batch-size 8192]
-                                [--small-batch-size 1024] [--steps 4] [--decode-images 768]
+                                [--small-batch-size 1024] [--steps 4] [--decode-images 1536]
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def child_conv(args, work: Path) -> dict:
     return {"conv_img_s": (n2 - n1) / (t2 - t1)}
 
 
-DECODE_SIZE, DECODE_FILTERS, DECODE_CUT = 224, (8, 8, 8), "block3_pool"  # 28 x 28 x 8 rows: 25 kB an image
+DECODE_BATCH = 64  # images a batch (features.batch_size's default): one gather of outputs each
+DECODE_SIZE, DECODE_FILTERS, DECODE_CUT = 224, (4, 4, 4), "block3_pool"  # 28 x 28 x 4 rows: 12.5 kB an image
 
 
 def child_conv_decode(args, work: Path) -> dict:
@@ -96,10 +97,10 @@ def child_conv_decode(args, work: Path) -> dict:
                                                             filters=DECODE_FILTERS, dense_units=16), DECODE_CUT)
     root = work / "photos"
     paths = sorted(str(p.relative_to(root)) for p in root.rglob("*.JPEG"))
-    inputs = ImageInput(root=str(root), batch_size=32, resize="squash", preprocess="caffe")
+    inputs = ImageInput(root=str(root), batch_size=DECODE_BATCH, resize="squash", preprocess="caffe")
     times = {}
-    for label, count in (("quarter", len(paths) // 4), ("all", len(paths))):
-        out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))
+    for label, count in (("warm-up", len(paths) // 4), ("quarter", len(paths) // 4), ("all", len(paths))):
+        out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))  # the warm-up traces every batch shape first
         decoded[0] = 0
         start = time.perf_counter()
         extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
@@ -109,7 +110,7 @@ def child_conv_decode(args, work: Path) -> dict:
     result = {"conv_decode_img_s": (n2 - n1) / (t2 - t1), "decoded": decoded[0], "images": n2}
     if not distribute.multi_worker():
         rounds = {}
-        for label, count in (("quarter", len(paths) // 4), ("all", len(paths))):
+        for label, count in (("warm-up", len(paths) // 4), ("quarter", len(paths) // 4), ("all", len(paths))):
             start = time.perf_counter()
             for _ in inputs.dataset(paths[:count], (DECODE_SIZE, DECODE_SIZE)):
                 pass
@@ -196,7 +197,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8192, help="global batch of a training step")
     parser.add_argument("--small-batch-size", type=int, default=1024, help="a smaller global batch, also measured")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--decode-images", type=int, default=768, help="full-size JPEGs of the decode-bound pass")
+    parser.add_argument("--decode-images", type=int, default=1536, help="full-size JPEGs of the decode-bound pass")
     parser.add_argument("--child", choices=("conv", "conv_decode", "train"))
     parser.add_argument("--work")
     parser.add_argument("--out")
