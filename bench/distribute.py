@@ -8,6 +8,12 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
 - conv: `extract.extract_split` (JPEG files -> decode, resize, preprocess -> a VGG at VGG16's widths, random
   weights, at `--size` px (VGG16 itself at 224) -> chunked HDF5) over a quarter of the images, then over all of them; the rate is the difference in
   images over the difference in time, so start-up, tracing and the strategy's set-up cancel.
+- conv_decode: the same pass where decoding binds, as on a GPU: full-size JPEGs (500x375, like ImageNet's) resized
+  to 224, through a conv part cheap enough (three blocks of 4 filters, cut at block3_pool: `DECODE_FILTERS`)
+  that decoding takes at least half of one process's time (`decode_share_of_time_1w`, from the decode-only rate
+  of the same pipeline, measured alone). Under two workers each decodes only its own rows of each batch; each
+  worker counts the images it asked tf.data to decode (`ImageInput.dataset`'s paths), and
+  `conv_decode_share_2w` is the largest count over the pass's images.
 - train: `training.Trainer` steps of that VGG's dense part (4096-wide, with calibrated BN, Adam) on a global batch of
   `--batch-size` rows, the batches read from a feature file by `features.shuffled_batches`; rows/s over timed steps
   after warm-up. Under two workers each computes half of each batch and the gradients are summed across them.
@@ -17,7 +23,7 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
   global batch of 8,192 (the figure at 1,024 is printed beside it).
 
     python3 bench/distribute.py [--images 1024] [--size 64] [--rows 16384] [--batch-size 8192]
-                                [--small-batch-size 1024] [--steps 4]
+                                [--small-batch-size 1024] [--steps 4] [--decode-images 1536]
 """
 
 from __future__ import annotations
@@ -66,6 +72,52 @@ def child_conv(args, work: Path) -> dict:
         times[label] = (count, time.perf_counter() - start)
     (n1, t1), (n2, t2) = times["quarter"], times["all"]
     return {"conv_img_s": (n2 - n1) / (t2 - t1)}
+
+
+DECODE_BATCH = 64  # images a batch (features.batch_size's default): one gather of outputs each
+DECODE_SIZE, DECODE_FILTERS, DECODE_CUT = 224, (4, 4, 4), "block3_pool"  # 28 x 28 x 4 rows: 12.5 kB an image
+
+
+def child_conv_decode(args, work: Path) -> dict:
+    """Decode-bound image pass: full-size JPEGs -> 224 px -> a cheap conv part -> HDF5; the rate, and the images
+    this worker decoded in the whole pass. One process also times decoding alone (the same tf.data pipeline)."""
+    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics.images import ImageInput
+
+    decoded = [0]
+    dataset = ImageInput.dataset
+
+    def counted(self, paths, *rest, **options):  # every image a worker decodes goes through here
+        decoded[0] += len(paths)
+        return dataset(self, paths, *rest, **options)
+
+    ImageInput.dataset = counted
+    with distribute.strategy().scope():
+        conv, _ = models.split(models.build_demo_classifier(input_size=DECODE_SIZE, num_classes=10,
+                                                            filters=DECODE_FILTERS, dense_units=16), DECODE_CUT)
+    root = work / "photos"
+    paths = sorted(str(p.relative_to(root)) for p in root.rglob("*.JPEG"))
+    inputs = ImageInput(root=str(root), batch_size=DECODE_BATCH, resize="squash", preprocess="caffe")
+    times = {}
+    for label, count in (("warm-up", len(paths) // 4), ("quarter", len(paths) // 4), ("all", len(paths))):
+        out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))  # the warm-up traces every batch shape first
+        decoded[0] = 0
+        start = time.perf_counter()
+        extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
+                              md5s=["-"] * count, out_path=out / "f.h5", work_dir=out / "work")
+        times[label] = (count, time.perf_counter() - start)
+    (n1, t1), (n2, t2) = times["quarter"], times["all"]
+    result = {"conv_decode_img_s": (n2 - n1) / (t2 - t1), "decoded": decoded[0], "images": n2}
+    if not distribute.multi_worker():
+        rounds = {}
+        for label, count in (("warm-up", len(paths) // 4), ("quarter", len(paths) // 4), ("all", len(paths))):
+            start = time.perf_counter()
+            for _ in inputs.dataset(paths[:count], (DECODE_SIZE, DECODE_SIZE)):
+                pass
+            rounds[label] = (count, time.perf_counter() - start)
+        (n1, t1), (n2, t2) = rounds["quarter"], rounds["all"]
+        result["decode_img_s"] = (n2 - n1) / (t2 - t1)
+    return result
 
 
 def child_train(args, work: Path) -> dict:
@@ -120,7 +172,7 @@ def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = 
     command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--out", str(out),
                "--images", str(args.images), "--size", str(args.size), "--rows", str(args.rows),
                "--batch-size", str(batch_size), "--small-batch-size", str(args.small_batch_size),
-               "--steps", str(args.steps)]
+               "--steps", str(args.steps), "--decode-images", str(args.decode_images)]
     env = {**os.environ, "VGGBN_STRATEGY": "auto" if workers > 1 else "none", "TF_CPP_MIN_LOG_LEVEL": "3",
            "VGGBN_LOG": "warning"}
     old = os.environ.copy()
@@ -132,7 +184,9 @@ def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = 
         os.environ.update(old)
     if status:
         raise SystemExit(f"{kind} with {workers} workers failed (exit status {status})")
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    result["workers"] = [json.loads(part.read_text()) for part in sorted(work.glob(f"{out.name}.worker*"))]
+    return result
 
 
 def main():
@@ -143,7 +197,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8192, help="global batch of a training step")
     parser.add_argument("--small-batch-size", type=int, default=1024, help="a smaller global batch, also measured")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--child", choices=("conv", "train"))
+    parser.add_argument("--decode-images", type=int, default=1536, help="full-size JPEGs of the decode-bound pass")
+    parser.add_argument("--child", choices=("conv", "conv_decode", "train"))
     parser.add_argument("--work")
     parser.add_argument("--out")
     parser.add_argument("--smoke", action="store_true", help="8 images at 32 px, global batches of 64 and 32 rows")
@@ -153,9 +208,11 @@ def main():
     if args.child:
         from vggbn.numerics import distribute
 
-        result = (child_conv if args.child == "conv" else child_train)(args, Path(args.work))
+        child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}[args.child]
+        result = child(args, Path(args.work))
         if distribute.is_chief():
             Path(args.out).write_text(json.dumps(result))
+        Path(f"{args.out}.worker{distribute.cluster().index}").write_text(json.dumps(result))  # each its own
         return
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs 2 cores: two workers on a core each")
@@ -166,6 +223,8 @@ def main():
         side = args.size // 32
         write_features(work / "train.h5", work / "features-work", args.rows, (side, side, 512), classes=1000, seed=0,
                        block=256)
+        write_jpegs(work / "photos", args.decode_images, crop=(500, 375), classes=4, mirror=True)
+        decode1, decode2 = measure("conv_decode", 1, args, work), measure("conv_decode", 2, args, work)
         conv1, conv2 = measure("conv", 1, args, work), measure("conv", 2, args, work)
         train1, train2 = measure("train", 1, args, work), measure("train", 2, args, work)
         small1 = measure("train", 1, args, work, args.small_batch_size)
@@ -176,6 +235,11 @@ def main():
         "train_comm_share_2w": train2["allreduce_ms"] / train2["step_ms"],
         f"train_scaling_2w_b{args.small_batch_size}": small2["train_rows_s"] / small1["train_rows_s"],
         f"train_comm_share_2w_b{args.small_batch_size}": small2["allreduce_ms"] / small2["step_ms"],
+        "conv_decode_scaling_2w": decode2["conv_decode_img_s"] / decode1["conv_decode_img_s"],
+        "conv_decode_share_2w": max(w["decoded"] for w in decode2["workers"]) / decode2["images"],
+        "decode_share_of_time_1w": decode1["conv_decode_img_s"] / decode1["decode_img_s"],
+        "conv_decode_img_s_1w": decode1["conv_decode_img_s"], "conv_decode_img_s_2w": decode2["conv_decode_img_s"],
+        "decode_img_s_1w": decode1["decode_img_s"],
         "conv_img_s_1w": conv1["conv_img_s"], "conv_img_s_2w": conv2["conv_img_s"],
         "train_rows_s_1w": train1["train_rows_s"], "train_rows_s_2w": train2["train_rows_s"],
         "step_ms_1w": train1["step_ms"], "step_ms_2w": train2["step_ms"], "allreduce_ms_2w": train2["allreduce_ms"],
@@ -185,6 +249,11 @@ def main():
     }
     print(f"conv_scaling_2w = img/s of extract.extract_split (JPEG -> VGG16 conv part at {args.size} px -> HDF5), "
           f"two workers on a core each / one process on one core (target >= 1.6)")
+    print(f"conv_decode_scaling_2w = img/s of extract.extract_split on full-size JPEGs (500x375 -> {DECODE_SIZE} px, "
+          f"a conv part of {DECODE_FILTERS} filters), two workers on a core each / one process on one core (target "
+          ">= 1.7); conv_decode_share_2w = the most images one worker decoded / the pass's images (target <= 0.55); "
+          "decode_share_of_time_1w = one process's pass rate / its decode-only rate: the share of its time that "
+          "decoding takes (the pass is decode-bound when >= 0.5)")
     print(f"train_scaling_2w = rows/s of Trainer steps of VGG16's dense part with BN (Adam, global batch "
           f"{args.batch_size}), two workers / one process (target >= 1.6)")
     print("train_comm_share_2w = time of the all-reduce of gradient-sized tensors alone / the step's time, two workers")

@@ -13,6 +13,9 @@ dense part (`models.vgg16('none')` split at block5_pool: 25088 -> 4096 -> 4096 -
 weights) on 64 synthetic train rows and 32 valid rows, over a 2 x 2 grid (learning rates x seeds) against a
 1 x 1 grid: one training's model and optimizer at a time keeps the ratio near 1; TensorFlow keeping each
 training (as it did before `vggbn.numerics.tfmemory`) would add about 1.4 GB per training.
+The same grids again under `VGGBN_STRATEGY=mirrored` over two logical CPU devices (`transfer_rss_ratio_grid_mirrored`):
+under several replicas every prediction goes through `distribute.split_run`, which must not keep a predictor's
+model once the training that made it is done.
 
     python3 bench/memory.py [--n 1000] [--finetune-n 2000] [--skip-transfer]
 """
@@ -65,7 +68,12 @@ def child_finetune(train_path: Path, valid_path: Path) -> None:
                                valid_path=valid_path)
 
 
-def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int) -> None:
+def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int, logical_cpus: int = 1) -> None:
+    import tensorflow as tf
+
+    if logical_cpus > 1:  # before TensorFlow starts: MirroredStrategy then has that many replicas
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     from vggbn.numerics import models, new_task as transfer
 
     full = models.vgg16("none")
@@ -76,10 +84,11 @@ def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int) -> 
                               epochs=1, batch_size=16)
 
 
-def peak_rss(args: list[str]) -> tuple[float, float]:
-    """(peak RSS in MB, seconds) of this script run as a child with `args`."""
+def peak_rss(args: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of this script run as a child with `args` (and `env` added to the environment)."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
@@ -108,7 +117,7 @@ def main():
         if kind == "conv":
             child_conv(Path(rest[0]), int(rest[1]), Path(rest[2]))
         elif kind == "transfer":
-            child_transfer(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
+            child_transfer(Path(rest[0]), Path(rest[1]), *map(int, rest[2:]))
         else:
             child_finetune(Path(rest[0]), Path(rest[1]))
         return
@@ -160,12 +169,21 @@ def main():
                       f"{seconds:.1f} s", flush=True)
             figures["transfer_rss_ratio_grid"] = grid[4] / grid[1]
             figures["transfer_rss_1_mb"], figures["transfer_rss_4_mb"] = grid[1], grid[4]
+            mirrored = {}
+            for lrs, seeds in ((1, 1), (2, 2)):
+                mirrored[lrs * seeds], seconds = peak_rss(
+                    ["transfer", str(tmp / "vgg_train.h5"), str(tmp / "vgg_valid.h5"), str(lrs), str(seeds), "2"],
+                    env={"VGGBN_STRATEGY": "mirrored"})
+                print(f"the same under VGGBN_STRATEGY=mirrored (2 logical CPU devices): {lrs} x {seeds} grid: peak "
+                      f"RSS {mirrored[lrs * seeds]:.0f} MB, {seconds:.1f} s", flush=True)
+            figures["transfer_rss_ratio_grid_mirrored"] = mirrored[4] / mirrored[1]
             print("if held: each of the 3 more trainings' model, gradients and Adam slots would add about 1,400 MB "
                   f"(ratio {(grid[1] + 3 * 1400) / grid[1]:.2f})")
     figures.update({"n": n, "finetune_n": m})
     print("rss_ratio_4n = peak RSS (os.wait4's ru_maxrss of the child) on 4N images / on N images (target <= 1.15); "
           "finetune_rss_ratio_4n the same on 4N / N cached rows (target <= 1.15); transfer_rss_ratio_grid the same "
-          "for a 2 x 2 transfer grid / a 1 x 1 grid (target <= 1.15)")
+          "for a 2 x 2 transfer grid / a 1 x 1 grid (target <= 1.15), transfer_rss_ratio_grid_mirrored under "
+          "VGGBN_STRATEGY=mirrored (target <= 1.15)")
     print_figures(figures)
 
 

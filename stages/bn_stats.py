@@ -62,10 +62,12 @@ def run(paths, params):
             raise non_finite_error(error, f"row {row} of {paths.train} (image {image})") from None
     if surgery.targets(conv, layers):
         paths = read_split(paths.sample, "train").paths[:conv_images]
-        batches = console.tracked(inputs.dataset(paths, models.input_size(model)), len(paths),
-                                  "statistics over train images", "img", size=len)
-        try:
-            moments.update(surgery.measure(conv, batches, surgery.targets(conv, layers), position))
+
+        def track(batches, images, size):
+            return console.tracked(batches, images, "statistics over train images", "img", size=size)
+        try:  # under a multi-worker strategy each worker decodes only its own rows of each batch
+            moments.update(surgery.measure_images(conv, inputs, paths, surgery.targets(conv, layers), position,
+                                                  track=track))
         except surgery.NonFiniteActivations as error:
             image = inputs.files(paths)[error.batch * inputs.batch_size + error.row]
             raise non_finite_error(error, f"image {image}") from None

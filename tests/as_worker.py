@@ -4,7 +4,8 @@ the strategy the environment gives (`vggbn.numerics.distribute`), run as a real 
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
 WORKSPACE holds `model.keras` and `images/` (made by the test); the chief writes `features.h5`, `result.npz` and
-`result.json` there; it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left. Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
+`result.json` there; it compares transfer in head mode (its work folder `work/transfer`); it trains `$EPOCHS` epochs (default 2), resuming from the checkpoint an earlier run left; with
+`$PAUSE_AFTER_EPOCH` = k, it sleeps once epoch k's checkpoint is saved (for a test to kill it mid-training). Every worker records each file it opened for writing, renamed or removed under WORKSPACE (a
 Python audit hook) in `$WRITES_DIR/writes-<index>.json`, outside the workspace. LOGICAL_CPUS > 1 splits the CPU
 into that many logical devices first (for `VGGBN_STRATEGY=mirrored`).
 """
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 WORKSPACE = Path(sys.argv[1]).resolve()
@@ -30,7 +32,7 @@ def record(event, args):
     elif event in ("os.rename", "os.replace"):
         touch(args[0])
         touch(args[1])
-    elif event in ("os.remove", "os.mkdir", "os.rmdir", "os.truncate"):
+    elif event in ("os.remove", "os.mkdir", "os.rmdir", "os.truncate", "shutil.rmtree"):
         touch(args[0])
 
 
@@ -53,14 +55,28 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn.numerics import distribute, extract, models
-from vggbn.storage import features
-from vggbn.numerics import surgery  # noqa: E402
+from vggbn.numerics import distribute, extract, models, new_task, surgery  # noqa: E402
+from vggbn.storage import features  # noqa: E402
 from vggbn.numerics.feature_training import TrainingPlan, train_on_features  # noqa: E402
 from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
+def pause_after_checkpoint(epoch_to_pause: int) -> None:
+    from vggbn.numerics import feature_training
+
+    save = feature_training._save_checkpoint
+
+    def saved_then_paused(model, work_dir, epoch, history):
+        save(model, work_dir, epoch, history)
+        if epoch == epoch_to_pause:
+            time.sleep(600)
+
+    feature_training._save_checkpoint = saved_then_paused
+
+
 def main():
+    if os.environ.get("PAUSE_AFTER_EPOCH"):
+        pause_after_checkpoint(int(os.environ["PAUSE_AFTER_EPOCH"]))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("vggbn.numerics.feature_training").setLevel(logging.INFO)  # "resuming from the checkpoint after epoch k"
     model = models.load_model_file(WORKSPACE / "model.keras")
@@ -71,13 +87,17 @@ def main():
     stats = extract.extract_split(conv=conv, model_md5="m", inputs=inputs, paths=paths, labels=labels,
                                   md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
                                   work_dir=WORKSPACE / "work" / "features")
-    moments = surgery.measure(conv, inputs.dataset(paths, (32, 32)), surgery.conv_names(conv))
+    moments = surgery.measure_images(conv, inputs, paths, surgery.conv_names(conv))
     dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
     trained = train_on_features(with_bn, TrainingPlan(epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3,
                                 dropout=0.5, seed=0, shuffle_buffer=16), train_path=WORKSPACE / "features.h5",
                                 valid_path=WORKSPACE / "features.h5", work_dir=WORKSPACE / "work" / "train",
                                 recipe={"test": 1}, live_dir=WORKSPACE / "live")
+    report = new_task.compare_transfer({"start": dense}, train_path=WORKSPACE / "features.h5",
+                                       valid_path=WORKSPACE / "features.h5", num_classes=3, train_mode="head",
+                                       lrs=[1e-2], seeds=[0], epochs=1, batch_size=10,
+                                       work_dir=WORKSPACE / "work" / "transfer")
     if distribute.is_chief():
         with features.open_features(WORKSPACE / "features.h5") as file:
             rows = file["features"][:]
@@ -86,6 +106,7 @@ def main():
             arrays[f"{name}_mean"], arrays[f"{name}_variance"] = m.mean, m.variance
         np.savez(WORKSPACE / "result.npz", **arrays)
         (WORKSPACE / "result.json").write_text(json.dumps({"stats": stats, "history": trained.history,
+                                                           "transfer": report,
                                                            **distribute.describe()}))
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,10 @@ def assert_same_results(one: Path, other: Path, weights_atol: float):
     one_run, other_run = (json.loads((path / "result.json").read_text()) for path in (one, other))
     for x, y in zip(one_run["history"], other_run["history"], strict=True):
         assert y == pytest.approx(x, abs=1e-5)
+    one_lr, other_lr = one_run["transfer"]["start"]["per_lr"], other_run["transfer"]["start"]["per_lr"]
+    assert other_lr.keys() == one_lr.keys()
+    for lr in one_lr:
+        assert other_lr[lr] == pytest.approx(one_lr[lr], abs=1e-5), lr
     return other_run
 
 
@@ -108,3 +113,28 @@ def test_two_workers_resume_the_chiefs_checkpoint(workspace, alone, tmp_path):
     assert len(json.loads((both / "result.json").read_text())["history"]) == 2
     assert_same_results(alone, both, weights_atol=1e-4)
     assert writes[1] == set()
+
+
+@pytest.mark.slow
+def test_mirrored_resumes_after_a_kill_mid_finetune(workspace, alone, tmp_path):
+    """Killed (SIGKILL) after its first epoch's checkpoint, a run under MirroredStrategy resumes it in the strategy's
+    scope (the checkpoint's values in mirrored variables) and ends where an uninterrupted one-process run ends."""
+    copy = tmp_path / "killed"
+    shutil.copytree(workspace, copy)
+    (tmp_path / "killed-writes").mkdir()
+    env = {**os.environ, "VGGBN_STRATEGY": "mirrored", "WRITES_DIR": str(tmp_path / "killed-writes"),
+           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0"}
+    env.pop("TF_CONFIG", None)
+    worker = subprocess.Popen([sys.executable, str(WORKER), str(copy), "2"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (copy / "work" / "train" / "epoch.json").exists():
+        assert worker.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    worker.kill()
+    worker.wait()
+    assert not (copy / "result.npz").exists()
+    resumed, _ = run(workspace, tmp_path, "killed", "mirrored", logical=2)
+    assert "resuming from the checkpoint after epoch 1" in run.log
+    result = assert_same_results(alone, resumed, weights_atol=1e-4)
+    assert (result["strategy"], result["replicas"]) == ("mirrored", 2) and len(result["history"]) == 2

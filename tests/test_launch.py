@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,3 +130,103 @@ def test_vggbn_launch_runs_the_command_with_the_launch_set(env, tmp_path):
     done = subprocess.run([sys.executable, "-m", "vggbn.cli", "launch", "--workers", "2"], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: launch: expected a command to run")
+
+
+@pytest.mark.parametrize("text, counts", [("2", [2]), ("2(x3),1", [2, 2, 2, 1]), ("1,3(x2)", [1, 3, 3])])
+def test_slurm_task_counts_per_node(text, counts):
+    assert launch.tasks_per_node(text) == counts
+
+
+@pytest.mark.skipif(not shutil.which("scontrol"), reason="Slurm's scontrol is not installed (.ci/install-slurm)")
+def test_a_slurm_step_is_its_nodes_in_slurms_order_and_its_tasks_in_blocks(env):
+    env.setenv("SLURM_STEP_ID", "0")
+    env.setenv("SLURM_STEP_NUM_TASKS", "4")
+    env.setenv("SLURM_STEP_NODELIST", "node[9-10]")
+    env.setenv("SLURM_STEP_TASKS_PER_NODE", "2(x2)")
+    env.setenv("VGGBN_PORT_BASE", "20000")
+    for rank, local, node in [(0, 0, "node9"), (3, 1, "node10")]:
+        env.setenv("SLURM_PROCID", str(rank))
+        env.setenv("SLURM_LOCALID", str(local))
+        env.setenv("SLURMD_NODENAME", node)
+        assert launch.slurm_addresses() == ["node9:20000", "node9:20001", "node10:20000", "node10:20001"]
+    env.setenv("SLURM_PROCID", "1")  # local id 1 on node10 is rank 3 in blocks: a cyclic placement
+    with pytest.raises(DistributeError, match="--distribution=block"):
+        launch.slurm_addresses()
+
+
+def test_slurm_tasks_keep_their_share_of_the_gpus(env):
+    env.setattr(launch, "expand_hostlist", lambda nodelist: ["a", "b"])  # no scontrol needed for this one
+    env.setenv("SLURM_STEP_ID", "0")
+    env.setenv("SLURM_STEP_NUM_TASKS", "4")
+    env.setenv("SLURM_STEP_NODELIST", "a,b")
+    env.setenv("SLURM_STEP_TASKS_PER_NODE", "2(x2)")
+    env.setenv("SLURMD_NODENAME", "b")
+    env.setenv("SLURM_PROCID", "3")
+    env.setenv("SLURM_LOCALID", "1")
+    env.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    launch.claim_gpus()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    env.setenv("CUDA_VISIBLE_DEVICES", "0")
+    env.setenv("SLURM_GPUS_PER_TASK", "1")  # Slurm bound the GPUs itself: left alone
+    launch.claim_gpus()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"VGGBN_STRATEGY": "mirrored", "TF_CONFIG": tf_config(1)},
+     "VGGBN_STRATEGY=mirrored runs in one process, but TF_CONFIG describes 2 workers"),
+    ({"VGGBN_STRATEGY": "none", "VGGBN_LAUNCH": "local:2"},
+     "VGGBN_STRATEGY=none runs in one process, but VGGBN_LAUNCH='local:2' starts several workers"),
+    ({"VGGBN_STRATEGY": "mirrored", "VGGBN_LAUNCH": "srun -n 2"},
+     "VGGBN_STRATEGY=mirrored runs in one process, but VGGBN_LAUNCH='srun -n 2' starts several workers")])
+def test_a_strategy_the_environment_contradicts_is_one_line(env, settings, message):
+    for key, value in settings.items():
+        env.setenv(key, value)
+    with pytest.raises(DistributeError) as caught:
+        launch.check_strategy_fits()
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    if "VGGBN_LAUNCH" in settings:  # refused before any worker starts
+        with pytest.raises(DistributeError):
+            launch.relaunch([sys.executable, "-c", "raise SystemExit(9)"])
+
+
+def test_a_worker_hung_after_the_others_finished_is_stopped_and_named(env, tmp_path, capsys):
+    env.setenv("VGGBN_COLLECTIVE_TIMEOUT", "2")
+    env.setattr(tempfile, "tempdir", str(tmp_path))
+    script = ("import json, os, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+              "time.sleep(300) if i == 1 else None")
+    start = time.monotonic()
+    assert launch.start_local_workers([sys.executable, "-c", script], 2) == 124
+    assert time.monotonic() - start < 30
+    assert "error: worker 1 of 2 did not finish within 2 s (VGGBN_COLLECTIVE_TIMEOUT) of the others: hung, " \
+           "stopped" in capsys.readouterr().err
+
+
+HUNG_IN_A_COLLECTIVE = """
+import sys, time
+from vggbn.numerics import distribute
+from vggbn.runner import launch, stage
+distribute.strategy()
+def main():
+    distribute.barrier()  # every worker here
+    if launch.cluster().index == 1:
+        time.sleep(300)  # hung: alive, but never joins the next collective
+    distribute.barrier()
+sys.exit(stage.exit_status(main))
+"""
+
+
+def test_a_worker_hung_in_a_collective_ends_the_stage_within_the_timeout(env, tmp_path, capfd):
+    """Real TensorFlow workers on 127.0.0.1: the waiting worker's collective times out (one `error:` line), the
+    launcher stops the hung one and names it."""
+    env.setenv("VGGBN_COLLECTIVE_TIMEOUT", "5")
+    env.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.setenv("PYTHONPATH", str(ROOT))
+    env.setattr(tempfile, "tempdir", str(tmp_path))
+    start = time.monotonic()
+    assert launch.start_local_workers([sys.executable, "-c", HUNG_IN_A_COLLECTIVE], 2) == 2
+    assert time.monotonic() - start < 90
+    err = capfd.readouterr().err  # worker 0 writes to this process' stderr
+    assert ("error: worker 0 of 2: a collective did not complete within 5 s (VGGBN_COLLECTIVE_TIMEOUT): another "
+            "worker is hung or far too slow") in err
+    assert "worker 1 of 2 still running when worker 0 failed: stopped" in err and "Traceback" not in err

@@ -128,3 +128,11 @@ def test_models_that_are_no_chain_or_have_no_plain_dense_are_left_as_they_are():
     assert training.for_training(branched) is branched
     regularized = keras.Model(inputs, keras.layers.Dense(3, kernel_regularizer="l2")(inputs))
     assert training.for_training(regularized) is regularized
+
+
+def test_kernels_are_in_pieces_on_a_cpu_only():
+    """8 MiB pieces keep each piece's Adam update in a CPU's cache; on a GPU they would only split one matmul and one
+    Adam launch into many (VGG16's fc1: 64 pieces on a CPU, one on a GPU)."""
+    assert training.chunks(25088, 4096) == 64 and training.chunks(4096, 4096) == 8
+    assert training.chunks(25088, 4096, gpu=True) == training.chunks(4096, 4096, gpu=True) == 1
+    assert training.chunks(12, 40) == 1  # small kernels are whole everywhere

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 
 from vggbn.runner.launch import STRATEGY_ENV as ENV
-from vggbn.runner.launch import DistributeError, cluster, is_chief, multi_worker, strategy_choice
+from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, collective_timeout, is_chief,
+                                 multi_worker, slurm_addresses, strategy_choice)
 
 
 @functools.cache
@@ -31,6 +31,7 @@ def strategy():
     """The one strategy of this process (made once: a multi-worker strategy starts a server on its port)."""
     import tensorflow as tf
 
+    check_strategy_fits()
     choice, described = strategy_choice(), cluster()
     if choice == "auto":
         gpus = tf.config.list_physical_devices("GPU")
@@ -44,17 +45,28 @@ def strategy():
                               "describes a cluster (see the README's 'More than one machine')")
     resolver = None
     if described.source == "slurm":
-        from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import SlurmClusterResolver
-
-        resolver = SlurmClusterResolver(gpus_per_node=len(tf.config.list_physical_devices("GPU")),
-                                        port_base=int(os.environ.get("VGGBN_PORT_BASE", "8888")))
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": slurm_addresses()}), task_type="worker", task_id=described.index,
+            rpc_layer="grpc")
+    options = communication_options(len(tf.config.list_physical_devices("GPU")), collective_timeout())
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     except RuntimeError as error:
         if "must be configured at program startup" not in str(error):
             raise
         raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
                            "vggbn.numerics.distribute.strategy() first") from None
+
+
+def communication_options(gpus: int, timeout_seconds: float):
+    """The collectives' options for workers with `gpus` GPUs each: NCCL between GPU workers (TensorFlow's
+    multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers; and the
+    timeout after which a collective that the other workers never join fails."""
+    import tensorflow as tf
+
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    return tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation.NCCL if gpus else implementation.RING, timeout_seconds=timeout_seconds)
 
 
 def describe() -> dict:
@@ -138,8 +150,89 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
     return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
-@functools.cache
+def shares(count: int) -> list[int]:
+    """How many rows of a batch of `count` each worker takes, in worker order: contiguous runs of ceil(count / N)
+    rows (the last ones may take fewer, or none); one worker takes them all outside a multi-worker cluster."""
+    workers = cluster().workers if multi_worker() else 1
+    each = -(-count // workers) if count else 0
+    return [max(0, min(each, count - worker * each)) for worker in range(workers)]
+
+
+def my_share(count: int) -> slice:
+    """This worker's rows of a batch of `count` (`shares`)."""
+    counts, index = shares(count), (cluster().index if multi_worker() else 0)
+    start = sum(counts[:index])
+    return slice(start, start + counts[index])
+
+
+def own_images(inputs, paths: Sequence[str], size: tuple[int, int], flip: bool = False):
+    """For each batch of `inputs.batch_size` of `paths` (the last may be smaller), this worker's share of its
+    images (`my_share`), decoded by `inputs` (an `images.ImageInput`): the only images this worker reads. One
+    tf.data pipeline over all of its rows, so decoding still runs ahead of the model."""
+    batches = [paths[i:i + inputs.batch_size] for i in range(0, len(paths), inputs.batch_size)]
+    mine = [batch[my_share(len(batch))] for batch in batches]
+    decoded = iter(inputs.dataset([path for share in mine for path in share], size, flip=flip))
+    buffer = np.zeros((0, *size, 3), np.float32)
+    for share in mine:
+        while len(buffer) < len(share):
+            buffer = np.concatenate([buffer, next(decoded).numpy()])
+        yield buffer[:len(share)]
+        buffer = buffer[len(share):]
+
+
+def gather_shares(function: Callable, counts: list[int], *mine: np.ndarray, trim: bool = True):
+    """`function` (traced; of one slice of each array, returning a tensor or a list of them) over a batch whose rows
+    each worker holds only its own share of: `mine`, this worker's rows of each array (`my_share`), which its
+    replicas split among them; `counts`, every worker's row count (`shares`). The outputs of the whole batch, in
+    row order, on every worker: only outputs travel between workers, never inputs.
+
+    Each worker's rows are padded with zero rows to the largest share, so every replica computes a slice of the
+    same shape (collectives need it); `trim` drops the padding's outputs (False: every replica's outputs, in replica
+    order, laid out as `gathered_rows` says).
+    """
+    import tensorflow as tf
+
+    current = strategy()
+    local, per_replica = _share_layout(counts)
+    blocks = []
+    for array in mine:
+        array = np.asarray(array, dtype=np.float32)
+        block = np.zeros((per_replica * local, *array.shape[1:]), dtype=np.float32)
+        block[:len(array)] = array
+        blocks.append(block)
+    values = current.experimental_distribute_values_from_function(  # global replica id = worker * local + k
+        lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group % local * per_replica:][:per_replica])
+                              for block in blocks))
+    outputs = _gathered(function)(values)
+    keep = gathered_rows(counts) >= 0
+    cut = (lambda o: o.numpy()[keep]) if trim else (lambda o: o.numpy())
+    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+
+
+def _share_layout(counts: list[int]) -> tuple[int, int]:
+    """(replicas of each worker, rows each replica computes) for a batch shared as `counts`."""
+    local = replicas() // len(counts)
+    return local, max(-(-max(counts) // local), 1)
+
+
+def gathered_rows(counts: list[int]) -> np.ndarray:
+    """For each row of `gather_shares`' untrimmed outputs, the batch row it computed, or -1 for padding."""
+    local, per_replica = _share_layout(counts)
+    span, start = per_replica * local, 0
+    rows = np.full(span * len(counts), -1, dtype=np.int64)
+    for worker, count in enumerate(counts):
+        rows[worker * span:worker * span + count] = np.arange(start, start + count)
+        start += count
+    return rows
+
+
 def _gathered(function: Callable):
+    """`function` run on every replica, its outputs gathered: traced once per function, and kept on the function
+    itself, so it lives as long as the caller keeps `function` (a predictor's model goes with its predictor; a cache
+    here would keep every model a grid of trainings made)."""
+    cached = getattr(function, "_vggbn_gathered", None)
+    if cached is not None:
+        return cached
     import tensorflow as tf
 
     current = strategy()
@@ -149,6 +242,10 @@ def _gathered(function: Callable):
         outputs = current.run(function, args=values)
         return tf.nest.map_structure(lambda o: current.gather(o, axis=0), outputs)
 
+    try:
+        function._vggbn_gathered = gathered
+    except AttributeError:  # a bound method or a builtin: traced again on each call, and kept by nothing
+        pass
     return gathered
 
 

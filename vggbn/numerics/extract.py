@@ -33,12 +33,22 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
     count = len(paths)
     copies = 2 if flip else 1
     row_shape = tuple(conv.output.shape[1:])
-    predict = models.predictor(models.with_compute_dtype(conv, compute))
+    computing = models.with_compute_dtype(conv, compute)
+    predict = models.predictor(computing)
+
+    def forward(x):  # one function for the whole pass: traced once per batch shape
+        return computing(x, training=False)
 
     def extract(rows: Sequence[int]):
         for flipped in (False, True)[:copies]:
             part = [row % count for row in rows if (row >= count) == flipped]
             if not part:
+                continue
+            if distribute.multi_worker():  # each worker decodes its own rows of each batch; outputs travel
+                batches = [part[i:i + inputs.batch_size] for i in range(0, len(part), inputs.batch_size)]
+                own = distribute.own_images(inputs, [paths[i] for i in part], size, flipped)
+                for batch, mine in zip(batches, own):
+                    yield distribute.gather_shares(forward, distribute.shares(len(batch)), mine)
                 continue
             for batch in inputs.dataset([paths[i] for i in part], size, flip=flipped):
                 yield np.asarray(predict(batch), dtype=np.float32)

@@ -209,13 +209,15 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
 
     Only the chief reads the checkpoint (outside the strategy's scope: under a multi-worker strategy every worker
     must create the same variables in the same order), and broadcasts its state: every worker builds the fresh model,
-    the chief copies the checkpoint's values in, and every worker takes the chief's.
+    the chief copies the checkpoint's values in, and every worker takes the chief's. Under any strategy of several
+    replicas (`mirrored` too) the model trained is the fresh one built in the scope, its variables mirrored, with the
+    checkpoint's values: the checkpoint's own model, loaded outside the scope, has plain variables.
     """
     resumed, lost = _resume(Path(work_dir), recipe) if work_dir and distribute.is_chief() else (None, 0)
     state = distribute.broadcast_json({"history": resumed.history if resumed else [], "lost": lost,
                                        "rng": _rng_states(resumed.model) if resumed else {}})
     with strategy.scope():
-        if resumed and not distribute.multi_worker():
+        if resumed and distribute.replicas() == 1:
             model = resumed.model
         else:
             if dropout is not None:
@@ -225,7 +227,7 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
             model = for_training(models.with_compute_dtype(model, compute))  # Dense kernels stored transposed
             compile_for_training(model, lr)
         trainer = Trainer(model, strategy)
-    if distribute.multi_worker() and state["history"]:
+    if distribute.replicas() > 1 and state["history"]:
         variables = model.variables + model.optimizer.variables
         if resumed:
             for variable, value in zip(variables, resumed.model.variables + resumed.model.optimizer.variables,

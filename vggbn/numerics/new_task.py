@@ -154,7 +154,7 @@ def _training_inputs(name: str, dense: keras.Model, *, train_mode: str, num_clas
         return
     _head_index(dense)  # a start without a classifier fails before any work
     folder = Path(work_dir) / "frozen" / name
-    shutil.rmtree(folder, ignore_errors=True)  # what a killed run left: rows of another start or model
+    _remove_shared(folder)  # what a killed run left: rows of another start or model
     try:
         with tfmemory.released():
             frozen, cached = frozen_part(dense), {}
@@ -165,7 +165,25 @@ def _training_inputs(name: str, dense: keras.Model, *, train_mode: str, num_clas
             del frozen
         yield (lambda seed: head_model(dense, num_classes, seed=seed)), cached["train"], cached["valid"]
     finally:
+        _remove_shared(folder)
+
+
+def _remove_shared(folder: Path) -> None:
+    """Remove a work folder that every worker may read (a shared filesystem): the chief alone removes it, once every
+    worker has arrived here (done reading it), and none goes on before it is gone."""
+    distribute.barrier()
+    if distribute.is_chief():
         shutil.rmtree(folder, ignore_errors=True)
+    distribute.barrier()
+
+
+def _shared_temporary_folder(stack: contextlib.ExitStack) -> str:
+    """A temporary work folder, the chief's on every worker (it writes the frozen rows there, every worker reads
+    them: with workers on several machines, pass a `work_dir` on a filesystem they share instead)."""
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vggbn-transfer-")) if distribute.is_chief() \
+        else None
+    stack.callback(distribute.barrier)  # on exit, first (last in, first out): removed once every worker is done
+    return distribute.broadcast_json(folder)
 
 
 def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, num_classes: int, train_mode: str,
@@ -185,7 +203,7 @@ def compare_transfer(starts: dict[str, keras.Model], *, train_path, valid_path, 
         raise ValueError(f"Expected `train_mode` to be one of head, dense. Received: train_mode={train_mode}")
     with contextlib.ExitStack() as stack:
         if work_dir is None:
-            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vggbn-transfer-"))
+            work_dir = _shared_temporary_folder(stack)
         report = {}
         grid = console.open_progress(len(starts) * len(lrs) * len(seeds), "transfer runs", "run")  # one bar, all runs
         for name, dense in starts.items():

@@ -63,16 +63,20 @@ class NonFiniteActivations(ValueError):
 
 
 def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] | None = None,
-            position: str = "after_activation") -> dict[str, Moments]:
+            position: str = "after_activation", shared: bool = False) -> dict[str, Moments]:
     """Per-unit (per-channel for conv maps) moments of each named layer's output over all batches.
 
     Default names: the hidden dense layers. Moments pool every axis but the last: batch for dense outputs,
     batch, height and width for conv maps. Raises NonFiniteActivations at the first batch in which a layer's
     output is not finite (numbered from 0; `row` is the first such row in it), naming the layer and its units.
+    `shared`: `batches` are this worker's own rows of each batch (`distribute.my_share`), as (rows, the whole
+    batch's row count) pairs; the other workers hold the rest, and only moments travel.
     """
     names = hidden_dense_names(model) if names is None else names
     taps = tap_model(model, names, position)
     moments = {name: Moments(taps.outputs[i].shape[-1]) for i, name in enumerate(names)}
+    if shared:
+        return _measure_on_replicas(taps, names, batches, moments, shared=True)
     if distribute.replicas() > 1:
         return _measure_on_replicas(taps, names, batches, moments)
     predict = models.predictor(taps)
@@ -89,7 +93,26 @@ def measure(model: keras.Model, batches: Iterable[np.ndarray], names: list[str] 
     return moments
 
 
-def _measure_on_replicas(taps: keras.Model, names: list[str], batches, moments: dict[str, Moments]):
+def measure_images(model: keras.Model, inputs, paths: list[str], names: list[str],
+                   position: str = "after_activation", track=None) -> dict[str, Moments]:
+    """`measure` of `model`'s layers `names` over the images `paths`, read by `inputs` (an `images.ImageInput`).
+    Under a multi-worker strategy each worker decodes only its own rows of each batch (`distribute.own_images`)
+    and only moments travel. `track(batches, images, size)`, if given, wraps the batches (a progress bar), `size`
+    giving a batch's image count."""
+    shared = distribute.multi_worker()
+    size = models.input_size(model)
+    if shared:
+        totals = [len(paths[i:i + inputs.batch_size]) for i in range(0, len(paths), inputs.batch_size)]
+        batches = zip(distribute.own_images(inputs, paths, size), totals)
+    else:
+        batches = inputs.dataset(paths, size)
+    if track is not None:
+        batches = track(batches, len(paths), (lambda pair: pair[1]) if shared else len)
+    return measure(model, batches, names, position, shared=shared)
+
+
+def _measure_on_replicas(taps: keras.Model, names: list[str], batches, moments: dict[str, Moments],
+                         shared: bool = False):
     """`measure` with each replica reducing its slice of every batch to float64 count, mean and M2 per unit, merged
     on every worker in replica order (Chan's merge, as for batches): activations never travel, only moments."""
     import tensorflow as tf
@@ -109,13 +132,21 @@ def _measure_on_replicas(taps: keras.Model, names: list[str], batches, moments: 
         return result
 
     for number, batch in enumerate(batches):
-        batch = np.asarray(batch)
-        outputs = distribute.split_run(slice_moments, batch, np.ones(len(batch), np.float32), trim=False)
+        if shared:  # this worker's rows of the batch
+            mine, total = batch
+            shares = distribute.shares(total)
+            outputs = distribute.gather_shares(slice_moments, shares, mine, np.ones(len(mine), np.float32),
+                                               trim=False)
+            rows = distribute.gathered_rows(shares)
+        else:
+            batch = np.asarray(batch)
+            outputs = distribute.split_run(slice_moments, batch, np.ones(len(batch), np.float32), trim=False)
+            rows = np.arange(len(outputs[4]))
         for index, name in enumerate(names):
             counts, means, m2s, bad_units, bad_rows = outputs[5 * index:5 * index + 5]
             if bad_units.any():
                 raise NonFiniteActivations(name, np.flatnonzero(bad_units.any(axis=0)).tolist(), number,
-                                           int(np.argmax(bad_rows[:len(batch)])))
+                                           int(rows[np.argmax(bad_rows * (rows >= 0))]))
             for count, mean, m2 in zip(counts, means, m2s):
                 part = Moments(len(mean))
                 part.count, part.mean, part.m2 = int(round(count)), mean, m2

@@ -116,11 +116,14 @@ def _is_chain(model: keras.Model) -> bool:
 CHUNK_BYTES = 8 << 20
 
 
-def chunks(inputs: int, units: int) -> int:
-    """Pieces a kernel of `inputs` x `units` is stored in while training: the fewest that divide `units` into pieces
-    of at most about `CHUNK_BYTES` (8 MiB: VGG16's fc1 in 64 pieces, fc2 in 8). Each piece's gradient is its own
-    tensor, so its Adam update can run as soon as it is computed, while it is still in the CPU's cache, instead of
-    after the whole 411 MB gradient has gone to memory and come back."""
+def chunks(inputs: int, units: int, gpu: bool = False) -> int:
+    """Pieces a kernel of `inputs` x `units` is stored in while training: on a CPU, the fewest that divide `units`
+    into pieces of at most about `CHUNK_BYTES` (8 MiB: VGG16's fc1 in 64 pieces, fc2 in 8). Each piece's gradient
+    is its own tensor, so its Adam update can run as soon as it is computed, while it is still in the CPU's cache,
+    instead of after the whole 411 MB gradient has gone to memory and come back. On a GPU (`gpu`), one piece: there
+    pieces would only turn one large matmul and one Adam launch into many small ones."""
+    if gpu:
+        return 1
     wanted = -(-inputs * units * 4 // CHUNK_BYTES)
     return next(n for n in range(max(wanted, 1), units + 1) if units % n == 0)
 
@@ -130,6 +133,7 @@ def for_training(model: keras.Model) -> keras.Model:
     same name, dtype policy and weights (kernel transposed); `model` itself when it has none or is no chain."""
     if not any(_plain_dense(layer) for layer in model.layers) or not _is_chain(model):
         return model
+    gpu = bool(tf.config.list_logical_devices("GPU"))  # where the training runs: kernel pieces only on a CPU
 
     def convert(layer):
         if not _plain_dense(layer):
@@ -137,7 +141,7 @@ def for_training(model: keras.Model) -> keras.Model:
         config = layer.get_config()
         new = TransposedDense(config["units"], activation=config["activation"], use_bias=config["use_bias"],
                               name=layer.name, dtype=config.get("dtype"), trainable=layer.trainable,
-                              chunks=chunks(*layer.kernel.shape), dense_config=config)
+                              chunks=chunks(*layer.kernel.shape, gpu=gpu), dense_config=config)
         kernel, *bias = layer.get_weights()
         return new, [*np.split(kernel.T.copy(), new.chunks), *bias]
 

@@ -7,7 +7,12 @@ command (SPMD). A stage that runs a model, started with `VGGBN_LAUNCH` set, re-e
 - `VGGBN_LAUNCH=local:N` (or `local:N:C`): as N processes on this machine, each with its `TF_CONFIG` on 127.0.0.1
   (free ports), like `torchrun --nproc_per_node`; with C, process i is pinned to cores i*C .. i*C+C-1;
 - any other value is a command prefix, e.g. `VGGBN_LAUNCH="srun --kill-on-bad-exit=1"` inside a Slurm allocation:
-  `srun` starts the tasks, and TensorFlow's `SlurmClusterResolver` finds the cluster from Slurm's variables.
+  `srun` starts the tasks, and each task finds the cluster from Slurm's own variables (`slurm_addresses`: the step's
+  nodes in Slurm's order, tasks in block order, port `VGGBN_PORT_BASE` + the task's local id).
+
+On a machine with GPUs each worker gets its own share of them (`gpu_share`), set in `CUDA_VISIBLE_DEVICES` before
+TensorFlow starts: by the local launcher for each process it starts, and by a Slurm task itself (`claim_gpus`,
+which every stage that runs a model calls first) from its local id.
 
 The launched processes carry `VGGBN_LAUNCHED=1`, so they run the stage instead of launching again. The local
 launcher returns the first failing worker's status after stopping the others (a stage never hangs on a dead
@@ -91,6 +96,151 @@ def cluster() -> Cluster:
     return Cluster(1, 0, "")
 
 
+def check_strategy_fits() -> None:
+    """Refuse, in one line, a `VGGBN_STRATEGY` the environment contradicts, which would otherwise leave workers
+    waiting for each other forever: `mirrored` (one process) where a cluster of several workers is described, or
+    a single-process strategy for a launch of several workers."""
+    choice = strategy_choice()
+    if choice == "mirrored" and cluster().workers > 1:
+        raise DistributeError(f"{STRATEGY_ENV}=mirrored runs in one process, but {cluster().source} describes "
+                              f"{cluster().workers} workers: use {STRATEGY_ENV}=multi_worker (or unset it), or run "
+                              "without the cluster")
+    launching = wanted()
+    if choice in ("none", "mirrored") and launching:
+        how = parse(launching)
+        if not isinstance(how, Local) or how.workers > 1:
+            raise DistributeError(f"{STRATEGY_ENV}={choice} runs in one process, but {ENV}={launching!r} starts "
+                                  f"several workers: use {STRATEGY_ENV}=multi_worker (or unset it), or unset {ENV}")
+
+
+TIMEOUT_ENV = "VGGBN_COLLECTIVE_TIMEOUT"
+DEFAULT_COLLECTIVE_TIMEOUT = 3600  # s: longer than the chief works alone (a checkpoint, the split check) at scale
+
+
+def collective_timeout() -> float:
+    """Seconds a worker waits in one collective for the others (`VGGBN_COLLECTIVE_TIMEOUT`, default an hour): a
+    hung worker fails the stage after this long instead of blocking it forever. The local launcher gives the other
+    workers as long to finish once one has finished."""
+    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_COLLECTIVE_TIMEOUT)).strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise DistributeError(f"{TIMEOUT_ENV}={value!r}: expected a number of seconds > 0")
+    return seconds
+
+
+def timed_out_message(error: BaseException) -> str | None:
+    """The one-line error for TensorFlow's collective timeout (a worker hung or far too slow), else None."""
+    if type(error).__name__ != "DeadlineExceededError" or "timed out" not in str(error):
+        return None
+    return (f"worker {cluster().index} of {cluster().workers}: a collective did not complete within "
+            f"{collective_timeout():g} s ({TIMEOUT_ENV}): another worker is hung or far too slow")
+
+
+SLURM_PORT_BASE = 8888
+
+
+def tasks_per_node(text: str) -> list[int]:
+    """Slurm's compact task counts (`SLURM_STEP_TASKS_PER_NODE`, e.g. "2(x3),1"), one number a node."""
+    counts = []
+    for part in filter(None, text.split(",")):
+        number, _, repeat = part.partition("(x")
+        counts += [int(number)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """Slurm's compact node list ("node[9-10]") as host names, in Slurm's own order (node9 before node10)."""
+    try:
+        done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise DistributeError(f"SLURM_STEP_NODELIST={nodelist!r}: `scontrol show hostnames` failed ({error})") \
+            from None
+    if done.returncode:
+        raise DistributeError(f"SLURM_STEP_NODELIST={nodelist!r}: `scontrol show hostnames` failed: "
+                              f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return done.stdout.split()
+
+
+def block_addresses(hosts: Sequence[str], counts: Sequence[int], port_base: int) -> list[str]:
+    """Every task's address, by rank, where Slurm places tasks in blocks (its default): the first node's tasks
+    first, each task of a node on port `port_base` + its local id."""
+    if len(hosts) != len(counts):
+        raise DistributeError(f"Slurm names {len(hosts)} nodes ({', '.join(hosts)}) but task counts for "
+                              f"{len(counts)} ({', '.join(map(str, counts))})")
+    return [f"{host}:{port_base + local}" for host, count in zip(hosts, counts) for local in range(count)]
+
+
+def _slurm_variable(name: str, *fallbacks: str) -> str:
+    for key in (name, *fallbacks):
+        if os.environ.get(key):
+            return os.environ[key]
+    raise DistributeError(f"{name} is not set: run the stage as a task of a Slurm job step (srun)")
+
+
+def slurm_addresses() -> list[str]:
+    """This Slurm job step's workers (host:port, by SLURM_PROCID), from Slurm's variables. This task's own entry is
+    checked against its node and local id: a step whose tasks are not placed in blocks is refused."""
+    hosts = expand_hostlist(_slurm_variable("SLURM_STEP_NODELIST", "SLURM_NODELIST"))
+    counts = tasks_per_node(_slurm_variable("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"))
+    base = _port_base()
+    addresses = block_addresses(hosts, counts, base)
+    rank, local = int(_slurm_variable("SLURM_PROCID")), int(_slurm_variable("SLURM_LOCALID"))
+    node = os.environ.get("SLURMD_NODENAME")
+    if rank >= len(addresses) or (node and addresses[rank] != f"{node}:{base + local}"):
+        raise DistributeError(f"Slurm task {rank} (local id {local} on {node}) is not where block placement puts it "
+                              f"({addresses[rank] if rank < len(addresses) else 'nowhere'}): run srun with "
+                              "--distribution=block")
+    return addresses
+
+
+def _port_base() -> int:
+    value = os.environ.get("VGGBN_PORT_BASE", str(SLURM_PORT_BASE))
+    if not value.isdigit() or not 1024 <= int(value) <= 65000:
+        raise DistributeError(f"VGGBN_PORT_BASE={value!r}: expected a port number from 1024 to 65000")
+    return int(value)
+
+
+def visible_gpus(env=os.environ) -> list[str]:
+    """The GPUs this process may use, as CUDA names them, without starting CUDA: `CUDA_VISIBLE_DEVICES` where
+    set, else every /dev/nvidiaN device."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [name.strip() for name in env["CUDA_VISIBLE_DEVICES"].split(",") if name.strip() not in ("", "-1")]
+    numbers = [p.name[len("nvidia"):] for p in Path("/dev").glob("nvidia*") if p.name[len("nvidia"):].isdigit()]
+    return sorted(numbers, key=int)
+
+
+def gpu_share(gpus: Sequence[str], workers_here: int, local_index: int) -> str | None:
+    """The `CUDA_VISIBLE_DEVICES` of worker `local_index` of `workers_here` on one machine: an equal, disjoint
+    share of `gpus` (any remainder unused: every worker must have as many as the others), or None where there are
+    no GPUs (nothing to split: the workers compute on the CPU)."""
+    if not gpus:
+        return None
+    if workers_here > len(gpus):
+        raise LaunchError(f"{workers_here} workers on this machine but {len(gpus)} GPUs ({','.join(gpus)}): start "
+                          "at most one worker a GPU, or hide the GPUs (CUDA_VISIBLE_DEVICES=)")
+    each = len(gpus) // workers_here
+    return ",".join(gpus[local_index * each:(local_index + 1) * each])
+
+
+def claim_gpus() -> None:
+    """As a task of a Slurm step of several tasks, keep only this task's share of its node's GPUs, by its local id
+    (before TensorFlow starts CUDA). Nothing where Slurm binds GPUs to tasks itself (`--gpus-per-task`), or outside
+    Slurm (the local launcher sets each worker's share when it starts it)."""
+    if cluster().source != "slurm" or os.environ.get("SLURM_GPUS_PER_TASK"):
+        return
+    here = tasks_per_node(_slurm_variable("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"))
+    hosts = expand_hostlist(_slurm_variable("SLURM_STEP_NODELIST", "SLURM_NODELIST"))
+    node = os.environ.get("SLURMD_NODENAME")
+    workers_here = here[hosts.index(node)] if node in hosts and len(here) == len(hosts) else max(here)
+    share = gpu_share(visible_gpus(), workers_here, int(_slurm_variable("SLURM_LOCALID")))
+    if share is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = share
+
+
 def is_chief() -> bool:
     """Whether this process writes the stage's files: always, outside a cluster. Deciding who writes decides no
     byte of what is written."""
@@ -131,6 +281,7 @@ def wanted() -> str | None:
 
 def relaunch(argv: Sequence[str]) -> int:
     """Run `argv` (this stage's own command line) as the launch `VGGBN_LAUNCH` names; the exit status."""
+    check_strategy_fits()
     how = parse(wanted())
     if isinstance(how, Local):
         return start_local_workers(argv, how.workers, how.cores_per_worker)
@@ -148,13 +299,17 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def worker_environments(workers: int, cores_per_worker: int | None) -> list[dict]:
-    """Each local worker's additional environment: its TF_CONFIG, and its thread counts when pinned."""
+def worker_environments(workers: int, cores_per_worker: int | None, gpus: Sequence[str] = ()) -> list[dict]:
+    """Each local worker's additional environment: its TF_CONFIG, its share of `gpus` (the visible GPUs), and its
+    thread counts when pinned."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
     environments = []
     for index in range(workers):
         env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                LAUNCHED: "1"}
+        share = gpu_share(gpus, workers, index)
+        if share is not None:
+            env["CUDA_VISIBLE_DEVICES"] = share
         if cores_per_worker:
             threads = str(cores_per_worker)
             env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)
@@ -177,7 +332,7 @@ def start_local_workers(argv: Sequence[str], workers: int, cores_per_worker: int
                           f"cores; this process may use {len(available)}")
     logs, processes = [], []
     try:
-        for index, extra in enumerate(worker_environments(workers, cores_per_worker)):
+        for index, extra in enumerate(worker_environments(workers, cores_per_worker, visible_gpus())):
             cores = available[index * cores_per_worker:(index + 1) * cores_per_worker] if cores_per_worker else None
             output = None
             if index:
@@ -200,25 +355,48 @@ def start_local_workers(argv: Sequence[str], workers: int, cores_per_worker: int
 
 
 def _wait(processes: list[subprocess.Popen], logs: list[Path]) -> int:
-    """0 when every worker succeeds; else the first failure's status, once the others are stopped."""
+    """0 when every worker succeeds; else the first failure's status, once the others are stopped. Once a worker has
+    succeeded, the others get `collective_timeout()` seconds to finish (a worker hung outside a collective), then
+    are stopped and named."""
+    deadline, count = None, len(processes)
     while True:
         statuses = [process.poll() for process in processes]
         failed = [(index, status) for index, status in enumerate(statuses) if status not in (None, 0)]
+        running = [index for index, status in enumerate(statuses) if status is None]
         if failed:
             index, status = failed[0]
-            for process in processes:
-                if process.poll() is None:
-                    process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            _stop(processes)
             if index:
                 tail = logs[index - 1].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                print(f"worker {index} of {len(processes)} failed (exit status {status}); its last lines:",
+                print(f"worker {index} of {count} failed (exit status {status}); its last lines:",
                       *tail, sep="\n", file=sys.stderr)
+            if running:
+                print(f"{_workers(running, count)} still running when worker {index} failed: stopped",
+                      file=sys.stderr)
             return status if status > 0 else 128 - status
-        if all(status == 0 for status in statuses):
+        if not running:
             return 0
+        if len(running) < count:
+            deadline = deadline or time.monotonic() + collective_timeout()
+            if time.monotonic() > deadline:
+                _stop(processes)
+                print(f"error: {_workers(running, count)} did not finish within {collective_timeout():g} s "
+                      f"({TIMEOUT_ENV}) of the others: hung, stopped", file=sys.stderr)
+                return 124
         time.sleep(0.1)
+
+
+def _workers(indices: list[int], count: int) -> str:
+    return f"worker{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))} of {count}"
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -104,6 +104,12 @@ def exit_status(main: Callable[[], None]) -> int:
         print(f"error: {disk_full_error(getattr(error, 'filename', None) or _fullest_output(), None)}",
               file=sys.stderr)
         return 2
+    except Exception as error:  # TensorFlow's errors, without importing it
+        message = launch.timed_out_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -139,6 +145,9 @@ def execute(main: Callable[[], object], runs_model: bool = False) -> None:
     def main_then_summary():
         console.setup_logging(name)
         console.quiet_tensorflow_import()
+        if runs_model:
+            launch.check_strategy_fits()
+            launch.claim_gpus()  # before TensorFlow starts CUDA
         result = main()
         try:
             logging.getLogger("vggbn.stage").info(summary(script, result.metrics))

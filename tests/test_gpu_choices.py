@@ -1,0 +1,41 @@
+"""What runs where on GPUs, as pure functions testable without one: the collectives' implementation and timeout
+for a worker's device list, and each local worker's share of the visible GPUs."""
+
+import pytest
+
+from vggbn.numerics import distribute
+from vggbn.runner import launch
+from vggbn.runner.launch import LaunchError
+
+
+def test_gpu_workers_use_nccl_and_cpu_workers_ring_with_the_timeout():
+    import tensorflow as tf
+
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    gpu, cpu = distribute.communication_options(4, 60.0), distribute.communication_options(0, 7.5)
+    assert (gpu.implementation, gpu.timeout_seconds) == (implementation.NCCL, 60.0)
+    assert (cpu.implementation, cpu.timeout_seconds) == (implementation.RING, 7.5)
+
+
+@pytest.mark.parametrize("gpus, workers, shares", [
+    (["0", "1", "2", "3"], 2, ["0,1", "2,3"]), (["0", "1", "2", "3"], 4, ["0", "1", "2", "3"]),
+    (["4", "6", "7"], 2, ["4", "6"]),  # each worker as many as the others: the remainder unused
+    ([], 3, [None, None, None])])  # no GPU: the workers compute on the CPU, CUDA_VISIBLE_DEVICES untouched
+def test_each_local_worker_gets_its_own_share_of_the_gpus(gpus, workers, shares):
+    assert [launch.gpu_share(gpus, workers, i) for i in range(workers)] == shares
+
+
+def test_more_workers_than_gpus_is_refused():
+    with pytest.raises(LaunchError, match="3 workers on this machine but 2 GPUs"):
+        launch.gpu_share(["0", "1"], 3, 0)
+
+
+def test_the_local_launcher_writes_each_workers_share(monkeypatch):
+    environments = launch.worker_environments(2, None, ["0", "1", "2", "3"])
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in environments] == ["0,1", "2,3"]
+    assert all("CUDA_VISIBLE_DEVICES" not in env for env in launch.worker_environments(2, None, []))
+
+
+def test_visible_gpus_follow_cuda_visible_devices():
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == [] == launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
