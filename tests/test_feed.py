@@ -74,3 +74,19 @@ def test_each_batch_is_its_own_array_and_a_short_file_is_an_error_naming_it(tmp_
         handle.truncate(end + 16)
     with pytest.raises(features.FeatureFileError, match=r"f\.h5: rows \d+-\d+ cannot be read \(the file ends early\)"):
         list(reading)
+
+
+def test_buffers_of_several_sizes_are_reused_without_comparing_them():
+    """A free list holding buffers of different sizes (a short last batch, a later epoch's full one): taking one
+    must pick it by position; comparing numpy arrays (list.remove) raised in the transfer stage's grid."""
+    import gc
+
+    from vggbn.storage.feed import _Buffers
+
+    buffers = _Buffers()
+    small, big = buffers.take((3, 4), np.float32), buffers.take((8, 4), np.float32)
+    big_address = big.ctypes.data
+    del small, big
+    gc.collect()
+    again = buffers.take((8, 4), np.float32)  # only the second free buffer fits
+    assert again.shape == (8, 4) and again.ctypes.data == big_address

@@ -213,10 +213,9 @@ class _Buffers:
         for base, view in self._lent:
             (lent.append((base, view)) if view() is not None else self._free.append(base))
         self._lent = lent
-        fits = [base for base in self._free if len(base) >= nbytes + ALIGN]
+        fits = [i for i, base in enumerate(self._free) if len(base) >= nbytes + ALIGN]
         if fits:
-            base = fits[0]
-            self._free.remove(base)
+            base = self._free.pop(fits[0])  # by position: `list.remove` would compare arrays elementwise
         else:
             base = np.empty(nbytes + ALIGN, np.uint8)
             base.fill(0)  # its pages made now, not one fault at a time while the kernel copies rows in
