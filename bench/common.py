@@ -170,3 +170,18 @@ def print_figures(figures: dict) -> None:
     """The last line: every figure as key=value, floats to 3 decimals."""
     print(" ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
                    for key, value in figures.items()))
+
+
+def vgg16_dense_part(smoke: bool):
+    """VGG16's dense part with random weights (`smoke`: a 7x7x16 -> 64 -> 64 -> 10 chain of the same layer names)."""
+    import keras
+
+    from vggbn.numerics import models
+
+    if not smoke:
+        return models.split(models.vgg16("none"))[1]
+    inputs = keras.Input((7, 7, 16), name="input_layer")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for name in ("fc1", "fc2"):
+        x = keras.layers.Dense(64, activation="relu", name=name)(x)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(x))

@@ -31,7 +31,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from common import CORES, Rates, best_rates, print_figures, print_load, print_util_min, serial_bound, util_min
+from common import CORES, Rates, best_rates, print_figures, print_load, print_util_min, serial_bound, util_min, vgg16_dense_part
 
 import roofline
 from transfer import min_flops, step_sizes
@@ -39,19 +39,11 @@ from transfer import min_flops, step_sizes
 
 def dense_bn_model(smoke: bool):
     """VGG16's dense part (`smoke`: a 7x7x16 -> 64 -> 64 -> 10 chain) with calibrated BN after fc1 and fc2."""
-    import keras
     import numpy as np
 
-    from vggbn.numerics import models, surgery
+    from vggbn.numerics import surgery
 
-    if smoke:
-        inputs = keras.Input((7, 7, 16), name="input_layer")
-        x = keras.layers.Flatten(name="flatten")(inputs)
-        for name in ("fc1", "fc2"):
-            x = keras.layers.Dense(64, activation="relu", name=name)(x)
-        dense = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(x))
-    else:
-        _, dense = models.split(models.vgg16("none"))
+    dense = vgg16_dense_part(smoke)
     rng = np.random.default_rng(0)
     stats = {layer.name: (rng.uniform(0, 2, layer.units), rng.uniform(0.5, 4, layer.units))
              for layer in dense.layers if layer.name in surgery.hidden_dense_names(dense)}

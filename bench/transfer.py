@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import CORES, Rates, print_figures, print_load, print_util_min, util_min
+from common import CORES, Rates, print_figures, print_load, print_util_min, util_min, vgg16_dense_part
 
 import roofline
 
@@ -53,14 +53,7 @@ def dense_bn_dropout_model(smoke: bool = False):
 
     from vggbn.numerics import models, surgery
 
-    if smoke:
-        inputs = keras.Input((7, 7, 16), name="input_layer")
-        x = keras.layers.Flatten(name="flatten")(inputs)
-        for name in ("fc1", "fc2"):
-            x = keras.layers.Dense(64, activation="relu", name=name)(x)
-        dense = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(x))
-    else:
-        _, dense = models.split(models.vgg16("none"))
+    dense = vgg16_dense_part(smoke)
     names = surgery.hidden_dense_names(dense)
     rng = np.random.default_rng(0)
     units = {layer.name: layer.units for layer in dense.layers if layer.name in names}
