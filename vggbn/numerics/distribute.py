@@ -230,7 +230,7 @@ def _gathered(function: Callable):
     """`function` run on every replica, its outputs gathered: traced once per function, and kept on the function
     itself, so it lives as long as the caller keeps `function` (a predictor's model goes with its predictor; a cache
     here would keep every model a grid of trainings made)."""
-    cached = getattr(function, "_vggbn_gathered", None)
+    cached = getattr(function, "vggbn_gathered", None)
     if cached is not None:
         return cached
     import tensorflow as tf
@@ -243,7 +243,7 @@ def _gathered(function: Callable):
         return tf.nest.map_structure(lambda o: current.gather(o, axis=0), outputs)
 
     try:
-        function._vggbn_gathered = gathered
+        function.vggbn_gathered = gathered  # on the function: a weak-keyed cache would keep it alive through the closure
     except AttributeError:  # a bound method or a builtin: traced again on each call, and kept by nothing
         pass
     return gathered
