@@ -323,7 +323,7 @@ def _lock_check(paths: list[str]) -> dict[str, str]:
     """For each file that dvc.lock records as a stage output: 'matches' or 'differs' (a file of another run)."""
     from vggbn.storage.dvccache import recorded_outputs
 
-    recorded = {path: out["md5"] for path, out in recorded_outputs(DVC_LOCK).items()}
+    recorded = {path: str(out["md5"]) for path, out in recorded_outputs(DVC_LOCK).items()}
     status = {}
     for path in paths:
         key = os.path.normpath(os.path.relpath(path)) if os.path.isabs(path) else os.path.normpath(path)

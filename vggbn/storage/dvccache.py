@@ -55,7 +55,7 @@ def recorded_outputs(lock_file: str | os.PathLike = LOCK_FILE) -> dict[str, dict
     try:
         stages = yaml.safe_load(Path(lock_file).read_text(encoding="utf-8"))["stages"]
         return {os.path.normpath(out["path"]): out for stage in stages.values() for out in stage.get("outs") or []
-                if isinstance(out, dict) and out.get("path") and out.get("md5")}
+                if isinstance(out, dict) and out.get("path") and out.get("md5") is not None}
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
