@@ -17,7 +17,7 @@ def run(paths, params):
     params = params.finetune
     recipe = {"model": file_md5(paths.model), "train": file_md5(paths.train), "valid": file_md5(paths.valid),
               "params": dataclasses.asdict(params)}
-    trained = train_on_features(models.load_model_file(paths.model), TrainingPlan(**dataclasses.asdict(params)),
+    trained = train_on_features(models.load_model_file(paths.model), TrainingPlan.from_section(params),
                                 train_path=paths.train, valid_path=paths.valid, work_dir=paths.work, recipe=recipe,
                                 live_dir=paths.live)
     models.save_model(trained.model, paths.out)

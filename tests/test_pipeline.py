@@ -147,7 +147,7 @@ def test_a_new_finetune_param_reruns_finetune_only_and_a_reworded_message_nothin
     """params.py is no stage's dependency: a new key in one section reruns the stages that read that section (and
     what their changed outputs feed), and a reworded validation message reruns nothing."""
     project = copy_of(pipeline[0], tmp_path)
-    params_py = project / "vggbn/params.py"
+    params_py = project / "vggbn/runner/params.py"
     source = params_py.read_text()
     anchor = '    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype of the training math'
     assert source.count(anchor) == 1

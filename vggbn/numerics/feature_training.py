@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import itertools
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -159,6 +160,13 @@ class TrainingPlan:
     seed: int
     shuffle_buffer: int  # rows held for shuffling while streaming from HDF5
     compute: str = "float32"  # 'bfloat16': Keras mixed precision
+
+    @classmethod
+    def from_section(cls, section) -> "TrainingPlan":
+        """The plan a params section (a dataclass) describes: its fields of the same names; a key the plan does not
+        use (a note, a key for another step) is no error."""
+        return cls(**{field.name: getattr(section, field.name) for field in dataclasses.fields(cls)
+                      if hasattr(section, field.name)})
 
 
 def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str | Path, valid_path: str | Path,
