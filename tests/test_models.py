@@ -114,3 +114,23 @@ def test_predictor_returns_every_output(mini_vgg, rng):
     fc1, probabilities = models.predictor(two)(x)
     assert fc1.shape == (2, 32) and isinstance(fc1, np.ndarray)
     np.testing.assert_array_equal(probabilities, mini_vgg.predict_on_batch(x))
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_a_chain_copy_keeps_every_layer_and_computes_the_same(kind, rng):
+    """A Sequential model does not list its InputLayer: its first layer (here Flatten) is copied too."""
+    layers = [keras.layers.Flatten(), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)]
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((2, 2, 4)), *layers])
+    else:
+        inputs = keras.Input((2, 2, 4), name="features")
+        x = inputs
+        for layer in layers:
+            x = layer(x)
+        model = keras.Model(inputs, x)
+    copy = models.copy_chain(model, name="copy")
+    assert [type(layer).__name__ for layer in copy.layers] == ["InputLayer", "Flatten", "Dense", "Dense"]
+    if kind == "functional":
+        assert copy.layers[0].name == "features"
+    x = rng.standard_normal((5, 2, 2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(copy.predict_on_batch(x), model.predict_on_batch(x))

@@ -191,9 +191,12 @@ def copy_chain(model: keras.Model, *, name: str | None = None, configure=None, c
         convert: `convert(layer) -> (new_layer, weights)` replaces a layer, or None to copy it.
         after: `after(layer) -> [(new_layer, weights), ...]` layers to insert after `layer`, with their weights.
     """
-    inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
+    # a functional model lists its InputLayer first; a Sequential one does not list it
+    layers = model.layers
+    named = isinstance(layers[0], keras.layers.InputLayer)
+    inputs = keras.Input(model.input_shape[1:], name=layers[0].name if named else None)
     x = inputs
-    for layer in model.layers[1:]:
+    for layer in layers[1:] if named else layers:
         converted = convert(layer) if convert else None
         if converted is not None:
             clone, weights = converted
