@@ -17,6 +17,9 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
 - train: `training.Trainer` steps of that VGG's dense part (4096-wide, with calibrated BN, Adam) on a global batch of
   `--batch-size` rows, the batches read from a feature file by `features.shuffled_batches`; rows/s over timed steps
   after warm-up. Under two workers each computes half of each batch and the gradients are summed across them.
+- read: one epoch of `feature_training.train_on_features` (the finetune stage's training) with a small dense part;
+  each worker counts the bytes its training feed read from the feature file (at `os.preadv`, the feed's only
+  read): under two workers each reads only its rows of each global batch.
 - comm: the all-reduce of a gradient-sized set of tensors alone, timed in the two-worker run, over the step's time.
   TensorFlow's CPU collectives go through gRPC (here about 0.25 GB/s on 127.0.0.1): the all-reduce of the dense
   part's 116 MB of gradients costs about as much as a step of 1,024 rows, so the scaling target is measured at a
@@ -164,6 +167,38 @@ def child_train(args, work: Path) -> dict:
     return result
 
 
+def child_read(args, work: Path) -> dict:
+    """One epoch of `feature_training.train_on_features` (what finetune runs) over the feature file, a small dense
+    part on its rows (the bytes read, not the step, are measured here): the bytes this worker read from the file,
+    counted at `os.preadv` (the training feed's only read), and the file's feature bytes."""
+    import keras
+    import numpy as np
+
+    from vggbn.numerics import distribute
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
+    from vggbn.storage import features
+
+    read = [0]
+    preadv = os.preadv
+
+    def counted(fd, buffers, offset, *flags):
+        done = preadv(fd, buffers, offset, *flags)
+        read[0] += max(done, 0)
+        return done
+
+    os.preadv = counted
+    distribute.strategy()  # before TensorFlow runs anything
+    with features.open_features(work / "train.h5") as file:
+        shape, rows = file["features"].shape[1:], file["features"].shape[0]
+        feature_bytes = rows * int(np.prod(shape)) * file["features"].dtype.itemsize
+    model = keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1000, activation="softmax")])
+    plan = TrainingPlan(epochs=1, batch_size=args.small_batch_size, lr=1e-3, dropout=None, seed=0,
+                        shuffle_buffer=4096)
+    train_on_features(model, plan, train_path=work / "train.h5", valid_path=work / "valid.h5", show_progress=False)
+    return {"read_bytes": read[0], "feature_bytes": feature_bytes}
+
+
 def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = None) -> dict:
     from vggbn.runner import launch
 
@@ -198,7 +233,7 @@ def main():
     parser.add_argument("--small-batch-size", type=int, default=1024, help="a smaller global batch, also measured")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--decode-images", type=int, default=1536, help="full-size JPEGs of the decode-bound pass")
-    parser.add_argument("--child", choices=("conv", "conv_decode", "train"))
+    parser.add_argument("--child", choices=("conv", "conv_decode", "train", "read"))
     parser.add_argument("--work")
     parser.add_argument("--out")
     parser.add_argument("--smoke", action="store_true", help="8 images at 32 px, global batches of 64 and 32 rows")
@@ -208,7 +243,8 @@ def main():
     if args.child:
         from vggbn.numerics import distribute
 
-        child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}[args.child]
+        child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train,
+                 "read": child_read}[args.child]
         result = child(args, Path(args.work))
         if distribute.is_chief():
             Path(args.out).write_text(json.dumps(result))
@@ -223,12 +259,15 @@ def main():
         side = args.size // 32
         write_features(work / "train.h5", work / "features-work", args.rows, (side, side, 512), classes=1000, seed=0,
                        block=256)
+        write_features(work / "valid.h5", work / "features-work-valid", max(args.rows // 16, 1), (side, side, 512),
+                       classes=1000, seed=1, block=256)
         write_jpegs(work / "photos", args.decode_images, crop=(500, 375), classes=4, mirror=True)
         decode1, decode2 = measure("conv_decode", 1, args, work), measure("conv_decode", 2, args, work)
         conv1, conv2 = measure("conv", 1, args, work), measure("conv", 2, args, work)
         train1, train2 = measure("train", 1, args, work), measure("train", 2, args, work)
         small1 = measure("train", 1, args, work, args.small_batch_size)
         small2 = measure("train", 2, args, work, args.small_batch_size)
+        read1, read2 = measure("read", 1, args, work), measure("read", 2, args, work)
     figures = {
         "conv_scaling_2w": conv2["conv_img_s"] / conv1["conv_img_s"],
         "train_scaling_2w": train2["train_rows_s"] / train1["train_rows_s"],
@@ -238,6 +277,8 @@ def main():
         "conv_decode_scaling_2w": decode2["conv_decode_img_s"] / decode1["conv_decode_img_s"],
         "conv_decode_share_2w": max(w["decoded"] for w in decode2["workers"]) / decode2["images"],
         "decode_share_of_time_1w": decode1["conv_decode_img_s"] / decode1["decode_img_s"],
+        "train_read_share_1w": read1["read_bytes"] / read1["feature_bytes"],
+        "train_read_share_2w": max(w["read_bytes"] for w in read2["workers"]) / read2["feature_bytes"],
         "conv_decode_img_s_1w": decode1["conv_decode_img_s"], "conv_decode_img_s_2w": decode2["conv_decode_img_s"],
         "decode_img_s_1w": decode1["decode_img_s"],
         "conv_img_s_1w": conv1["conv_img_s"], "conv_img_s_2w": conv2["conv_img_s"],
@@ -257,6 +298,9 @@ def main():
     print(f"train_scaling_2w = rows/s of Trainer steps of VGG16's dense part with BN (Adam, global batch "
           f"{args.batch_size}), two workers / one process (target >= 1.6)")
     print("train_comm_share_2w = time of the all-reduce of gradient-sized tensors alone / the step's time, two workers")
+    print(f"train_read_share_2w = the most bytes one worker read from the feature file in an epoch of "
+          f"train_on_features (what finetune runs; global batch {args.small_batch_size}) / the file's feature bytes "
+          "(target <= 0.55); train_read_share_1w: one process, which reads every row once (1)")
     print(f"the same at a global batch of {args.small_batch_size}: the all-reduce (TensorFlow's collectives over gRPC on "
           f"127.0.0.1, {train2['allreduce_ms']:.0f} ms for {train2['gradient_mb']:.0f} MB of gradients) costs the same "
           "whatever the batch, so a smaller batch scales less")

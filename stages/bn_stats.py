@@ -51,10 +51,13 @@ def run(paths, params):
     conv, dense = models.split(model, features.feature_cut(paths.train))
     moments = {}
     if surgery.targets(dense, layers):
-        batches = console.tracked((x for x, _ in features.iter_batches(paths.train, batch_size)),
-                                  features.row_count(paths.train), "statistics over train features", "row", size=len)
+        shared = distribute.multi_worker()  # each worker reads only its own rows of each batch; moments travel
+        batches = (((x, count) for x, _, count in features.iter_shares(paths.train, batch_size, distribute.my_share))
+                   if shared else (x for x, _ in features.iter_batches(paths.train, batch_size)))
+        batches = console.tracked(batches, features.row_count(paths.train), "statistics over train features", "row",
+                                  size=(lambda pair: pair[1]) if shared else len)
         try:
-            moments.update(surgery.measure(dense, batches, surgery.targets(dense, layers), position))
+            moments.update(surgery.measure(dense, batches, surgery.targets(dense, layers), position, shared=shared))
         except surgery.NonFiniteActivations as error:
             row = error.batch * batch_size + error.row
             with features.open_features(paths.train) as file:

@@ -46,6 +46,17 @@ def touch(path):
 
 
 sys.addaudithook(record)
+FEED_BYTES = [0]  # bytes the training feed read from the feature file (os.preadv: storage.feed's only read)
+_preadv = os.preadv
+
+
+def counted_preadv(fd, buffers, offset, *flags):
+    read = _preadv(fd, buffers, offset, *flags)
+    FEED_BYTES[0] += max(read, 0)
+    return read
+
+
+os.preadv = counted_preadv
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -88,7 +99,13 @@ def main():
                                   md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
                                   work_dir=WORKSPACE / "work" / "features")
     moments = surgery.measure_images(conv, inputs, paths, surgery.conv_names(conv))
-    dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
+    # as the bn_stats stage reads them: each worker its own rows of each batch under a multi-worker strategy
+    if distribute.multi_worker():
+        shares = features.iter_shares(WORKSPACE / "features.h5", 7, distribute.my_share)
+        dense_moments = surgery.measure(dense, ((x, count) for x, _, count in shares), shared=True)
+    else:
+        dense_moments = surgery.measure(dense, (x for x, _ in features.iter_batches(WORKSPACE / "features.h5", 7)))
+    FEED_BYTES[0] = 0
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
     trained = train_on_features(with_bn, TrainingPlan(epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3,
                                 dropout=0.5, seed=0, shuffle_buffer=16), train_path=WORKSPACE / "features.h5",
@@ -115,3 +132,4 @@ try:
 finally:
     out = Path(os.environ["WRITES_DIR"]) / f"writes-{distribute.cluster().index}.json"
     out.write_text(json.dumps(sorted(set(WRITES))))
+    (out.parent / f"feed-bytes-{distribute.cluster().index}.json").write_text(json.dumps(FEED_BYTES[0]))

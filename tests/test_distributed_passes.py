@@ -57,6 +57,7 @@ def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run.log = done.stderr
+    run.feed_bytes = {int(p.stem.split("-")[2]): json.loads(p.read_text()) for p in writes.glob("feed-bytes-*.json")}
     return copy, {int(p.stem.split("-")[1]): set(json.loads(p.read_text())) for p in writes.glob("writes-*.json")}
 
 
@@ -100,6 +101,11 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(workspace, alon
     assert sorted(writes) == [0, 1]
     assert writes[1] == set(), "a worker other than the chief wrote under the workspace"
     assert CHIEF_WRITES <= writes[0] and any(path.startswith("live/") for path in writes[0])
+    # Each worker's training feeds read only its rows of each global batch (of 10 rows: 5 each; the last, of 3:
+    # 1 and 2), 11 and 12 of every 23 rows one process reads, never every row.
+    alone_read = json.loads((alone.parent / "alone-writes-2" / "feed-bytes-0.json").read_text())
+    assert alone_read > 0 and sorted(run.feed_bytes) == [0, 1]
+    assert [run.feed_bytes[i] / alone_read for i in (0, 1)] == pytest.approx([11 / 23, 12 / 23])
 
 
 @pytest.mark.slow

@@ -150,6 +150,12 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
     return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
+def worker() -> tuple[int, int]:
+    """(this worker's index, the workers): (0, 1) outside a multi-worker cluster. The index is the strategy's own
+    (the chief 0): worker i holds replicas i R to (i + 1) R - 1 of the strategy's, R replicas on each."""
+    return (cluster().index, cluster().workers) if multi_worker() else (0, 1)
+
+
 def shares(count: int) -> list[int]:
     """How many rows of a batch of `count` each worker takes, in worker order: contiguous runs of ceil(count / N)
     rows (the last ones may take fewer, or none); one worker takes them all outside a multi-worker cluster."""

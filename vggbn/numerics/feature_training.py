@@ -3,6 +3,7 @@ stage and the transfer stage's trainings run."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -197,12 +198,16 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
     live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
-    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead
-    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, tensors=True)
+    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead;
+    # each worker reads only its rows of each global batch, of the train and of the valid features
+    index, workers = distribute.worker()
+    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker_index=index, num_workers=workers,
+                           tensors=True)
+    my_rows = functools.partial(feed.worker_slice, worker_index=index, num_workers=workers)
     train_epochs(
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
-        train_batches=lambda epoch: train_feed.epoch(plan.seed * 100_003 + epoch),
-        valid_batches=lambda: _prefetched(features.iter_batches(valid_path, plan.batch_size)),
+        train_batches=lambda epoch: train_feed.shares(plan.seed * 100_003 + epoch),
+        valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, my_rows)),
         check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if diverged == "raise" else None,
         after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,
         live=live, show_progress=show_progress and distribute.is_chief())
@@ -234,7 +239,7 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
                 model = models.copy_chain(model, name=model.name)  # its variables mirrored on every replica
             model = for_training(models.with_compute_dtype(model, compute))  # Dense kernels stored transposed
             compile_for_training(model, lr)
-        trainer = Trainer(model, strategy)
+        trainer = Trainer(model, strategy, distribute.worker())
     if distribute.replicas() > 1 and state["history"]:
         variables = model.variables + model.optimizer.variables
         if resumed:
@@ -251,13 +256,14 @@ def _in_scope(model: keras.Model, strategy) -> bool:
 
 
 def _prefetched(batches) -> Iterator:
-    """The batches, read ahead by a tf.data pipeline (two batches), so HDF5 reads overlap the training steps."""
+    """The (x, y, count) batches, read ahead by a tf.data pipeline (two batches), so HDF5 reads overlap the steps."""
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:
         return iter(())
-    x, y = first
-    signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32))
+    x = first[0]
+    signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32),
+                 tf.TensorSpec((), tf.int64))
     dataset = tf.data.Dataset.from_generator(lambda: itertools.chain([first], iterator), output_signature=signature)
     return iter(without_autotune(dataset.prefetch(2)))
 

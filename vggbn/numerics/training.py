@@ -187,16 +187,24 @@ class Trainer:
     keras-team/keras#20585): `model` (compiled with `compile_for_training`, built under the strategy's scope) is
     trained batch by batch with `strategy.run`.
 
-    Global-batch semantics: every worker passes the same global batch; replica r takes a contiguous slice of it, the
+    Global-batch semantics: each worker passes the global batch (`train_batch(x, y)`, every worker the same), or only
+    its own rows of it (`train_batch(x, y, count)`: rows `feed.worker_slice(count, ...)` of a global batch of
+    `count` rows, which is all a worker then reads); replica r takes a contiguous slice of the global batch, the
     loss is the global batch's mean (each replica's sum over its rows divided by the global row count, gradients
     summed across replicas), and BatchNormalization layers normalize by the global batch's statistics
     (`synchronized`), and Dropout drops what it drops over the global batch. So N replicas train what one process
     trains, up to the order of floating-point sums. With one replica it is a plain traced step.
     """
 
-    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, worker: tuple[int, int] = (0, 1)):
+        """`worker`: (this worker's index, the workers), as `distribute.worker()` says; its replicas are replicas
+        index * R to (index + 1) * R - 1 of the strategy's, R = replicas / workers."""
         self.model, self.strategy = model, strategy
         self.replicas = int(strategy.num_replicas_in_sync)
+        self.worker_index, self.workers = worker
+        if self.replicas % self.workers:
+            raise ValueError(f"Expected the same replicas on every worker. Received: {self.replicas} replicas, "
+                             f"{self.workers} workers")
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
         self._unsynchronized = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
@@ -211,18 +219,24 @@ class Trainer:
         self._train = tf.function(self._train_replicas, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
 
-    def _slices(self, x, y):
-        """Per replica, its contiguous slice of the global batch (the first `len % replicas` get one row more) and the
-        index of its first row; and the global batch's row count."""
+    def _slices(self, x, y, count: int | None):
+        """Per replica, its contiguous slice of the global batch (rows count r / R to count (r + 1) / R of R
+        replicas) and the index of its first row; and the global batch's row count. `count` None: `x` is the whole
+        global batch; else `x` holds this worker's rows of it, which its replicas' slices cover exactly."""
         x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32)
-        count = int(y.shape[0])
+        rows = int(y.shape[0])
+        count = rows if count is None else int(count)
+        offset = 0 if rows == count else count * self.worker_index // self.workers  # feed.worker_slice's start
+        if rows != count and rows != count * (self.worker_index + 1) // self.workers - offset:
+            raise ValueError(f"Expected this worker's rows of a global batch of {count}. Received {rows} rows "
+                             f"(worker {self.worker_index} of {self.workers})")
         if self.replicas == 1:
             return x, y, tf.constant(0), tf.constant(float(count), tf.float32)
         bounds = [count * r // self.replicas for r in range(self.replicas + 1)]
 
         def part(context):
             first, stop = bounds[context.replica_id_in_sync_group], bounds[context.replica_id_in_sync_group + 1]
-            return x[first:stop], y[first:stop], tf.constant(first)
+            return x[first - offset:stop - offset], y[first - offset:stop - offset], tf.constant(first)
         x, y, first = self.strategy.experimental_distribute_values_from_function(part)
         return x, y, first, tf.constant(float(count), tf.float32)
 
@@ -273,14 +287,15 @@ class Trainer:
         kept = keras.random.dropout(tf.ones(shape, inputs.dtype), layer.rate, seed=layer.seed_generator)
         return inputs * kept[first:first + tf.shape(inputs)[0]]
 
-    def train_batch(self, x, y) -> tuple[float, float]:
-        """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas."""
-        x, y, first, count = self._slices(x, y)
+    def train_batch(self, x, y, count: int | None = None) -> tuple[float, float]:
+        """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas. `x`, `y`:
+        the global batch, or (`count` given) this worker's rows of a global batch of `count` rows."""
+        x, y, first, count = self._slices(x, y, count)
         loss_sum, correct = self._train(x, y, first, count)
         return float(loss_sum), float(correct)
 
-    def evaluate_batch(self, x, y) -> tuple[float, float]:
-        x, y, _, _ = self._slices(x, y)
+    def evaluate_batch(self, x, y, count: int | None = None) -> tuple[float, float]:
+        x, y, _, _ = self._slices(x, y, count)
         loss_sum, correct = self._evaluate(x, y)
         return float(loss_sum), float(correct)
 
@@ -300,10 +315,12 @@ class Epochs:
 
 
 def evaluate_batches(trainer: Trainer, batches) -> dict:
-    """`val_loss` and `val_accuracy` over the batches (the model in inference mode)."""
+    """`val_loss` and `val_accuracy` over the batches (the model in inference mode): each (x, y), a global batch,
+    or (x, y, count), this worker's rows of a global batch of `count` rows."""
     totals = Epochs()
-    for x, y in batches:
-        totals.add(*trainer.evaluate_batch(x, y), len(y))
+    for x, y, *count in batches:
+        rows = int(count[0]) if count else None
+        totals.add(*trainer.evaluate_batch(x, y, rows), len(y) if rows is None else rows)
     return totals.logs("val_")
 
 
@@ -317,19 +334,20 @@ def log_epoch(live, logs: dict) -> None:
 def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_batches: Callable[[int], Iterable],
                  steps: int, valid_batches: Callable[[], Iterable], check: Callable[[dict, str], None] | None = None,
                  after_epoch: Callable[[int], None] | None = None, live=None, show_progress: bool = True) -> None:
-    """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`,
-    then the valid batches; its logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to
+    """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`
+    (each (x, y), or (x, y, count): this worker's rows of a global batch of `count`), then the valid batches; its logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to
     `check` (which may raise: per batch, with the batch's loss, and per epoch, before anything is saved), then
     `after_epoch(epoch)` (a checkpoint), and logged to `live`.
     """
     for epoch in range(len(history), epochs):
         totals = Epochs()
         bar = console.open_progress(steps, f"epoch {epoch + 1}/{epochs}", "batch") if show_progress else None
-        for number, (x, y) in enumerate(itertools.islice(train_batches(epoch), steps)):
-            loss_sum, correct = trainer.train_batch(x, y)
+        for number, (x, y, *count) in enumerate(itertools.islice(train_batches(epoch), steps)):
+            rows = int(count[0]) if count else len(y)
+            loss_sum, correct = trainer.train_batch(x, y, rows if count else None)
             if check is not None:
-                check({"loss": loss_sum / max(len(y), 1)}, f"epoch {epoch + 1}, batch {number + 1}")
-            totals.add(loss_sum, correct, len(y))
+                check({"loss": loss_sum / max(rows, 1)}, f"epoch {epoch + 1}, batch {number + 1}")
+            totals.add(loss_sum, correct, rows)
             if bar is not None:
                 bar.update(1)
         if bar is not None:

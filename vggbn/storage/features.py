@@ -383,6 +383,19 @@ def iter_batches(path: str | Path, batch_size: int) -> Iterator[tuple[np.ndarray
             yield read_rows(path, features, start, start + batch_size), labels[start:start + batch_size]
 
 
+def iter_shares(path: str | Path, batch_size: int, share: Callable[[int], slice]
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """`iter_batches`, each batch only the rows `share(batch's row count)` of it (this worker's, under a multi-worker
+    strategy): (features float32, labels, the batch's row count). Only those rows are read."""
+    with open_features(path) as file:
+        features, labels = file["features"], file["labels"]
+        for start in range(0, features.shape[0], batch_size):
+            count = min(batch_size, features.shape[0] - start)
+            mine = share(count)
+            first, stop = start + mine.start, start + mine.stop
+            yield read_rows(path, features, first, stop), labels[first:stop], count
+
+
 def shuffled_batches(path: str | Path, batch_size: int, buffer_rows: int, seed: int,
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every row once, in shuffled batches, reading contiguous blocks: random single-row reads are slow.

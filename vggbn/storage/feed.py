@@ -168,6 +168,11 @@ class Feed:
         """(features, labels) of every row once, in `features.shuffled_batches`' order for `seed`; with
         `num_workers` > 1, only this worker's slice of each global batch (`worker_slice`). Every global batch has
         `batch_size` rows but the last (the rest)."""
+        return ((x, y) for x, y, _ in self.shares(seed))
+
+    def shares(self, seed: int) -> Iterator[tuple]:
+        """`epoch(seed)`'s batches, each with the row count of the global batch it is this worker's slice of:
+        (features, labels, count), what `training.Trainer.train_batch` takes."""
         rng = np.random.default_rng(seed)
         with features.open_features(self.path) as file:
             dataset, labels = file["features"], file["labels"]
@@ -175,7 +180,7 @@ class Feed:
             if not _RowReader.usable(dataset):
                 batches = _buffered(self.path, self.batch_size, self.buffer_rows, rng, self.worker_index,
                                     self.num_workers, dtype)
-                yield from (_as_tensors(x, y) for x, y in batches) if self.tensors else batches
+                yield from ((*_as_tensors(x, y), n) for x, y, n in batches) if self.tensors else batches
                 return
             reader = _RowReader(self.path, dataset, dtype)
             plans = buffer_plans(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels)
@@ -229,14 +234,16 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
     """The planned batches, a shuffle buffer's batches at a time: every run of rows read by one `preadv` straight
     into its rows' places in their batches, the runs split between `threads` threads; the next buffer read while
     this one's batches are yielded (`prefetch` 0: not). As tensors sharing `buffers`' arrays, or (no `buffers`) as
-    numpy arrays of their own, converted to `dtype` where the file stores another."""
+    numpy arrays of their own, converted to `dtype` where the file stores another; each (x, y, the row count of the
+    global batch they are this worker's slice of)."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="feed")
     stored = reader.stored
 
     def start(plan):
         batches, rows, places = [], [], []
         for batch_rows, labels in plan:
-            part = worker_slice(len(batch_rows), worker_index, num_workers)
+            count = len(batch_rows)
+            part = worker_slice(count, worker_index, num_workers)
             batch_rows, labels = batch_rows[part], labels[part].astype(np.int32)
             shape = (len(batch_rows), *reader.row_shape)
             out = buffers.take(shape, stored) if buffers is not None else np.empty(shape, stored)
@@ -244,7 +251,7 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
                 view, size = memoryview(out).cast("B"), reader.row_bytes
                 places += [view[i * size:(i + 1) * size] for i in range(len(batch_rows))]
             rows.append(batch_rows)
-            batches.append((out, labels))
+            batches.append((out, labels, count))
         runs = reader.runs(np.concatenate(rows), places) if places else []
         weights = np.cumsum(np.fromiter((len(run[1]) for run in runs), np.int64, len(runs)))
         cuts = np.searchsorted(weights, [len(places) * t / threads for t in range(1, threads)]).tolist()
@@ -255,14 +262,14 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
         batches, jobs = entry
         for job in jobs:
             job.result()  # raises a reader's error here
-        for out, labels in batches:
+        for out, labels, count in batches:
             if buffers is None:
-                yield (out if out.dtype == dtype else out.astype(dtype)), labels
+                yield (out if out.dtype == dtype else out.astype(dtype)), labels, count
             else:
                 import tensorflow as tf
 
                 x = tf.experimental.dlpack.from_dlpack(out.__dlpack__())
-                yield (x if x.dtype.as_numpy_dtype == dtype else tf.cast(x, dtype)), tf.convert_to_tensor(labels)
+                yield (x if x.dtype.as_numpy_dtype == dtype else tf.cast(x, dtype)), tf.convert_to_tensor(labels), count
         batches.clear()  # the views go with the tensors: their buffers are reused once those are dropped
 
     try:
@@ -279,7 +286,7 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
 
 def _buffered(path, batch_size, buffer_rows, rng, worker_index, num_workers, dtype):
     """The same order for a file `_RowReader` cannot read directly: blocks read through h5py (decompressed) into a
-    buffer of about `buffer_rows` rows in memory."""
+    buffer of about `buffer_rows` rows in memory. Compressed chunks are read whole, by every worker."""
     with features.open_features(path) as file:
         dataset, labels = file["features"], file["labels"]
         count = dataset.shape[0]
@@ -292,7 +299,7 @@ def _buffered(path, batch_size, buffer_rows, rng, worker_index, num_workers, dty
 
         def part(x, y):
             keep = worker_slice(len(y), worker_index, num_workers)
-            return x[keep], y[keep]
+            return x[keep], y[keep], len(y)
         for i in range(0, len(starts), per_buffer):
             group = starts[i:i + per_buffer]
             x = np.concatenate([carry_x] + [features.read_rows(path, dataset, s, s + block).astype(dtype, copy=False)
