@@ -17,8 +17,8 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
 - train: `training.Trainer` steps of that VGG's dense part (4096-wide, with calibrated BN, Adam) on a global batch of
   `--batch-size` rows, the batches read from a feature file by `features.shuffled_batches`; rows/s over timed steps
   after warm-up. Under two workers each computes half of each batch and the gradients are summed across them.
-- read: one epoch of `feature_training.train_on_features` (the finetune stage's training) with a small dense part;
-  each worker counts the bytes its training feed read from the feature file (at `os.preadv`, the feed's only
+- read (in the train run at `--batch-size`): one epoch of `feature_training.train_on_features` (the finetune
+  stage's training, at a global batch of `--small-batch-size`) with a small dense part; each worker counts the bytes its training feed read from the feature file (at `os.preadv`, the feed's only
   read): under two workers each reads only its rows of each global batch.
 - comm: the all-reduce of a gradient-sized set of tensors alone, timed in the two-worker run, over the step's time.
   TensorFlow's CPU collectives go through gRPC (here about 0.25 GB/s on 127.0.0.1): the all-reduce of the dense
@@ -164,7 +164,7 @@ def child_train(args, work: Path) -> dict:
         for _ in range(args.steps):
             tf.nest.map_structure(lambda t: t, strategy.experimental_local_results(all_reduce())[0][0].numpy())
         result["allreduce_ms"] = (time.perf_counter() - start) / args.steps * 1e3
-    return result
+    return {**result, **(child_read(args, work) if args.read else {})}
 
 
 def child_read(args, work: Path) -> dict:
@@ -199,7 +199,7 @@ def child_read(args, work: Path) -> dict:
     return {"read_bytes": read[0], "feature_bytes": feature_bytes}
 
 
-def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = None) -> dict:
+def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = None, read: bool = False) -> dict:
     from vggbn.runner import launch
 
     batch_size = batch_size or args.batch_size
@@ -207,7 +207,7 @@ def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = 
     command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--out", str(out),
                "--images", str(args.images), "--size", str(args.size), "--rows", str(args.rows),
                "--batch-size", str(batch_size), "--small-batch-size", str(args.small_batch_size),
-               "--steps", str(args.steps), "--decode-images", str(args.decode_images)]
+               "--steps", str(args.steps), "--decode-images", str(args.decode_images), *(["--read"] if read else [])]
     env = {**os.environ, "VGGBN_STRATEGY": "auto" if workers > 1 else "none", "TF_CPP_MIN_LOG_LEVEL": "3",
            "VGGBN_LOG": "warning"}
     old = os.environ.copy()
@@ -233,7 +233,8 @@ def main():
     parser.add_argument("--small-batch-size", type=int, default=1024, help="a smaller global batch, also measured")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--decode-images", type=int, default=1536, help="full-size JPEGs of the decode-bound pass")
-    parser.add_argument("--child", choices=("conv", "conv_decode", "train", "read"))
+    parser.add_argument("--child", choices=("conv", "conv_decode", "train"))
+    parser.add_argument("--read", action="store_true", help="the train child also measures the bytes read")
     parser.add_argument("--work")
     parser.add_argument("--out")
     parser.add_argument("--smoke", action="store_true", help="8 images at 32 px, global batches of 64 and 32 rows")
@@ -243,8 +244,7 @@ def main():
     if args.child:
         from vggbn.numerics import distribute
 
-        child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train,
-                 "read": child_read}[args.child]
+        child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}[args.child]
         result = child(args, Path(args.work))
         if distribute.is_chief():
             Path(args.out).write_text(json.dumps(result))
@@ -264,10 +264,12 @@ def main():
         write_jpegs(work / "photos", args.decode_images, crop=(500, 375), classes=4, mirror=True)
         decode1, decode2 = measure("conv_decode", 1, args, work), measure("conv_decode", 2, args, work)
         conv1, conv2 = measure("conv", 1, args, work), measure("conv", 2, args, work)
-        train1, train2 = measure("train", 1, args, work), measure("train", 2, args, work)
-        small1 = measure("train", 1, args, work, args.small_batch_size)
-        small2 = measure("train", 2, args, work, args.small_batch_size)
-        read1, read2 = measure("read", 1, args, work), measure("read", 2, args, work)
+        train1, train2 = measure("train", 1, args, work, read=True), measure("train", 2, args, work, read=True)
+        if args.smoke:  # keys, not figures: the same launches stand for the small batch
+            small1, small2 = train1, train2
+        else:
+            small1 = measure("train", 1, args, work, args.small_batch_size)
+            small2 = measure("train", 2, args, work, args.small_batch_size)
     figures = {
         "conv_scaling_2w": conv2["conv_img_s"] / conv1["conv_img_s"],
         "train_scaling_2w": train2["train_rows_s"] / train1["train_rows_s"],
@@ -277,8 +279,8 @@ def main():
         "conv_decode_scaling_2w": decode2["conv_decode_img_s"] / decode1["conv_decode_img_s"],
         "conv_decode_share_2w": max(w["decoded"] for w in decode2["workers"]) / decode2["images"],
         "decode_share_of_time_1w": decode1["conv_decode_img_s"] / decode1["decode_img_s"],
-        "train_read_share_1w": read1["read_bytes"] / read1["feature_bytes"],
-        "train_read_share_2w": max(w["read_bytes"] for w in read2["workers"]) / read2["feature_bytes"],
+        "train_read_share_1w": train1["read_bytes"] / train1["feature_bytes"],
+        "train_read_share_2w": max(w["read_bytes"] for w in train2["workers"]) / train2["feature_bytes"],
         "conv_decode_img_s_1w": decode1["conv_decode_img_s"], "conv_decode_img_s_2w": decode2["conv_decode_img_s"],
         "decode_img_s_1w": decode1["decode_img_s"],
         "conv_img_s_1w": conv1["conv_img_s"], "conv_img_s_2w": conv2["conv_img_s"],

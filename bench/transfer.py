@@ -100,7 +100,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from vggbn.numerics import training
+    from vggbn.numerics import models, training
 
     print_load()
     training.seed_everything(0)
@@ -121,42 +121,56 @@ def main():
     print(roof.describe(), flush=True)
 
     strategy = tf.distribute.get_strategy()
-    model = training.for_training(model)
-    training.compile_for_training(model, 1e-4)
+    # as train_on_features makes it for a training at each batch: kernel pieces at small batches only
+    fused = {batch: training.for_training(models.copy_chain(model, name=model.name), batch) for batch in batches}
+    for each in fused.values():
+        training.compile_for_training(each, 1e-4)
+    pieces = {batch: each.get_layer("fc1").chunks for batch, each in fused.items()}
     keras_model = dense_bn_dropout_model(args.smoke)
     keras_model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4),
                         loss=keras.losses.SparseCategoricalCrossentropy())
-    trainers = {"fused": training.Trainer(model, strategy), "keras": training.Trainer(keras_model, strategy)}
+    trainers = {**{("fused", batch): training.Trainer(each, strategy) for batch, each in fused.items()},
+                "keras": training.Trainer(keras_model, strategy)}
+    del model
 
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
-    variables = model.trainable_variables
 
-    @tf.function
-    def forward_backward(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, variables)
-        return loss + tf.add_n([tf.reduce_sum(g[:1]) for g in grads])  # every gradient computed, nothing applied
+    def forward_backward(model):
+        variables = model.trainable_variables
 
+        @tf.function
+        def run(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, variables)
+            return loss + tf.add_n([tf.reduce_sum(g[:1]) for g in grads])  # every gradient computed, nothing applied
+        return run
+
+    fwd_bwd = {batch: forward_backward(each) for batch, each in fused.items()}
+    adam_model = fused[batches[0]]  # in pieces: what an Adam update of a small batch's step applies
+    variables = adam_model.trainable_variables
     fixed_grads = [tf.fill(v.shape, 1e-6) for v in variables]
 
     @tf.function
     def adam_alone():
-        model.optimizer.apply(fixed_grads, variables)
+        adam_model.optimizer.apply(fixed_grads, variables)
         return variables[0][0, 0]
 
-    steps = {"fused": trainers["fused"].train_batch, "keras": trainers["keras"].train_batch,
-             "fwd_bwd": lambda x, y: float(forward_backward(x, y))}
+    steps = {"fused": lambda batch, x, y: trainers["fused", batch].train_batch(x, y),
+             "keras": lambda batch, x, y: trainers["keras"].train_batch(x, y),
+             "fwd_bwd": lambda batch, x, y: float(fwd_bwd[batch](x, y))}
     rng = np.random.default_rng(0)
-    data = {batch: (tf.constant(rng.standard_normal((batch, *model.input_shape[1:]), dtype=np.float32)),
+    data = {batch: (tf.constant(rng.standard_normal((batch, *keras_model.input_shape[1:]), dtype=np.float32)),
                     tf.constant(rng.integers(0, 10, batch, dtype=np.int32))) for batch in batches}
     rates = {(name, batch): Rates() for batch in batches for name in steps}
     rates["adam"] = Rates()
 
+    print("fc1's kernel in " + ", ".join(f"{n} pieces at batch {b}" for b, n in pieces.items())
+          + " (training.chunks)")
     print("warm-up: 2 steps of each configuration (traces, creates each optimizer's slots)")
     for (name, batch) in [key for key in rates if isinstance(key, tuple)]:
         for _ in range(2):
-            steps[name](*data[batch])
+            steps[name](batch, *data[batch])
     for _ in range(2):
         float(adam_alone())
 
@@ -169,7 +183,7 @@ def main():
                 continue
             name, batch = key
             step, (x, y) = steps[name], data[batch]
-            rates[key].time(lambda: [step(x, y) for _ in range(args.steps)], args.steps)  # each waits for its floats
+            rates[key].time(lambda: [step(batch, x, y) for _ in range(args.steps)], args.steps)  # waits for floats
         print(f"round {round_ + 1} (ms a step): " + ", ".join(
             f"{' b'.join(map(str, key)) if isinstance(key, tuple) else key} {1e3 / rates[key].wall[-1]:.1f}"
             for key in rates), flush=True)

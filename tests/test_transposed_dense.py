@@ -130,9 +130,17 @@ def test_models_that_are_no_chain_or_have_no_plain_dense_are_left_as_they_are():
     assert training.for_training(regularized) is regularized
 
 
-def test_kernels_are_in_pieces_on_a_cpu_only():
-    """8 MiB pieces keep each piece's Adam update in a CPU's cache; on a GPU they would only split one matmul and one
-    Adam launch into many (VGG16's fc1: 64 pieces on a CPU, one on a GPU)."""
+def test_kernels_are_in_pieces_on_a_cpu_at_small_batches_only():
+    """8 MiB pieces keep each piece's Adam update in a CPU's cache where a step is bound by memory; on a GPU, or at a
+    batch where the matmuls bind, they would only split one matmul and one Adam launch into many (VGG16's fc1: 64
+    pieces on a CPU at batch 16, one at batch 256 or on a GPU)."""
     assert training.chunks(25088, 4096) == 64 and training.chunks(4096, 4096) == 8
+    assert training.chunks(25088, 4096, batch_size=training.PIECES_UP_TO_BATCH) == 64
+    assert training.chunks(25088, 4096, batch_size=16) == 64
+    assert training.chunks(25088, 4096, batch_size=256) == training.chunks(4096, 4096, batch_size=33) == 1
     assert training.chunks(25088, 4096, gpu=True) == training.chunks(4096, 4096, gpu=True) == 1
     assert training.chunks(12, 40) == 1  # small kernels are whole everywhere
+    model = training.for_training(keras.Sequential([keras.Input((4096,)), keras.layers.Dense(4096)]), batch_size=256)
+    assert [layer.chunks for layer in model.layers[1:]] == [1]
+    model = training.for_training(keras.Sequential([keras.Input((4096,)), keras.layers.Dense(4096)]), batch_size=16)
+    assert [layer.chunks for layer in model.layers[1:]] == [8]

@@ -193,7 +193,7 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
     seed_everything(plan.seed)
     strategy = distribute.strategy()
     model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=plan.dropout,
-                                           compute=plan.compute, lr=plan.lr)
+                                           compute=plan.compute, lr=plan.lr, batch_size=plan.batch_size)
     with features.open_features(train_path) as file:
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
@@ -216,7 +216,7 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
     return Trained(models.with_compute_dtype(trainer.finish(), "float32"), history, lost)
 
 
-def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, lr):
+def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, lr, batch_size):
     """(the model to train, compiled; the epochs already done; the epochs lost to a damaged checkpoint; its Trainer):
     from the checkpoint of an interrupted run of the same recipe, else fresh.
 
@@ -237,7 +237,8 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
                 model = with_dropout(model, dropout)
             elif distribute.replicas() > 1 and not _in_scope(model, strategy):
                 model = models.copy_chain(model, name=model.name)  # its variables mirrored on every replica
-            model = for_training(models.with_compute_dtype(model, compute))  # Dense kernels stored transposed
+            # Dense kernels stored transposed, in pieces at small batches
+            model = for_training(models.with_compute_dtype(model, compute), batch_size)
             compile_for_training(model, lr)
         trainer = Trainer(model, strategy, distribute.worker())
     if distribute.replicas() > 1 and state["history"]:
@@ -256,14 +257,15 @@ def _in_scope(model: keras.Model, strategy) -> bool:
 
 
 def _prefetched(batches) -> Iterator:
-    """The (x, y, count) batches, read ahead by a tf.data pipeline (two batches), so HDF5 reads overlap the steps."""
+    """The (x, y) or (x, y, count) batches, read ahead by a tf.data pipeline (two batches), so HDF5 reads overlap
+    the steps."""
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:
         return iter(())
     x = first[0]
     signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32),
-                 tf.TensorSpec((), tf.int64))
+                 tf.TensorSpec((), tf.int64))[:len(first)]
     dataset = tf.data.Dataset.from_generator(lambda: itertools.chain([first], iterator), output_signature=signature)
     return iter(without_autotune(dataset.prefetch(2)))
 

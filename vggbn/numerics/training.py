@@ -104,7 +104,10 @@ def _plain_dense(layer) -> bool:
 
 
 def _is_chain(model: keras.Model) -> bool:
-    """A functional model whose layers after its InputLayer each take the previous one's output."""
+    """A Sequential model, or a functional one whose layers after its InputLayer each take the previous one's
+    output."""
+    if isinstance(model, keras.Sequential):  # a chain by construction; it does not list its InputLayer
+        return True
     layers = model.layers
     try:
         return (isinstance(layers[0], keras.layers.InputLayer)
@@ -114,23 +117,28 @@ def _is_chain(model: keras.Model) -> bool:
 
 
 CHUNK_BYTES = 8 << 20
+PIECES_UP_TO_BATCH = 32  # rows: above, a step is bound by its matmuls, which pieces slow down
 
 
-def chunks(inputs: int, units: int, gpu: bool = False) -> int:
-    """Pieces a kernel of `inputs` x `units` is stored in while training: on a CPU, the fewest that divide `units`
-    into pieces of at most about `CHUNK_BYTES` (8 MiB: VGG16's fc1 in 64 pieces, fc2 in 8). Each piece's gradient
-    is its own tensor, so its Adam update can run as soon as it is computed, while it is still in the CPU's cache,
-    instead of after the whole 411 MB gradient has gone to memory and come back. On a GPU (`gpu`), one piece: there
-    pieces would only turn one large matmul and one Adam launch into many small ones."""
-    if gpu:
+def chunks(inputs: int, units: int, gpu: bool = False, batch_size: int | None = None) -> int:
+    """Pieces a kernel of `inputs` x `units` is stored in while training: on a CPU at a batch of at most
+    `PIECES_UP_TO_BATCH` rows (or an unknown one), the fewest that divide `units` into pieces of at most about
+    `CHUNK_BYTES` (8 MiB: VGG16's fc1 in 64 pieces, fc2 in 8). Each piece's gradient is its own tensor, so its Adam
+    update can run as soon as it is computed, while it is still in the CPU's cache, instead of after the whole
+    411 MB gradient has gone to memory and come back. That pays where a step is bound by memory: a step moves 28
+    bytes a weight and computes 6 b FLOPs a weight, so on CPUs (2 to 7 FLOPs a byte of bandwidth) a batch of more than
+    about 32 rows is bound by its matmuls, and pieces only make them narrower (VGG16's dense part at batch 256:
+    `bench/transfer.py`). On a GPU (`gpu`), or at a larger batch, one piece."""
+    if gpu or (batch_size is not None and batch_size > PIECES_UP_TO_BATCH):
         return 1
     wanted = -(-inputs * units * 4 // CHUNK_BYTES)
     return next(n for n in range(max(wanted, 1), units + 1) if units % n == 0)
 
 
-def for_training(model: keras.Model) -> keras.Model:
+def for_training(model: keras.Model, batch_size: int | None = None) -> keras.Model:
     """`model` (a chain) with each plain Dense layer replaced by a `TransposedDense` computing the same, with the
-    same name, dtype policy and weights (kernel transposed); `model` itself when it has none or is no chain."""
+    same name, dtype policy and weights (kernel transposed), stored in the pieces `chunks` says for a training at
+    `batch_size` rows a step; `model` itself when it has none or is no chain."""
     if not any(_plain_dense(layer) for layer in model.layers) or not _is_chain(model):
         return model
     gpu = bool(tf.config.list_logical_devices("GPU"))  # where the training runs: kernel pieces only on a CPU
@@ -141,7 +149,7 @@ def for_training(model: keras.Model) -> keras.Model:
         config = layer.get_config()
         new = TransposedDense(config["units"], activation=config["activation"], use_bias=config["use_bias"],
                               name=layer.name, dtype=config.get("dtype"), trainable=layer.trainable,
-                              chunks=chunks(*layer.kernel.shape, gpu=gpu), dense_config=config)
+                              chunks=chunks(*layer.kernel.shape, gpu=gpu, batch_size=batch_size), dense_config=config)
         kernel, *bias = layer.get_weights()
         return new, [*np.split(kernel.T.copy(), new.chunks), *bias]
 

@@ -183,7 +183,8 @@ class Feed:
                 yield from ((*_as_tensors(x, y), n) for x, y, n in batches) if self.tensors else batches
                 return
             reader = _RowReader(self.path, dataset, dtype)
-            plans = buffer_plans(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels)
+            # every label at once (4 bytes a row): one read an epoch, not one per block of the order
+            plans = buffer_plans(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels[:])
             try:
                 yield from _read_ahead(reader, plans, self.worker_index, self.num_workers, self.threads,
                                        self.prefetch, dtype, self._buffers)
