@@ -18,8 +18,9 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
   `--batch-size` rows, the batches read from a feature file by `features.shuffled_batches`; rows/s over timed steps
   after warm-up. Under two workers each computes half of each batch and the gradients are summed across them.
 - read (in the train run at `--batch-size`): one epoch of `feature_training.train_on_features` (the finetune
-  stage's training, at a global batch of `--small-batch-size`) with a small dense part; each worker counts the bytes its training feed read from the feature file (at `os.preadv`, the feed's only
-  read): under two workers each reads only its rows of each global batch.
+  stage's training, at a global batch of `--small-batch-size`) with a small dense part; each worker counts the
+  bytes its training feed read from the feature file (at `os.preadv`, the feed's only read): under two workers
+  each reads only its rows of each global batch.
 - comm: the all-reduce of a gradient-sized set of tensors alone, timed in the two-worker run, over the step's time.
   TensorFlow's CPU collectives go through gRPC (here about 0.25 GB/s on 127.0.0.1): the all-reduce of the dense
   part's 116 MB of gradients costs about as much as a step of 1,024 rows, so the scaling target is measured at a

@@ -377,10 +377,7 @@ def read_rows(path: str | Path, features: h5py.Dataset, start: int, stop: int) -
 
 def iter_batches(path: str | Path, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features float32, labels) in file order, batch by batch: memory stays at one batch."""
-    with open_features(path) as file:
-        features, labels = file["features"], file["labels"]
-        for start in range(0, features.shape[0], batch_size):
-            yield read_rows(path, features, start, start + batch_size), labels[start:start + batch_size]
+    return ((x, y) for x, y, _ in iter_shares(path, batch_size, lambda count: slice(0, count)))
 
 
 def iter_shares(path: str | Path, batch_size: int, share: Callable[[int], slice]
