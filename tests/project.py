@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 # What a user's shell has: TensorFlow's log level and VGGBN_LOG as the pipeline sets them, not as the tests' own.
 ENV = {**{key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "VGGBN_LOG")},
@@ -51,6 +53,20 @@ def copy_of(project: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", f"{project}/.", str(dest)], project)
     return dest
+
+
+def forget_outputs(project: Path, stages: list[str]) -> None:
+    """Remove the stages' outputs with every copy DVC could restore (its cache objects, its run cache) and their
+    work folders: `dvc repro` runs them again."""
+    locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for stage in stages:
+        for out in locked[stage].get("outs", []):
+            path = project / out["path"]
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            md5 = out["md5"]
+            (project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+    shutil.rmtree(project / "data" / ".work", ignore_errors=True)
 
 
 def stages_ran(output: str) -> list[str]:

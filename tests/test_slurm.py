@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from project import ENV, copy_of, metrics, run, stages_ran
+from project import ENV, copy_of, forget_outputs, metrics, run, stages_ran
 from vggbn.runner import launch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -31,22 +31,6 @@ def slurm_missing() -> str | None:
     if states.returncode or not usable:
         return f"no usable Slurm node: {(states.stderr or states.stdout).strip() or 'none'} (run .ci/install-slurm)"
     return None
-
-
-def forget_outputs(project: Path, stages: list[str]) -> None:
-    """Remove the stages' outputs with every copy DVC could restore (its cache objects, its run cache) and their
-    work folders: `dvc repro` runs them again."""
-    import yaml
-
-    locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    for stage in stages:
-        for out in locked[stage].get("outs", []):
-            path = project / out["path"]
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            md5 = out["md5"]
-            (project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
-    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
-    shutil.rmtree(project / "data" / ".work", ignore_errors=True)
 
 
 def readme_job_script() -> str:
