@@ -19,8 +19,8 @@ pinned to cores: one worker on one core, or two workers on a core each, under Mu
   after warm-up. Under two workers each computes half of each batch and the gradients are summed across them.
 - read (in the train run at `--batch-size`): one epoch of `feature_training.train_on_features` (the finetune
   stage's training, at a global batch of `--small-batch-size`) with a small dense part; each worker counts the
-  bytes its training feed read from the feature file (at `os.preadv`, the feed's only read): under two workers
-  each reads only its rows of each global batch.
+  bytes its training feed read from the feature file (at `storage.feed._preadv`, the feed's only read): under two
+  workers each reads only its rows of each global batch.
 - comm: the all-reduce of a gradient-sized set of tensors alone, timed in the two-worker run, over the step's time.
   TensorFlow's CPU collectives go through gRPC (here about 0.25 GB/s on 127.0.0.1): the all-reduce of the dense
   part's 116 MB of gradients costs about as much as a step of 1,024 rows, so the scaling target is measured at a
@@ -171,7 +171,7 @@ def child_train(args, work: Path) -> dict:
 def child_read(args, work: Path) -> dict:
     """One epoch of `feature_training.train_on_features` (what finetune runs) over the feature file, a small dense
     part on its rows (the bytes read, not the step, are measured here): the bytes this worker read from the file,
-    counted at `os.preadv` (the training feed's only read), and the file's feature bytes."""
+    counted at `storage.feed._preadv` (the training feed's only read), and the file's feature bytes."""
     import keras
     import numpy as np
 
@@ -179,15 +179,17 @@ def child_read(args, work: Path) -> dict:
     from vggbn.numerics.feature_training import TrainingPlan, train_on_features
     from vggbn.storage import features
 
-    read = [0]
-    preadv = os.preadv
+    from vggbn.storage import feed
 
-    def counted(fd, buffers, offset, *flags):
-        done = preadv(fd, buffers, offset, *flags)
+    read = [0]
+    preadv = feed._preadv
+
+    def counted(fd, iovecs, count, offset):
+        done = preadv(fd, iovecs, count, offset)
         read[0] += max(done, 0)
         return done
 
-    os.preadv = counted
+    feed._preadv = counted
     distribute.strategy()  # before TensorFlow runs anything
     with features.open_features(work / "train.h5") as file:
         shape, rows = file["features"].shape[1:], file["features"].shape[0]
@@ -200,12 +202,14 @@ def child_read(args, work: Path) -> dict:
     return {"read_bytes": read[0], "feature_bytes": feature_bytes}
 
 
-def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = None, read: bool = False) -> dict:
+def measure(kinds: str, workers: int, args, work: Path, batch_size: int | None = None, read: bool = False) -> dict:
+    """One launch of `workers` processes running the children `kinds` (comma-separated) in turn: {kind: result},
+    each result with the list of every worker's own under "workers"."""
     from vggbn.runner import launch
 
     batch_size = batch_size or args.batch_size
-    out = work / f"{kind}-{workers}-{batch_size}.json"
-    command = [sys.executable, __file__, "--child", kind, "--work", str(work), "--out", str(out),
+    out = work / f"{kinds.replace(',', '+')}-{workers}-{batch_size}.json"
+    command = [sys.executable, __file__, "--child", kinds, "--work", str(work), "--out", str(out),
                "--images", str(args.images), "--size", str(args.size), "--rows", str(args.rows),
                "--batch-size", str(batch_size), "--small-batch-size", str(args.small_batch_size),
                "--steps", str(args.steps), "--decode-images", str(args.decode_images), *(["--read"] if read else [])]
@@ -219,10 +223,10 @@ def measure(kind: str, workers: int, args, work: Path, batch_size: int | None = 
         os.environ.clear()
         os.environ.update(old)
     if status:
-        raise SystemExit(f"{kind} with {workers} workers failed (exit status {status})")
-    result = json.loads(out.read_text())
-    result["workers"] = [json.loads(part.read_text()) for part in sorted(work.glob(f"{out.name}.worker*"))]
-    return result
+        raise SystemExit(f"{kinds} with {workers} workers failed (exit status {status})")
+    results = json.loads(out.read_text())
+    parts = [json.loads(part.read_text()) for part in sorted(work.glob(f"{out.name}.worker*"))]
+    return {kind: {**result, "workers": [part[kind] for part in parts]} for kind, result in results.items()}
 
 
 def main():
@@ -234,19 +238,23 @@ def main():
     parser.add_argument("--small-batch-size", type=int, default=1024, help="a smaller global batch, also measured")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--decode-images", type=int, default=1536, help="full-size JPEGs of the decode-bound pass")
-    parser.add_argument("--child", choices=("conv", "conv_decode", "train"))
+    parser.add_argument("--child", help="the measurements a launched process makes: conv, conv_decode, train, "
+                        "comma-separated")
     parser.add_argument("--read", action="store_true", help="the train child also measures the bytes read")
     parser.add_argument("--work")
     parser.add_argument("--out")
-    parser.add_argument("--smoke", action="store_true", help="8 images at 32 px, global batches of 64 and 32 rows")
+    parser.add_argument("--smoke", action="store_true",
+                        help="8 images at 32 px, 32 full-size JPEGs, global batches of 64 and 32 rows, one launch a "
+                        "worker count")
     args = parser.parse_args()
     if args.smoke:
         args.images, args.size, args.rows, args.batch_size, args.small_batch_size, args.steps = 8, 32, 128, 64, 32, 1
+        args.decode_images = 32
     if args.child:
         from vggbn.numerics import distribute
 
-        child = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}[args.child]
-        result = child(args, Path(args.work))
+        children = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}
+        result = {kind: children[kind](args, Path(args.work)) for kind in args.child.split(",")}
         if distribute.is_chief():
             Path(args.out).write_text(json.dumps(result))
         Path(f"{args.out}.worker{distribute.cluster().index}").write_text(json.dumps(result))  # each its own
@@ -263,14 +271,15 @@ def main():
         write_features(work / "valid.h5", work / "features-work-valid", max(args.rows // 16, 1), (side, side, 512),
                        classes=1000, seed=1, block=256)
         write_jpegs(work / "photos", args.decode_images, crop=(500, 375), classes=4, mirror=True)
-        decode1, decode2 = measure("conv_decode", 1, args, work), measure("conv_decode", 2, args, work)
-        conv1, conv2 = measure("conv", 1, args, work), measure("conv", 2, args, work)
-        train1, train2 = measure("train", 1, args, work, read=True), measure("train", 2, args, work, read=True)
-        if args.smoke:  # keys, not figures: the same launches stand for the small batch
-            small1, small2 = train1, train2
+        if args.smoke:  # keys, not figures: one launch a worker count makes every measurement, the small batch too
+            one, two = (measure("conv_decode,conv,train", n, args, work, read=True) for n in (1, 2))
+            (decode1, conv1, train1, small1), (decode2, conv2, train2, small2) = (
+                (run["conv_decode"], run["conv"], run["train"], run["train"]) for run in (one, two))
         else:
-            small1 = measure("train", 1, args, work, args.small_batch_size)
-            small2 = measure("train", 2, args, work, args.small_batch_size)
+            decode1, decode2 = (measure("conv_decode", n, args, work)["conv_decode"] for n in (1, 2))
+            conv1, conv2 = (measure("conv", n, args, work)["conv"] for n in (1, 2))
+            train1, train2 = (measure("train", n, args, work, read=True)["train"] for n in (1, 2))
+            small1, small2 = (measure("train", n, args, work, args.small_batch_size)["train"] for n in (1, 2))
     figures = {
         "conv_scaling_2w": conv2["conv_img_s"] / conv1["conv_img_s"],
         "train_scaling_2w": train2["train_rows_s"] / train1["train_rows_s"],

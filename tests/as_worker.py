@@ -46,17 +46,19 @@ def touch(path):
 
 
 sys.addaudithook(record)
-FEED_BYTES = [0]  # bytes the training feed read from the feature file (os.preadv: storage.feed's only read)
-_preadv = os.preadv
+FEED_BYTES = [0]  # bytes the training feed read from the feature file (feed._preadv: its only read)
+from vggbn.storage import feed  # noqa: E402
+
+_preadv = feed._preadv
 
 
-def counted_preadv(fd, buffers, offset, *flags):
-    read = _preadv(fd, buffers, offset, *flags)
+def counted_preadv(fd, iovecs, count, offset):
+    read = _preadv(fd, iovecs, count, offset)
     FEED_BYTES[0] += max(read, 0)
     return read
 
 
-os.preadv = counted_preadv
+feed._preadv = counted_preadv
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -4,11 +4,13 @@ into the batches' own arrays by parallel threads, the next shuffle buffer read w
 The order is `features.shuffled_batches`' own, bit for bit (same seed, same batches, same rows in each): blocks of
 whole HDF5 chunks in a seeded random order, gathered a buffer of about `buffer_rows` rows at a time, each buffer
 shuffled row by row; what does not fill a last batch is carried into the next buffer. The order is computed first
-(row numbers and labels: a few bytes a row); then the rows are never gathered and copied again: each run of
-consecutive rows in a chunk is read by one `os.preadv` whose pieces are the rows' places in their batches, so the
-kernel copies each row once, from the page cache to where the step reads it (the GIL is released meanwhile; a
-buffer's runs are split between threads). With `tensors`, each batch becomes a `tf.Tensor` sharing that memory
-(DLPack): no copy either. Memory: the batches of about two shuffle buffers, as `features.shuffled_batches` held.
+(row numbers and labels: a few bytes a row); then the rows are never gathered and copied again: each run of rows
+stored back to back in the file is read by one `preadv` whose pieces are the rows' places in their batches, so the
+kernel copies each row once, from the page cache to where the step reads it. The places are an array of C `iovec`s
+that numpy computes, passed to the C library's `preadv` through ctypes, which releases the GIL: no Python object a
+row, so the threads that read (a buffer's runs split between them) spend their time in the kernel's copy. With
+`tensors`, each batch becomes a `tf.Tensor` sharing that memory (DLPack): no copy either. Memory: the batches of
+about two shuffle buffers, as `features.shuffled_batches` held.
 
 This direct path needs what `features.build_feature_file` writes: `features` stored unfiltered (no compression)
 in native byte order. A file with filters (compressed chunks must be read and decompressed whole) is read through
@@ -21,6 +23,7 @@ n rows, w workers with the same number of replicas each), so the workers togethe
 
 from __future__ import annotations
 
+import ctypes
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +37,20 @@ from vggbn.storage import features
 PREFETCH = 2  # batches read ahead of the one being trained on
 IOV_MAX = 1024  # buffers one preadv may scatter into (Linux)
 ALIGN = 64  # bytes: what TensorFlow's CPU kernels require of a tensor's buffer (Eigen's EIGEN_MAX_ALIGN_BYTES)
+IOVEC = np.dtype([("base", np.uintp), ("len", np.uintp)])  # C's struct iovec: a place to read into and its size
+
+
+def _libc_preadv():
+    """The C library's `preadv(fd, iov, iovcnt, offset)`, called through ctypes, which releases the GIL during the
+    call: the places come as an array of `IOVEC` that numpy fills, no Python object a row (`os.preadv` takes one
+    buffer object a place)."""
+    function = ctypes.CDLL(None, use_errno=True).preadv
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+    function.restype = ctypes.c_ssize_t
+    return function
+
+
+_preadv = _libc_preadv()
 
 
 def cores() -> int:
@@ -109,32 +126,38 @@ class _RowReader:
                 offsets[index] = -1 if info.byte_offset is None else info.byte_offset
         return offsets
 
-    def runs(self, rows: np.ndarray, places: list[memoryview]) -> list[tuple[int, list[memoryview], int]]:
-        """(byte offset, the places to read into, the first row's number) for each run of consecutive rows of a
-        chunk among `rows` (row i goes to `places[i]`, a row's bytes): one `preadv` a run, the kernel scattering its
-        rows to their places."""
+    def runs(self, rows: np.ndarray, places: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        """The reads that put each of `rows` at its place (row i at address `places[i]`, a row's bytes): (the
+        places as `IOVEC`s in file order, and for each run of rows stored back to back in the file: its byte
+        offset, its first `IOVEC`, their count and its first row's number). One `preadv` a run, the kernel
+        scattering its rows to their places. A run goes on from one chunk into the next where the file holds them
+        one after the other (as `features.build_feature_file` writes them): a block of the order is one call."""
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
         chunks = rows // self._stored_chunk
         starts = self._offsets[chunks]
         offsets = np.where(starts >= 0, starts + (rows - chunks * self._stored_chunk) * self.row_bytes, -1)
-        breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(chunks) != 0)) + 1
+        iovecs = np.empty(len(rows), IOVEC)
+        iovecs["base"], iovecs["len"] = places[order], self.row_bytes
+        breaks = np.flatnonzero((np.diff(offsets) != self.row_bytes) | (offsets[1:] < 0) | (offsets[:-1] < 0)) + 1
         runs = []
         for first, stop in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
             for part in range(first, stop, IOV_MAX):
-                end = min(part + IOV_MAX, stop)
-                runs.append((int(offsets[part]), [places[i] for i in order[part:end].tolist()], int(rows[part])))
-        return runs
+                runs.append((int(offsets[part]), part, min(part + IOV_MAX, stop) - part, int(rows[part])))
+        return iovecs, runs
 
-    def read_runs(self, runs) -> None:
-        for offset, places, row in runs:
-            size = len(places) * self.row_bytes
-            read = os.preadv(self.fd, places, offset) if offset >= 0 else -1
-            if read != size:
+    def read_runs(self, iovecs: np.ndarray, runs) -> None:
+        """Reads `runs` (from `runs`) into their places; the GIL is released while the kernel copies."""
+        address = iovecs.ctypes.data
+        for offset, first, count, row in runs:
+            read = _preadv(self.fd, address + first * IOVEC.itemsize, count, offset) if offset >= 0 else -2
+            if read != count * self.row_bytes:
+                why = ("not written" if read == -2 else os.strerror(ctypes.get_errno()) if read < 0
+                       else "the file ends early")
                 raise features.FeatureFileError(
-                    f"{self.path}: rows {row}-{row + len(places) - 1} cannot be read ("
-                    f"{'not written' if read < 0 else 'the file ends early'}): the file is damaged; `dvc checkout "
-                    f"{self.path}` restores it from DVC's cache, or rerun the stage that wrote it with `dvc repro -f`")
+                    f"{self.path}: rows {row}-{row + count - 1} cannot be read ({why}): the file is damaged; `dvc "
+                    f"checkout {self.path}` restores it from DVC's cache, or rerun the stage that wrote it with "
+                    "`dvc repro -f`")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -248,15 +271,14 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
             batch_rows, labels = batch_rows[part], labels[part].astype(np.int32)
             shape = (len(batch_rows), *reader.row_shape)
             out = buffers.take(shape, stored) if buffers is not None else np.empty(shape, stored)
-            if len(batch_rows):  # a worker's share of a batch smaller than the workers may be empty
-                view, size = memoryview(out).cast("B"), reader.row_bytes
-                places += [view[i * size:(i + 1) * size] for i in range(len(batch_rows))]
+            places.append(out.ctypes.data + np.arange(len(batch_rows), dtype=np.uintp) * reader.row_bytes)
             rows.append(batch_rows)
-            batches.append((out, labels, count))
-        runs = reader.runs(np.concatenate(rows), places) if places else []
-        weights = np.cumsum(np.fromiter((len(run[1]) for run in runs), np.int64, len(runs)))
-        cuts = np.searchsorted(weights, [len(places) * t / threads for t in range(1, threads)]).tolist()
-        jobs = [pool.submit(reader.read_runs, runs[a:b]) for a, b in zip([0, *cuts], [*cuts, len(runs)]) if b > a]
+            batches.append((out, labels, count))  # holds each batch's memory until its reads are done
+        iovecs, runs = reader.runs(np.concatenate(rows), np.concatenate(places))
+        done = np.cumsum([count for _, _, count, _ in runs])
+        cuts = np.searchsorted(done, [done[-1] * t / threads for t in range(1, threads)]).tolist() if runs else []
+        jobs = [pool.submit(reader.read_runs, iovecs, runs[a:b]) for a, b in zip([0, *cuts], [*cuts, len(runs)])
+                if b > a]
         return batches, jobs
 
     def finished(entry):
