@@ -115,3 +115,25 @@ def test_a_learning_rate_sweep_records_a_diverged_run(feature_files):
                                 shuffle_buffer=16), train_path=feature_files["train"],
                                 valid_path=feature_files["valid"], diverged="record")
     assert len(trained.history) == 2 and np.isnan(trained.history[-1]["loss"])
+
+
+def test_float16_features_train_exactly_as_their_float32_copy(feature_files, tmp_path):
+    """The feed hands a float16 file's rows to the step as float16 (half the bytes to its device) and the step
+    casts them to float32 there: exact, so training equals training on a float32 file of the same values."""
+    import h5py
+
+    halves = {}
+    for split, path in feature_files.items():
+        with h5py.File(path) as f:
+            values, labels = f["features"][:].astype(np.float16), f["labels"][:]
+        for dtype in ("float16", "float32"):
+            halves[dtype, split] = tmp_path / f"{split}-{dtype}.h5"
+            features.build_feature_file(halves[dtype, split], paths=[f"{split}/{i}.png" for i in range(len(labels))],
+                                        labels=labels.tolist(), md5s=[str(i) for i in range(len(labels))],
+                                        extract=lambda wanted, values=values: iter([values[list(wanted)]]),
+                                        row_shape=(2, 2, 3), dtype=dtype, work_dir=tmp_path / "w" / dtype / split,
+                                        feature_recipe={}, chunk_rows=8)
+    trained = {dtype: train({split: halves[dtype, split] for split in ("train", "valid")}, 2, None)
+               for dtype in ("float16", "float32")}
+    assert trained["float16"].history == trained["float32"].history
+    assert_same_weights(trained["float16"].model, trained["float32"].model)

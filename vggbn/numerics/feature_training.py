@@ -198,11 +198,12 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
         rows = file["features"].shape[0]
     chief_writes = work_dir is not None and distribute.is_chief()
     live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
-    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead;
+    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead,
+    # as the file stores them: float16 features go to the step's device at half the bytes, which casts them there;
     # each worker reads only its rows of each global batch, of the train and of the valid features
     index, workers = distribute.worker()
     train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker_index=index, num_workers=workers,
-                           tensors=True)
+                           dtype=None, tensors=True)
     my_rows = functools.partial(feed.worker_slice, worker_index=index, num_workers=workers)
     train_epochs(
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),

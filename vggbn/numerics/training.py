@@ -118,6 +118,7 @@ def _is_chain(model: keras.Model) -> bool:
 
 CHUNK_BYTES = 8 << 20
 PIECES_UP_TO_BATCH = 32  # rows: above, a step is bound by its matmuls, which pieces slow down
+NARROW_FLOATS = (tf.float16, tf.bfloat16)  # inputs a step takes as they are and casts to float32 on its device
 
 
 def chunks(inputs: int, units: int, gpu: bool = False, batch_size: int | None = None) -> int:
@@ -231,7 +232,9 @@ class Trainer:
         """Per replica, its contiguous slice of the global batch (rows count r / R to count (r + 1) / R of R
         replicas) and the index of its first row; and the global batch's row count. `count` None: `x` is the whole
         global batch; else `x` holds this worker's rows of it, which its replicas' slices cover exactly."""
-        x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32)
+        x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32)
+        if x.dtype not in NARROW_FLOATS:  # float16 features stay float16 to the device, which casts them (exactly)
+            x = tf.cast(x, tf.float32)
         rows = int(y.shape[0])
         count = rows if count is None else int(count)
         offset = 0 if rows == count else count * self.worker_index // self.workers  # feed.worker_slice's start
@@ -258,7 +261,7 @@ class Trainer:
             # for the global batch's dropout masks, while tracing; MirroredStrategy traces each replica in a thread
             self._rows.value = (first, tf.cast(count, tf.int32))
             with tf.GradientTape() as tape:
-                probabilities = self.model(x, training=True)
+                probabilities = self.model(tf.cast(x, tf.float32), training=True)
                 loss_sum, correct = self._sums(tf.cast(probabilities, tf.float32), y)
                 loss = loss_sum / count
             variables = self.model.trainable_variables
@@ -268,7 +271,7 @@ class Trainer:
 
     def _evaluate_replicas(self, x, y):
         def step(x, y):
-            return self._sums(tf.cast(self.model(x, training=False), tf.float32), y)
+            return self._sums(tf.cast(self.model(tf.cast(x, tf.float32), training=False), tf.float32), y)
         return self._reduced(self.strategy.run(step, args=(x, y)))
 
     def _reduced(self, per_replica):
