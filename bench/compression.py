@@ -12,8 +12,8 @@ For each set: `zeros_<set>` the fraction of values exactly 0; the set rewritten 
 `features.chunk_rows_for` rows, unfiltered, `lzf` and `gzip` (level 4), tiled to at least `--mb` MB so the feed
 runs long enough to time: `size_<filter>_<set>` its size / the unfiltered file's, and `feed_over_read_<filter>_<set>`
 the rows/s of `feed.Feed` (an epoch, as finetune reads it) on that file / the rows/s of the raw read of the
-unfiltered file's chunks (`stream.raw_read_s`, one thread and all cores, page cache warm), all alternating for
-`--rounds` rounds, the best of each counting. Filtered chunks must be read and decompressed whole through h5py
+unfiltered file's chunks into memory (`stream.raw_read_s`, one thread and all cores, page cache warm), all
+alternating for `--rounds` rounds, the best of each counting. Filtered chunks must be read and decompressed whole through h5py
 (`feed`'s buffered path). No bound is enforced here (`stream.py` holds the feed to its raw read): these ratios
 compare filters.
 
@@ -78,10 +78,10 @@ def measure_set(name: str, values, args, work: Path, figures: dict) -> None:
     sizes = {kind: path.stat().st_size for kind, path in paths.items()}
     feeds = {kind: feed.Feed(path, 256, 4096, tensors=True, dtype=None) for kind, path in paths.items()}
     extents = stream.chunk_extents(paths["none"])
-    batch_bytes = sizes["none"] * 256 // rows
+    memory = 4 << 20 if args.smoke else stream.ARRAY_LLC_MULTIPLE * stream.llc_bytes()  # as stream.py reads
     work_of = {kind: (lambda seed, f=f: stream.timed(lambda: [None for _ in f.epoch(seed)])[0])
                for kind, f in feeds.items()}
-    work_of["read"] = lambda seed: min(stream.raw_read_s(paths["none"], extents, threads, batch_bytes)[0]
+    work_of["read"] = lambda seed: min(stream.raw_read_s(paths["none"], extents, threads, memory)[0]
                                        for threads in (1, CORES))
     for run in work_of.values():
         run(0)  # page cache and buffers warm

@@ -7,14 +7,17 @@ out (HDF5 chunks of about 1 MiB, `features.chunk_rows_for`; no filter unless `--
 (page cache warm: the figures are what the CPU and memory deliver, no disk).
 
 - read: the file's feature bytes read raw, whole chunks in file order (`os.preadv` at each chunk's byte offset),
-  one thread and one thread per core, each into its own preallocated buffer of a batch's bytes, chunk after chunk
-  (the bytes land in memory, as a feed's must): what a feed could at best deliver. `read_cached`: the same into a
-  buffer of one chunk, which stays in the CPU's cache (faster: the bytes never reach memory), reported beside.
-- feed: `storage.feed.Feed(path, batch, buffer, tensors=True)`, epoch after epoch: exactly what
+  one thread and one thread per core, into a preallocated, pre-touched buffer of `roofline.ARRAY_LLC_MULTIPLE` x the
+  last-level cache (each thread its own part of it), chunk after chunk, from the part's start again when full: the
+  bytes land in memory, as a feed's must (its batches are read ahead of the step that takes them: prefetched
+  batches outgrow the cache, VGG16's at 256 rows are 13-26 MB each), with nothing else done: what a feed could at
+  best deliver. `read_cached`: the same into a buffer of one chunk, which stays in the CPU's cache (faster: the
+  bytes never reach memory), and `read_batch`: into a buffer of one batch's bytes a thread (partly cached), beside.
+- feed: `storage.feed.Feed(path, batch, buffer, dtype=None, tensors=True)`, epoch after epoch: exactly what
   `feature_training.train_on_features` trains from (the shuffled order of `features.shuffled_batches`, rows read
-  straight into each batch, a shuffle buffer read ahead, float32 tensors ready for `training.Trainer`'s step: a
-  float16 file's rows cast by TensorFlow); one thread and one thread per core. `feed_stored` (float16 only): the
-  same with `dtype=None`, float16 tensors, what a step casting on its own device (a GPU) would take.
+  straight into each batch, a shuffle buffer read ahead, tensors as the file stores them, which the step casts to
+  its compute dtype on its own device); one thread and one thread per core. `feed_float32` (float16 only): the
+  same cast to float32 tensors on the CPU, before the step, as the feed did before, for comparison.
 - h5py: the previous feed (`features.shuffled_batches`, h5py reads into a buffer, through tf.data's prefetch as
   `finetune` used it), for comparison.
 `feed_over_read_<dtype>` = rows/s of the feed / rows/s of the raw read, both on all cores (target >= 0.8); rows/s and
@@ -26,7 +29,7 @@ time. A feed faster than the raw read (`feed_over_read` > 1) means the bound is 
 `--smoke`: 2 MB files of 7x7x16 rows (seconds); `feed_over_read` is not held to <= 1 there (at that size a pass is
 microseconds, dominated by Python and thread start-up, and no rate means anything).
 
-    python3 bench/stream.py [--gb 4] [--dtypes float16 float32] [--rounds 2] [--compression none] [--smoke]
+    python3 bench/stream.py [--gb 4] [--dtypes float16 float32] [--rounds 3] [--compression none] [--smoke]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 from common import CORES, print_figures, print_load
 
 import roofline
+from roofline import ARRAY_LLC_MULTIPLE, llc_bytes
 
 ROW_SHAPE = (7, 7, 512)
 SMOKE_ROW_SHAPE = (7, 7, 16)
@@ -80,13 +84,13 @@ def chunk_extents(path: Path) -> list[tuple[int, int]]:
 
 def raw_read_s(path: Path, extents, threads: int, buffer_bytes: int) -> tuple[float, float]:
     """(wall, CPU) seconds to read every chunk whole, in file order, `threads` threads on contiguous ranges of
-    chunks, each into its own preallocated, pre-touched buffer of `buffer_bytes` (at least a chunk), chunk after
-    chunk, from its start again when full: with a batch's bytes, they land in memory as a feed's must; with one
-    chunk's, in the cache."""
+    chunks, each into its own preallocated, pre-touched buffer of `buffer_bytes` / `threads` (at least a chunk),
+    chunk after chunk, from its start again when full: with several times the last-level cache, the bytes land in
+    memory as a feed's must; with one chunk's, in the cache."""
     import numpy as np
 
     largest = max(size for _, size in extents)
-    buffers = [np.zeros(max(buffer_bytes, largest), np.uint8) for _ in range(threads)]  # touched: no page faults
+    buffers = [np.zeros(max(buffer_bytes // threads, largest), np.uint8) for _ in range(threads)]  # touched
     fd = os.open(path, os.O_RDONLY)
     bounds = [len(extents) * t // threads for t in range(threads + 1)]
 
@@ -133,17 +137,19 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
     from vggbn.storage import feed
 
-    # as feature_training reads it: float32 tensors ready for a step (a float16 file's rows cast by TensorFlow)
-    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, tensors=True)
-             for threads in (1, CORES)}
+    # as feature_training reads it: tensors as the file stores them, ready for a step (which casts them)
+    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, dtype=None,
+                                tensors=True) for threads in (1, CORES)}
     paths = {"feed_1": lambda seed: feed_s(feeds[1], seed), "feed": lambda seed: feed_s(feeds[CORES], seed)}
-    if tag == "fp16":  # as stored, float16 tensors: what a step that casts on its own device (a GPU) would take
-        stored = feed.Feed(path, args.batch_size, args.shuffle_buffer, dtype=None, tensors=True)
-        paths["feed_stored"] = lambda seed: feed_s(stored, seed)
+    if tag == "fp16":  # the previous way: float32 tensors, cast on the CPU before the step
+        as_float32 = feed.Feed(path, args.batch_size, args.shuffle_buffer, dtype="float32", tensors=True)
+        paths["feed_float32"] = lambda seed: feed_s(as_float32, seed)
     if extents:
+        memory = args.read_buffer or ARRAY_LLC_MULTIPLE * llc_bytes()
         batch_bytes = file_bytes * args.batch_size // max(rows, 1)
-        paths = {"read_1": lambda seed: raw_read_s(path, extents, 1, batch_bytes),
-                 "read": lambda seed: raw_read_s(path, extents, CORES, batch_bytes),
+        paths = {"read_1": lambda seed: raw_read_s(path, extents, 1, memory),
+                 "read": lambda seed: raw_read_s(path, extents, CORES, memory),
+                 "read_batch": lambda seed: raw_read_s(path, extents, CORES, batch_bytes * CORES),
                  "read_cached": lambda seed: raw_read_s(path, extents, CORES, 0), **paths}
     if args.h5py:
         paths["h5py"] = lambda seed: h5py_feed_s(path, args.batch_size, args.shuffle_buffer, seed)
@@ -165,8 +171,9 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
         figures[f"feed_over_read_cpu_{tag}"] = min(best_cpu["read"], best_cpu["read_1"]) / min(best_cpu["feed"],
                                                                                                best_cpu["feed_1"])
         figures[f"feed_over_read_cached_{tag}"] = best["read_cached"] / min(best["feed"], best["feed_1"])
-        if "feed_stored" in best:
-            figures[f"feed_stored_over_read_{tag}"] = read / best["feed_stored"]
+        figures[f"feed_over_read_batch_{tag}"] = best["read_batch"] / min(best["feed"], best["feed_1"])
+        if "feed_float32" in best:
+            figures[f"feed_float32_over_read_{tag}"] = read / best["feed_float32"]
 
 
 def main():
@@ -175,7 +182,9 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shuffle-buffer", type=int, default=4096, help="finetune.shuffle_buffer (rows)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--read-buffer", type=int, default=0,
+                        help="bytes the raw read lands in (default: 4 x the last-level cache)")
     parser.add_argument("--compression", default="none", choices=("none", "lzf", "gzip"))
     parser.add_argument("--h5py", action="store_true", help="also the previous feed (h5py + tf.data)")
     parser.add_argument("--smoke", action="store_true", help="2 MB files (seconds); feed_over_read not checked")
@@ -184,7 +193,7 @@ def main():
     row_shape = SMOKE_ROW_SHAPE if args.smoke else ROW_SHAPE
     gb = 0.002 if args.smoke else args.gb
     if args.smoke:
-        args.rounds, args.h5py = 1, True
+        args.rounds, args.h5py, args.read_buffer = 1, True, 4 << 20
     print_load()
     figures, checks = {}, {}
     for dtype in args.dtypes:

@@ -16,7 +16,7 @@ KEYS = {
                  "tf_adam_inplace_gb_s", "np_add_inplace_gb_s"],
     "stream": ["feed_over_read_fp16", "feed_over_read_fp32", "feed_over_read_cpu_fp16", "feed_over_read_cpu_fp32",
                "feed_rows_s_fp16", "feed_1_rows_s_fp32", "feed_gb_s_fp32", "read_rows_s_fp16", "read_1_gb_s_fp32",
-               "h5py_rows_s_fp32", "feed_stored_over_read_fp16"],
+               "h5py_rows_s_fp32", "feed_float32_over_read_fp16", "feed_over_read_batch_fp32"],
     "finetune": ["stream_over_memory", "train_gflops_over_matmul", "bf16_stream_over_memory", "stream_over_memory_cpu",
                  "stream_over_memory_bound", "feed_only_samples_s", "roofline_gflops"],
     "conv_features": ["pipeline_over_model", "bf16_speedup", "conv_over_matmul", "pipeline_over_model_bound",
