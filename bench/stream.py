@@ -148,14 +148,18 @@ def h5py_feed_s(path: Path, batch_size: int, buffer_rows: int, seed: int) -> tup
                                                                                        seed))])
 
 
+# the order a round runs the paths in: each raw read right before the feed it is paired with
+ORDER = ("read", "feed", "read_1", "feed_1", "read_batch", "read_cached", "feed_float32", "h5py")
+
+
 def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     """Every path over the file at `path`, `args.rounds` alternating rounds, best counting; figures keyed by tag."""
-    extents = chunk_extents(path) if args.compression == "none" else None
     import numpy as np
 
-    file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
     from vggbn.storage import feed
 
+    extents = chunk_extents(path) if args.compression == "none" else None
+    file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
     # as feature_training reads it: tensors as the file stores them, ready for a step (which casts them)
     feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, dtype=None,
                                 tensors=True) for threads in (1, CORES)}
@@ -166,12 +170,13 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     if extents:
         memory = args.read_buffer or ARRAY_LLC_MULTIPLE * llc_bytes()
         batch_bytes = file_bytes * args.batch_size // max(rows, 1)
-        paths = {"read": lambda seed: raw_read_s(path, extents, CORES, memory), "feed": paths.pop("feed"),
-                 "read_1": lambda seed: raw_read_s(path, extents, 1, memory), "feed_1": paths.pop("feed_1"),
-                 "read_batch": lambda seed: raw_read_s(path, extents, CORES, batch_bytes * CORES),
-                 "read_cached": lambda seed: raw_read_s(path, extents, CORES, 0), **paths}
+        paths["read"] = lambda seed: raw_read_s(path, extents, CORES, memory)
+        paths["read_1"] = lambda seed: raw_read_s(path, extents, 1, memory)
+        paths["read_batch"] = lambda seed: raw_read_s(path, extents, CORES, batch_bytes * CORES)
+        paths["read_cached"] = lambda seed: raw_read_s(path, extents, CORES, 0)
     if args.h5py:
         paths["h5py"] = lambda seed: h5py_feed_s(path, args.batch_size, args.shuffle_buffer, seed)
+    paths = {name: paths[name] for name in ORDER if name in paths}
     best, best_cpu, paired = {}, {}, []
     for run in paths.values():
         run(0)  # warms the page cache, and each feed's buffers
@@ -188,14 +193,14 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     for name, seconds in best.items():
         figures[f"{name}_rows_s_{tag}"] = rows / seconds
         figures[f"{name}_gb_s_{tag}"] = file_bytes / seconds / 1e9
-    if extents:  # the bound: the best raw read, on one core or all
-        read = min(best["read"], best["read_1"])
+    if extents:  # the bound: the raw read, on one core or all
+        read, fed = min(best["read"], best["read_1"]), min(best["feed"], best["feed_1"])
         figures[f"feed_over_read_{tag}"] = float(np.median(paired))
-        figures[f"feed_over_best_read_{tag}"] = read / min(best["feed"], best["feed_1"])
+        figures[f"feed_over_best_read_{tag}"] = read / fed
         figures[f"feed_over_read_cpu_{tag}"] = min(best_cpu["read"], best_cpu["read_1"]) / min(best_cpu["feed"],
                                                                                                best_cpu["feed_1"])
-        figures[f"feed_over_read_cached_{tag}"] = best["read_cached"] / min(best["feed"], best["feed_1"])
-        figures[f"feed_over_read_batch_{tag}"] = best["read_batch"] / min(best["feed"], best["feed_1"])
+        figures[f"feed_over_read_cached_{tag}"] = best["read_cached"] / fed
+        figures[f"feed_over_read_batch_{tag}"] = best["read_batch"] / fed
         if "feed_float32" in best:
             figures[f"feed_float32_over_read_{tag}"] = read / best["feed_float32"]
 
