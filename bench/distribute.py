@@ -177,9 +177,7 @@ def child_read(args, work: Path) -> dict:
 
     from vggbn.numerics import distribute
     from vggbn.numerics.feature_training import TrainingPlan, train_on_features
-    from vggbn.storage import features
-
-    from vggbn.storage import feed
+    from vggbn.storage import features, feed
 
     read = [0]
     preadv = feed._preadv

@@ -347,8 +347,9 @@ def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_ba
                  after_epoch: Callable[[int], None] | None = None, live=None, show_progress: bool = True) -> None:
     """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`
     (each (x, y), or (x, y, count): this worker's rows of a global batch of `count`), then the valid batches; its
-    logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to `check` (which may raise: per batch, with the batch's loss, and per epoch, before anything is saved), then
-    `after_epoch(epoch)` (a checkpoint), and logged to `live`.
+    logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to `check` (which may raise: per
+    batch, with the batch's loss, and per epoch, before anything is saved), then `after_epoch(epoch)` (a
+    checkpoint), and logged to `live`.
     """
     for epoch in range(len(history), epochs):
         totals = Epochs()

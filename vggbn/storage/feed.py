@@ -96,11 +96,10 @@ def buffer_plans(count: int, chunk: int, batch_size: int, buffer_rows: int, rng:
 class _RowReader:
     """Reads rows of an unfiltered, native-order `features` dataset by their byte offsets (`preadv`)."""
 
-    def __init__(self, path, dataset: h5py.Dataset, dtype):
+    def __init__(self, path, dataset: h5py.Dataset):
         self.path, self.count = path, dataset.shape[0]
         self.row_shape, self.stored = dataset.shape[1:], dataset.dtype
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * dataset.dtype.itemsize
-        self.dtype = np.dtype(dtype)
         self.chunk = dataset.chunks[0] if dataset.chunks else 1  # what the order is planned by
         self._stored_chunk = dataset.chunks[0] if dataset.chunks else max(self.count, 1)  # contiguous: one chunk
         self._offsets = self._chunk_offsets(dataset)
@@ -210,7 +209,7 @@ class Feed:
                                     self.num_workers, dtype)
                 yield from ((*_as_tensors(x, y), n) for x, y, n in batches) if self.tensors else batches
                 return
-            reader = _RowReader(self.path, dataset, dtype)
+            reader = _RowReader(self.path, dataset)
             # every label at once (4 bytes a row): one read an epoch, not one per block of the order
             plans = buffer_plans(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels[:])
             try:
