@@ -67,9 +67,10 @@ def export(model: keras.Model, out: str | os.PathLike, *, resize: str, preproces
     from_encoded, from_pixels = serving_functions(model, resize=resize, preprocess=preprocess, class_names=class_names)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(ENCODED_SIGNATURE, from_encoded, input_signature=[tf.TensorSpec((None,), tf.string, name="images")])
-    archive.add_endpoint(PIXELS_SIGNATURE, from_pixels, input_signature=[tf.TensorSpec((None, None, None, 3),
-                                                                                      tf.uint8, name="pixels")])
+    encoded = tf.TensorSpec((None,), tf.string, name="images")
+    pixels = tf.TensorSpec((None, None, None, 3), tf.uint8, name="pixels")
+    archive.add_endpoint(ENCODED_SIGNATURE, from_encoded, input_signature=[encoded])  # the first: TF Serving's default
+    archive.add_endpoint(PIXELS_SIGNATURE, from_pixels, input_signature=[pixels])
     out = Path(out)
     with atomic_path(out) as tmp:
         archive.write_out(str(tmp), verbose=False)
@@ -119,7 +120,8 @@ def model_card(model: keras.Model, *, resize: str, preprocess: str, class_names:
              "```python",
              "import tensorflow as tf",
              "served = tf.saved_model.load(\"<this folder>\")",
-             f"answer = served.signatures[\"{ENCODED_SIGNATURE}\"](images=tf.constant([open(\"photo.jpg\", \"rb\").read()]))",
+             "photo = open(\"photo.jpg\", \"rb\").read()",
+             f"answer = served.signatures[\"{ENCODED_SIGNATURE}\"](images=tf.constant([photo]))",
              "answer[\"probabilities\"], answer[\"class_name\"]",
              "```", ""]
     figures = [f"- `{stage}.{key}`: {_figure(value)}" for stage, values in metrics.items()
