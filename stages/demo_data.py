@@ -1,4 +1,4 @@
-"""Stage demo_data: write the demo's image folders (ImageNet layout) from scikit-learn's bundled digits: the
+"""Stage demo_data: write the demo's image folders (ImageNet layout) from the digits shipped with vggbn: the
 demo classifier's digits, and the held-back digits as a transfer task. No TensorFlow here; the demo classifier is
 trained in the demo_model stage."""
 
@@ -14,15 +14,16 @@ from vggbn.storage.results import StageResult
 
 
 def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 8x8 digits (ships with the package) as uint8 RGB images of size x size, and labels."""
+    """The 1,797 8x8 digits (vggbn.storage.digits) as uint8 RGB images of size x size, and labels."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    gray = np.round(digits.images * (255 / 16)).astype(np.uint8)  # values are 0..16
+    from vggbn.storage.digits import load_digits
+
+    pixels, labels = load_digits()
+    gray = np.round(pixels * (255 / 16)).astype(np.uint8)  # values are 0..16
     images = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BICUBIC).convert("RGB"))
                        for g in gray])
-    return images, digits.target.astype(np.int64)
+    return images, labels
 
 
 def write_split_folders(out: Path, images: np.ndarray, labels: np.ndarray, splits: dict) -> None:
@@ -49,11 +50,11 @@ def run(paths, params) -> StageResult:
     size, valid_fraction, seed, classes, transfer_train = (demo.size, demo.valid_fraction, demo.seed, demo.classes,
                                                            demo.transfer_train)
     demo_out, transfer_out = paths.out, paths.transfer_out
-    from sklearn.model_selection import train_test_split
+    from vggbn.numerics.splits import stratified_split
 
     images, labels = digits_images(size)
     base = np.flatnonzero(np.isin(labels, list(classes)))
-    train, valid = train_test_split(base, test_size=valid_fraction, random_state=seed, stratify=labels[base])
+    train, valid = stratified_split(base, labels[base], valid_fraction, seed)
     write_split_folders(Path(demo_out), images, labels, {"train": train, "valid": valid})
     rng = np.random.default_rng(seed)
     held_back = sorted(set(labels.tolist()) - set(classes))

@@ -260,8 +260,8 @@ def test_info_tells_whether_files_are_those_of_the_recorded_run(in_tmp, capsys):
 
 # --- start-up ---
 
-@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["info", "--help"], ["report", "--help"],
-                                  ["plots-template", "--help"], ["launch", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["info", "--help"], ["export", "--help"],
+                                  ["report", "--help"], ["plots-template", "--help"], ["launch", "--help"]])
 def test_help_is_fast_and_imports_neither_tensorflow_nor_dvc_nor_vl_convert(args):
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "vggbn.cli", *args], capture_output=True,

@@ -3,6 +3,7 @@ vggbn needs on the installed versions: a newer TensorFlow, Keras or DVC that mov
 naming the internal and the versions vggbn was tested with, not silently in a training or a stage."""
 
 import ast
+import re
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,40 @@ def test_local_dvc_config_is_what_dvc_config_reads(dvc_project):
     assert compat.local_dvc_config(dvc_dir, "plots", "html_template") == "other.html", \
         moved_message("dvc.config.Config(...).load_one")
     assert compat.local_dvc_config(dvc_dir, "core", "autostage") in (True, "true")
+
+
+MOVED_DVC_INTERNALS = [  # (what moves, how vggbn calls it, the internal the one line must name)
+    ("dvc.scm.resolve_rev", lambda root: compat_module().check_dvc_revision("HEAD", str(root)),
+     "dvc.scm.resolve_rev"),
+    ("dvc.config.Config.load_one", lambda root: compat_module().local_dvc_config(root / ".dvc", "plots", "x"),
+     "dvc.config.Config(...).load_one"),
+    ("dvc.config.Config.edit", lambda root: compat_module().set_local_dvc_config(root / ".dvc", "plots", "x", "y"),
+     "dvc.config.Config(...).edit"),
+]
+
+
+def compat_module():
+    from vggbn import compat
+
+    return compat
+
+
+@pytest.mark.parametrize("internal, call, named", MOVED_DVC_INTERNALS, ids=[m[0] for m in MOVED_DVC_INTERNALS])
+def test_each_dvc_internal_that_moves_is_one_line_naming_it(dvc_project, monkeypatch, internal, call, named):
+    """pyproject.toml accepts any DVC 3 release after the tested one: each private DVC internal vggbn uses, moved
+    in such a release, must stop the command with one line naming it and the versions, not a traceback."""
+    import importlib
+
+    root, _ = dvc_project
+    module, attribute = internal.rsplit(".", 1)
+    try:
+        owner = importlib.import_module(module)
+    except ImportError:  # a class: dvc.config.Config.load_one
+        module, owner_name = module.rsplit(".", 1)
+        owner = getattr(importlib.import_module(module), owner_name)
+    monkeypatch.delattr(owner, attribute)  # as if DVC had renamed it
+    with pytest.raises(compat_module().InternalMoved) as caught:
+        call(root)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{named} is not where vggbn uses it with TensorFlow ")
+    assert re.search(r"DVC \d+\.\d+\S*, dvclive \S+ installed \(tested with .*DVC 3\.67", message)

@@ -72,6 +72,10 @@ def test_package_inits_hold_only_a_docstring():
             f"{init.relative_to(ROOT)} holds code: only a docstring, since no stage lists it as a dependency"
 
 
+# Files shipped with the package that a module reads, so that a stage importing the module depends on them too.
+DATA_FILES = {"vggbn/storage/digits.py": "vggbn/storage/digits/digits.csv.gz"}
+
+
 def deps_of(stage):
     return {str(d) for d in stage.get("deps", [])}
 
@@ -89,6 +93,7 @@ def test_stage_deps_list_every_library_module_it_imports(name):
     stage = STAGES[name]
     script = "stages/{}.py".format(re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1))
     needed = {m for m in closure(ROOT / script) if not never_a_dep(m)} | {script}
+    needed |= {data for module, data in DATA_FILES.items() if module in needed}
     missing = needed - deps_of(stage)
     assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in its deps"
     extra = {d for d in deps_of(stage) if d.startswith("vggbn/")} - needed

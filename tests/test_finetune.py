@@ -137,3 +137,44 @@ def test_float16_features_train_exactly_as_their_float32_copy(feature_files, tmp
                for dtype in ("float16", "float32")}
     assert trained["float16"].history == trained["float32"].history
     assert_same_weights(trained["float16"].model, trained["float32"].model)
+
+
+def test_float16_compute_trains_with_loss_scaling_and_resumes(feature_files, tmp_path):
+    """`compute: float16` (Keras mixed_float16) trains on the CPU: the optimizer scales the loss (dynamically), the
+    last epoch's loss is float32 training's within 5%, a checkpoint (with the loss scale) resumes to the
+    uninterrupted result, and the model comes back computing in float32."""
+    def half(epochs, work, compute="float16"):
+        return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=0.01, dropout=0.5, seed=0,
+                                 shuffle_buffer=16, compute=compute), train_path=feature_files["train"],
+                                 valid_path=feature_files["valid"], work_dir=work, recipe=RECIPE)
+
+    full = half(3, tmp_path / "full")
+    single = half(3, None, compute="float32")
+    losses = [epoch["loss"] for epoch in full.history]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    # dynamic loss scaling starts high (2^15) and skips the steps whose float16 gradients overflow while it comes
+    # down, so the first epoch differs; by the last, the two have trained alike
+    assert abs(losses[-1] - single.history[-1]["loss"]) < 0.05 * single.history[-1]["loss"]
+    assert {layer.dtype_policy.name for layer in full.model.layers[1:]} == {"float32"}
+    checkpoint = keras.saving.load_model(next((tmp_path / "full").glob("*.keras")), safe_mode=True)
+    assert type(checkpoint.optimizer).__name__ == "LossScaleOptimizer"  # the loss scale is part of the state
+    half(2, tmp_path / "resumed")  # as if killed after its second epoch
+    resumed = half(3, tmp_path / "resumed")
+    assert resumed.history == full.history and len(resumed.history) == 3
+    assert_same_weights(resumed.model, full.model)
+
+
+def test_calibrated_bn_stays_the_identity_in_float16():
+    """BN inserted by the API, run in mixed_float16 (what finetune trains in with `compute: float16`), gives the
+    original model's float16 outputs: the calibration holds at float16's precision."""
+    import vggbn
+    from vggbn.numerics import models
+
+    model = dense_part()
+    x = np.random.default_rng(1).normal(2.0, 2.0, size=(64, 2, 2, 3)).astype(np.float32)
+    inserted = vggbn.insert_calibrated_bn(model, x)
+    before = models.with_compute_dtype(model, "float16").predict(x, verbose=0)
+    after = models.with_compute_dtype(inserted.model, "float16")
+    assert {layer.dtype_policy.name for layer in after.layers[1:-1]} == {"mixed_float16"}
+    np.testing.assert_allclose(after.predict(x, verbose=0), before, atol=5e-3)
+    np.testing.assert_allclose(after.predict(x, verbose=0), model.predict(x, verbose=0), atol=5e-3)

@@ -2,6 +2,7 @@
 
     vggbn predict IMAGE... [--model PATH] [--top K] [--params PATH] [--classes PATH] [--json]
     vggbn info [PATH] [--stats PATH] [--metrics DIR] [--json]
+    vggbn export [--model PATH] [--params PATH] [--classes PATH] [--metrics DIR] [--out DIR]
     vggbn report --rev A [--rev B] [--out DIR]
     vggbn plots-template [--out PATH]
     vggbn launch --workers N [--cores-per-worker C] COMMAND...
@@ -34,10 +35,14 @@ DEFAULT_METRICS = "metrics"
 DVC_LOCK = "dvc.lock"
 DEFAULT_COMPARE = "dvc_plots/compare"
 DEFAULT_TEMPLATE = "plots_template/offline.html"
+DEFAULT_EXPORT = "models/serving"
 IMAGENET_CLASSES = 1000
 # The numbers of a run that `info` reports: metrics file (without .json) -> keys.
 RUN_METRICS = {"insert_bn": ("max_abs_diff",), "finetune": ("valid_accuracy",),
                "combine": ("combined_accuracy", "original_accuracy")}
+# The numbers an export's model card quotes.
+CARD_METRICS = {"insert_bn": ("max_abs_diff", "max_abs_diff_logits", "samples"),
+                "combine": ("combined_accuracy", "original_accuracy", "images")}
 
 
 class CliError(VggbnError):
@@ -89,6 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"folder of the stages' metrics JSON, used if present (default: {DEFAULT_METRICS})")
     info.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
+    export = commands.add_parser(
+        "export", help="the model as a SavedModel for serving: raw images in, the pipeline's preprocessing inside",
+        description="Write a TensorFlow SavedModel of the model whose signatures take encoded images "
+                    "(serving_default) or uint8 RGB arrays of any size (serve_pixels) and resize and preprocess them "
+                    "as `vggbn predict` does (params.yaml), with classes.txt and a model card (README.md: classes, "
+                    "input, preprocessing, the run's identity and accuracy figures, versions).")
+    export.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
+                        help=f"classifier (.keras) (default: {DEFAULT_MODEL})")
+    export.add_argument("--params", default=DEFAULT_PARAMS, metavar="PATH",
+                        help=f"params file giving the resize and preprocessing (default: {DEFAULT_PARAMS})")
+    export.add_argument("--classes", default=DEFAULT_CLASSES, metavar="PATH",
+                        help=f"class names, one per line in output order (default: {DEFAULT_CLASSES})")
+    export.add_argument("--metrics", default=DEFAULT_METRICS, metavar="DIR",
+                        help=f"folder of the stages' metrics JSON, quoted in the card if present (default: "
+                             f"{DEFAULT_METRICS})")
+    export.add_argument("--out", default=DEFAULT_EXPORT, metavar="DIR",
+                        help=f"folder to write (replaced if it exists) (default: {DEFAULT_EXPORT})")
+
     report = commands.add_parser(
         "report", help="two experiments or revisions side by side: params, key numbers and plots, offline",
         description="A report of two experiments (dvc exp names), git revisions or `workspace` side by side: the "
@@ -134,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             predict(args)
         elif args.command == "info":
             info(args)
+        elif args.command == "export":
+            export_command(args)
         elif args.command == "report":
             compare_report(args)
         elif args.command == "launch":
@@ -302,12 +327,32 @@ def _label(cls: str, name: str | None) -> str:
     return f"{cls} {name}" if name else cls
 
 
+# --- export -------------------------------------------------------------------------------------------------
+
+def export_command(args) -> None:
+    """`vggbn export`: the SavedModel, its classes and card, with the resize and preprocessing `predict` uses."""
+    params = _load_params(args.params)
+    _check_model_file(args.model)
+    classes = _read_classes(args.classes)
+
+    from vggbn.numerics import images, models, serving
+
+    model = models.load_model_file(args.model)
+    labels = class_labels(classes, model.output_shape[-1], args.classes)
+    inputs = images.ImageInput.from_params(params, root="")
+    out = serving.export(model, args.out, resize=inputs.resize, preprocess=inputs.preprocess,
+                         class_names=[cls for cls, _ in labels], metrics=_read_metrics(args.metrics, CARD_METRICS))
+    print(f"{out}: SavedModel ({serving.ENCODED_SIGNATURE}: encoded images, {serving.PIXELS_SIGNATURE}: uint8 "
+          f"arrays; {inputs.resize} to {'x'.join(map(str, models.input_size(model)))}, {inputs.preprocess}), "
+          f"{len(labels)} classes, model card {out / serving.CARD}")
+
+
 # --- info ---------------------------------------------------------------------------------------------------
 
-def _read_metrics(folder: str) -> dict:
+def _read_metrics(folder: str, wanted: dict = RUN_METRICS) -> dict:
     """{stage: {key: value}} of the run's headline numbers, from the metrics files present."""
     found = {}
-    for stage, keys in RUN_METRICS.items():
+    for stage, keys in wanted.items():
         path = Path(folder) / f"{stage}.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -44,7 +44,7 @@ def installed() -> str:
 
 def _moved(internal: str, consequence: str) -> InternalMoved:
     return InternalMoved(f"{internal} is not where vggbn uses it with {installed()} installed (tested with "
-                         f"{TESTED}; `pip install -c requirements.lock -e .` installs those): {consequence}")
+                         f"{TESTED}; `pip install --require-hashes -r requirements.lock` installs those): {consequence}")
 
 
 # --- Keras' Adam: its slots, for FusedAdam (vggbn.numerics.optimizers) ---------------------------------------------

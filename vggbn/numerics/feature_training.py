@@ -160,7 +160,7 @@ class TrainingPlan:
     dropout: float | None  # None keeps the model's rates
     seed: int
     shuffle_buffer: int  # rows held for shuffling while streaming from HDF5
-    compute: str = "float32"  # 'bfloat16': Keras mixed precision
+    compute: str = "float32"  # "bfloat16", "float16": Keras mixed precision (float16 with loss scaling)
 
     @classmethod
     def from_section(cls, section) -> "TrainingPlan":
@@ -183,7 +183,8 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
     without a `work_dir`, nothing is checkpointed (short runs).
     Per-epoch curves go to `live_dir` through dvclive's Keras callback (`training.log_epoch`), replayed from the
     checkpoint on resume.
-    `plan.compute` 'bfloat16' trains with Keras mixed precision; the returned model computes in float32 again.
+    `plan.compute` 'bfloat16' or 'float16' trains with Keras mixed precision (float16 with dynamic loss scaling);
+    the returned model computes in float32 again.
     `diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
     goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).
     `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).

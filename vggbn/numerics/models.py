@@ -306,15 +306,17 @@ def _stable_shared_ids(config):
 
 
 def with_compute_dtype(model: keras.Model, compute: str) -> keras.Model:
-    """`model` computing in `compute`: 'float32', or 'bfloat16' as Keras mixed precision (bf16 math, fp32 weights).
+    """`model` computing in `compute`: 'float32', or 'bfloat16' or 'float16' as Keras mixed precision (16-bit math,
+    fp32 weights; float16 is the fast one on GPUs before Ampere, and needs loss scaling to train:
+    `training.compile_for_training` adds it).
 
     A loaded model keeps the dtype policy it was saved with, so setting a global policy is not enough: the layers
     are rebuilt with the policy and given the same weights. The last layer stays float32, as Keras advises for
     a softmax output. Returns `model` itself when nothing changes.
     """
-    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     if compute not in policies:
-        raise ValueError(f"Expected `compute` to be one of float32, bfloat16. Received: compute={compute}")
+        raise ValueError(f"Expected `compute` to be one of {', '.join(policies)}. Received: compute={compute}")
     last = model.layers[-1]
 
     def wanted(layer):

@@ -27,8 +27,13 @@ def seed_everything(seed: int) -> None:
 
 
 def compile_for_training(model: keras.Model, lr: float) -> None:
-    """Adam (`optimizers.FusedAdam`: Keras' Adam in one fused kernel), sparse cross-entropy and accuracy."""
-    model.compile(optimizer=optimizers.FusedAdam(learning_rate=lr),
+    """Adam (`optimizers.FusedAdam`: Keras' Adam in one fused kernel), sparse cross-entropy and accuracy. A model
+    computing in float16 (`models.with_compute_dtype`) gets Keras' dynamic loss scaling (`LossScaleOptimizer`):
+    float16 gradients of small losses underflow to zero without it."""
+    optimizer = optimizers.FusedAdam(learning_rate=lr)
+    if any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
@@ -264,8 +269,9 @@ class Trainer:
                 probabilities = self.model(tf.cast(x, tf.float32), training=True)
                 loss_sum, correct = self._sums(tf.cast(probabilities, tf.float32), y)
                 loss = loss_sum / count
+                scaled = self.model.optimizer.scale_loss(loss)  # the loss itself, but under loss scaling (float16)
             variables = self.model.trainable_variables
-            self.model.optimizer.apply(tape.gradient(loss, variables), variables)  # gradients summed over replicas
+            self.model.optimizer.apply(tape.gradient(scaled, variables), variables)  # gradients summed over replicas
             return loss_sum, correct
         return self._reduced(self.strategy.run(step, args=(x, y, first)))
 

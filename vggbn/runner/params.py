@@ -23,7 +23,7 @@ PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 BN_LAYERS = ("dense", "conv", "all")
 BN_POSITIONS = ("after_activation", "before_activation")
 DTYPES = ("float32", "float16")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 TRANSFER_TRAIN = ("head", "dense")
 
 
@@ -114,7 +114,7 @@ class FeaturesParams:
     batch_size: int = _param(64, _at_least(1), "images per batch through the conv part; a resumable chunk holds at most one batch")
     resize: str = _param("squash", _choice(*RESIZE_MODES), "how images reach the model's input size")
     dtype: str = _param("float32", _choice(*DTYPES), "dtype the features are stored in (float16 halves the file)")
-    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype the conv part computes in (bfloat16: Keras mixed precision)")
+    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype the conv part computes in (bfloat16, float16: Keras mixed precision)")
     flip: bool = _param(False, None, "also cache horizontally flipped copies of the train images")
 
 
@@ -134,7 +134,7 @@ class FinetuneParams:
     dropout: float = _param(0.5, _dropout, "rate of the dense part's Dropout layers while fine-tuning")
     seed: int = _param(0, _at_least(0), "seed of shuffling, dropout and initialization")
     shuffle_buffer: int = _param(4096, _at_least(1), "rows held for shuffling while streaming from HDF5")
-    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype of the training math (bfloat16: Keras mixed precision)")
+    compute: str = _param("float32", _choice(*COMPUTE_DTYPES), "dtype of the training math (bfloat16, float16: Keras mixed precision, float16 with loss scaling)")
 
 
 @dataclass(frozen=True)

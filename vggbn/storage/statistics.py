@@ -61,3 +61,9 @@ def load_statistics(path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dic
     return stats, attrs
 
 
+
+
+def row_counts(path) -> dict[str, int]:
+    """{layer name: the number of values its statistics pool}, in the file's layer order (merging needs it)."""
+    with h5py.File(path, "r") as file:
+        return {name: int(group.attrs["count"]) for name, group in file.items()}
