@@ -10,7 +10,9 @@ kernel copies each row once, from the page cache to where the step reads it. The
 that numpy computes, passed to the C library's `preadv` through ctypes, which releases the GIL: no Python object a
 row, so the threads that read (a buffer's runs split between them) spend their time in the kernel's copy. With
 `tensors`, each batch becomes a `tf.Tensor` sharing that memory (DLPack): no copy either. Memory: the batches of
-about two shuffle buffers, as `features.shuffled_batches` held.
+about two shuffle buffers, as `features.shuffled_batches` held. Where the C library has no `preadv` (or ctypes
+cannot open it), `os.preadv` reads into the same places, and without that `os.pread` (every Unix) reads each run
+whole and copies its rows to their places (`choose_preadv`, by what the system has).
 
 This direct path needs what `features.build_feature_file` writes: `features` stored unfiltered (no compression)
 in native byte order. A file with filters (compressed chunks must be read and decompressed whole) is read through
