@@ -29,14 +29,15 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from vggbn.runner import console
-from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word, split_of
+from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word, split_folders, split_of
 from vggbn.storage.manifest import Row, Sample, SampleError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what tf.io.decode_image is given, by name
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")  # what it decodes, as Pillow names the detected format
-_PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF", "WEBP": "WEBP"}  # MPO: a camera JPEG
+# MPO: a camera JPEG
+_PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF", "WEBP": "WEBP"}
 # Photo formats the decoder refuses, by name: rejected with a reason (not skipped), so a folder of phone photos in
 # HEIC is no silent empty class.
 REFUSED_EXTENSIONS = (".heic", ".heif", ".avif", ".tif", ".tiff", ".jxl", ".jp2", ".dng", ".cr2", ".nef")
@@ -345,7 +346,8 @@ def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: in
     """
     root = Path(root)
     layout = _layout(root, entries, valid_labels, class_order)
-    inside = sorted({os.path.realpath(root), *(os.path.realpath(root / split) for split in layout.candidates)})
+    inside = sorted({os.path.realpath(root),
+                     *(os.path.realpath(root / folder) for folder in split_folders(root).values())})
 
     def examine(candidate: _Candidate) -> Checked:
         return _examine(root, inside, candidate)
