@@ -25,7 +25,7 @@ def matches(shown: str, value: float) -> bool:
 
 def test_every_figure_the_readme_quotes_is_its_metric():
     figures = quoted_figures((ROOT / "README.md").read_text())
-    assert len(figures) >= 5  # the demo's accuracy, identity and transfer figures at least
+    assert len(figures) >= 5  # the demo's accuracy and the transfer figures at least
     wrong = []
     for shown, file, key in figures:
         value = json.loads((ROOT / file).read_text())
