@@ -64,15 +64,15 @@ def run(paths, params):
                 image = file["paths"].asstr()[row] if "paths" in file else "?"
             raise non_finite_error(error, f"row {row} of {paths.train} (image {image})") from None
     if surgery.targets(conv, layers):
-        paths = read_split(paths.sample, "train").paths[:conv_images]
+        images = read_split(paths.sample, "train").paths[:conv_images]
 
         def track(batches, images, size):
             return console.tracked(batches, images, "statistics over train images", "img", size=size)
         try:  # under a multi-worker strategy each worker decodes only its own rows of each batch
-            moments.update(surgery.measure_images(conv, inputs, paths, surgery.targets(conv, layers), position,
+            moments.update(surgery.measure_images(conv, inputs, images, surgery.targets(conv, layers), position,
                                                   track=track))
         except surgery.NonFiniteActivations as error:
-            image = inputs.files(paths)[error.batch * inputs.batch_size + error.row]
+            image = inputs.files(images)[error.batch * inputs.batch_size + error.row]
             raise non_finite_error(error, f"image {image}") from None
     moments = {name: moments[name] for name in surgery.targets(model, layers)}  # model order
     save_statistics(paths.out, moments, {"position": position, "layers": layers})

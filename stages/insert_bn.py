@@ -37,9 +37,9 @@ def run(paths, params):
     report, points = surgery.compare(dense, dense_bn, batches, IDENTITY_POINTS)
     if any(name in conv_names for name in stats):
         manifest = read_split(paths.sample, "valid")
-        paths = manifest.paths[:CHECK_IMAGES]
-        dataset = inputs.dataset(paths, models.input_size(model), labels=manifest.labels[:CHECK_IMAGES])
-        batches = console.tracked(dataset, len(paths), "identity check end to end", "img",
+        images = manifest.paths[:CHECK_IMAGES]
+        dataset = inputs.dataset(images, models.input_size(model), labels=manifest.labels[:CHECK_IMAGES])
+        batches = console.tracked(dataset, len(images), "identity check end to end", "img",
                                   size=lambda batch: len(batch[1]))
         whole, _ = surgery.compare(model, models.join(conv_bn, dense_bn, name="whole_bn"), batches)
         report.update({f"end_to_end_{key}": whole[key] for key in ("max_abs_diff", "max_abs_diff_logits", "samples")})

@@ -27,9 +27,9 @@ def rng():
     return np.random.default_rng(0)
 
 
-ALL_STAGES = ["plots_template", "demo_data", "demo_model", "pretrained", "listing", "sample", "conv_features",
+ALL_STAGES = ["plots_template", "demo_data", "demo_model", "model_listing", "pretrained", "listing", "sample", "conv_features",
               "bn_stats", "insert_bn", "finetune", "combine", "transfer_listing", "transfer", "report"]
-ALWAYS_CHANGED = ["listing", "transfer_listing"]
+ALWAYS_CHANGED = ["listing", "model_listing", "transfer_listing"]  # sorted
 REPRO_CHANGES = "repro-changes.txt"  # beside the session's `pipeline` project: what its first `dvc repro` changed
 
 

@@ -37,8 +37,14 @@ def workspace(tmp_path_factory):
     return folder
 
 
+# The launcher as on a Unix without prctl and sched_{get,set}affinity (forced on Linux by removing them; the feed's
+# fallbacks: tests/test_feed.py).
+WITHOUT_LINUX_CALLS = ("import os; del os.sched_getaffinity, os.sched_setaffinity; "
+                       "from vggbn.runner import launch; launch._libc = lambda: None; ")
+
+
 def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int = 1, workers: int = 0,
-        epochs: int = 2):
+        epochs: int = 2, prelude: str = ""):
     """Run the worker script in a copy of the workspace (kept if there is one: a rerun); (the copy, {worker index:
     files it wrote})."""
     copy = tmp_path / name
@@ -52,8 +58,8 @@ def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int 
     command = [sys.executable, str(WORKER), str(copy), str(logical)]
     if workers:
         env[launch.ENV] = f"local:{workers}"
-        command = [sys.executable, "-c", "import sys; from vggbn.runner import launch; sys.exit(launch.relaunch(sys.argv[1:]))",
-                   *command]
+        command = [sys.executable, "-c", prelude + "import sys; from vggbn.runner import launch; "
+                   "sys.exit(launch.relaunch(sys.argv[1:]))", *command]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run.log = done.stderr
@@ -106,6 +112,13 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(workspace, alon
     alone_read = json.loads((alone.parent / "alone-writes-2" / "feed-bytes-0.json").read_text())
     assert alone_read > 0 and sorted(run.feed_bytes) == [0, 1]
     assert [run.feed_bytes[i] / alone_read for i in (0, 1)] == pytest.approx([11 / 23, 12 / 23])
+
+
+@pytest.mark.slow
+def test_two_workers_launched_without_linux_calls_equal_one_process(workspace, alone, tmp_path):
+    both, _ = run(workspace, tmp_path, "portable", "auto", workers=2, prelude=WITHOUT_LINUX_CALLS)
+    result = assert_same_results(alone, both, weights_atol=1e-4)
+    assert (result["strategy"], result["replicas"]) == ("multi_worker", 2)
 
 
 @pytest.mark.slow

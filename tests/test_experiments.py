@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 # The stages a change of finetune.lr reruns up to `combine`. Experiments and reruns here target `combine`: that
 # leaves out the transfer study, which trains a dozen models downstream of finetune and would double each run.
-LR_STAGES = ["combine", "finetune", "listing"]
+LR_STAGES = ["combine", "finetune", "listing", "model_listing"]
 
 
 def dvc(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -345,7 +345,7 @@ def test_linked_cache_outputs_are_never_written_in_place(pipeline, tmp_path):
     assert ran_stages(dvc(project, "repro", "-f", "-s", "conv_features").stdout) == ["conv_features"]
     features = metrics(project, "conv_features")
     assert features["train_reused"] > 0 and features["train_computed"] == features["valid_computed"] == 0
-    assert ran_stages(dvc(project, "repro", "combine").stdout) == ["listing"]
+    assert ran_stages(dvc(project, "repro", "combine").stdout) == ["listing", "model_listing"]
 
     assert_outputs_linked(project)
     assert corrupt_cache_objects(project) == []

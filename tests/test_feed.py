@@ -90,3 +90,60 @@ def test_buffers_of_several_sizes_are_reused_without_comparing_them():
     gc.collect()
     again = buffers.take((8, 4), np.float32)  # only the second free buffer fits
     assert again.shape == (8, 4) and again.ctypes.data == big_address
+
+
+@pytest.mark.parametrize("missing", [("preadv",), ("preadv", "os.preadv")])
+def test_where_preadv_is_missing_the_fallbacks_give_the_same_batches_and_train_the_same_weights(
+        tmp_path, monkeypatch, missing):
+    """Without the C library's `preadv` (or with no C library ctypes can open), `os.preadv`; without that too (as on
+    some Unixes), `os.pread`: chosen by what the system has. Forced here on Linux by pretending the calls are
+    absent; the batches are the C call's byte for byte, a damaged file is the same one-line error, and fine-tuning
+    ends at the same weights."""
+    from test_finetune import RECIPE, dense_part
+
+    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
+
+    assert feed.PREADV_NAME == "libc.preadv"  # what Linux has: the reference
+    path = tmp_path / "f.h5"
+    write_rows(path, 101, dtype=np.float16, row_shape=(2, 3))
+    expected = [(x.tobytes(), y.tobytes()) for x, y in feed.shuffled_batches(path, 8, 30, seed=3, threads=2)]
+    files = {}
+    for split, rows in (("train", 40), ("valid", 12)):
+        files[split] = tmp_path / f"{split}.h5"
+        write_rows(files[split], rows, chunk=8, row_shape=(2, 2, 3))
+        with h5py.File(files[split], "r+") as f:
+            f["labels"][...] = np.arange(rows) % 3
+
+    def trained():
+        return train_on_features(dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0,
+                                 shuffle_buffer=16), train_path=files["train"], valid_path=files["valid"],
+                                 work_dir=None, recipe=RECIPE, show_progress=False).model.get_weights()
+    reference = trained()
+
+    class NoPreadv:  # a C library without the call
+        pass
+    if "os.preadv" in missing:
+        monkeypatch.delattr("os.preadv")
+    name, function = feed.choose_preadv(NoPreadv())
+    assert name == ("os.pread" if "os.preadv" in missing else "os.preadv")
+    monkeypatch.setattr(feed, "_preadv", function)
+    got = [(x.tobytes(), y.tobytes()) for x, y in feed.shuffled_batches(path, 8, 30, seed=3, threads=2)]
+    assert got == expected
+    for mine, theirs in zip(trained(), reference, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    with h5py.File(path) as f:
+        end = f["features"].id.get_chunk_info(8).byte_offset
+    reading = feed.shuffled_batches(path, 8, 30, seed=3)
+    next(reading)
+    with open(path, "r+b") as handle:  # cut short while being read: the same error as the C call's
+        handle.truncate(end + 4)
+    with pytest.raises(features.FeatureFileError, match=r"f\.h5: rows \d+-\d+ cannot be read \(the file ends early\)"):
+        list(reading)
+
+
+def test_cores_falls_back_to_the_cpu_count_where_there_is_no_affinity(monkeypatch):
+    import os
+
+    assert feed.cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr("os.sched_getaffinity")
+    assert feed.cores() == os.cpu_count()

@@ -85,6 +85,40 @@ def noisy_jpeg(path, seed=0, size=(64, 48)):
     return path
 
 
+@pytest.mark.parametrize("endian", ["<", ">"])  # EXIF in Intel and Motorola byte order
+def test_exif_orientation_is_applied_before_resizing(tmp_path, endian):
+    """A rotated JPEG (a phone's portrait photo: pixels stored sideways, EXIF orientation saying how to turn them)
+    decodes upright, as Pillow's `exif_transpose` shows it, for each of the 8 orientations; the pipeline's resize
+    gets the upright image."""
+    from PIL import ImageOps
+
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:12, :20] = 255  # a white quarter and a green edge: every turn and mirror gives other pixels
+    stored[:, :6, 1] = 200
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0112] = "test camera", orientation  # orientation not the first entry
+        exif.endian = endian
+        path = tmp_path / f"o{orientation}.jpg"
+        Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).astype(int)
+        out = decoded(path).astype(int)
+        assert out.shape == upright.shape == ((24, 40, 3) if orientation <= 4 else (40, 24, 3)), orientation
+        assert np.abs(out - upright).max() <= 16, orientation  # two JPEG decoders' rounding; a turn moves 255s
+        assert int(images.exif_orientation(tf.io.read_file(str(path)))) == orientation
+    batch = images.load_batch([str(tmp_path / "o6.jpg")], size=(40, 24), resize="squash", preprocess="none")[0]
+    assert np.abs(batch - decoded(tmp_path / "o6.jpg")).max() <= 1  # already upright: the resize keeps it
+
+
+def test_exif_orientation_is_1_without_exif_or_with_damaged_exif(tmp_path):
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "plain.jpg")
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "plain.png")
+    for name in ("plain.jpg", "plain.png"):
+        assert int(images.exif_orientation(tf.io.read_file(str(tmp_path / name)))) == 1
+    for damaged in (b"Exif\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\xff\x7f", b"Exif\x00\x00XX" + b"\x01" * 40):
+        assert int(images.exif_orientation(tf.constant(b"\xff\xd8" + damaged))) == 1
+
+
 def test_truncated_jpeg_raises_when_iterated(tmp_path):
     good = noisy_jpeg(tmp_path / "good.jpg")
     data = good.read_bytes()

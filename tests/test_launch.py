@@ -104,6 +104,19 @@ def test_local_workers_get_distinct_ports_and_their_index(env, tmp_path):
     assert [len(s[2]) for s in seen] == [1] * workers and len({s[2][0] for s in seen}) == workers
 
 
+def test_without_prctl_and_affinity_the_local_workers_still_start(env, tmp_path):
+    """Where the C library has no prctl and os no sched_{get,set}affinity (macOS, the BSDs), the launcher starts the
+    workers all the same: chosen by capability, forced here on Linux by removing the calls."""
+    script = ("import json, os, sys; c = json.loads(os.environ['TF_CONFIG']); "
+              "open(sys.argv[1] + str(c['task']['index']), 'w').write(json.dumps(c['task']))")
+    env.setattr(launch, "_libc", lambda: None)
+    env.delattr("os.sched_getaffinity")
+    env.delattr("os.sched_setaffinity")
+    assert launch.usable_cores() == list(range(os.cpu_count()))
+    assert launch.start_local_workers([sys.executable, "-c", script, str(tmp_path / "w")], 2, 1) == 0
+    assert [json.loads((tmp_path / f"w{i}").read_text())["index"] for i in range(2)] == [0, 1]
+
+
 def test_a_failing_worker_stops_the_others_and_its_status_is_returned(env, tmp_path, capsys):
     # worker 1 fails at once; worker 0 would run for a minute: it is stopped, and worker 1's output is shown
     script = ("import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "

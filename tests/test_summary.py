@@ -45,3 +45,10 @@ def test_the_lines_say_what_happened():
         "report/index.html and report/README.md: 5 tables, 1 figure")
     many = {f"block{i}_conv1": {"units": 64, "dead_units": i, "rows": 10} for i in range(1, 6)}
     assert summary("bn_stats", many) == "5 layers, 320 units (15 dead: variance 0)"
+
+
+def test_model_listing_says_what_it_hashed():
+    assert summary("model_listing", {"files": 0, "hashed": 0, "reused": 0}) == (
+        "no model file named (model.source is demo or vgg16)")
+    assert summary("model_listing", {"files": 1, "hashed": 0, "reused": 1}) == (
+        "1 model file: 0 hashed, 1 unchanged since hashed")

@@ -39,14 +39,58 @@ def _check_size(size) -> tuple[int, int]:
     return int(height), int(width)
 
 
+EXIF_SEARCH_BYTES = 65536  # a JPEG's EXIF block (APP1) comes right after its start marker
+EXIF_ENTRIES = 64  # IFD0 entries searched for the orientation tag (cameras write about 10-20)
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (1-8) of an encoded JPEG as int32, 1 (as stored) when it has none or it is damaged.
+
+    Parsed with tensor ops (TIFF header, then IFD0's 12-byte entries for tag 0x0112), so it runs inside tf.data.
+    """
+    parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep=b"Exif\x00\x00", maxsplit=1)
+    tiff = tf.cond(tf.size(parts) > 1, lambda: parts[-1], lambda: tf.constant(b""))
+    length = 8 + 2 + 12 * EXIF_ENTRIES
+    padded = tf.strings.substr(tf.strings.join([tiff, tf.constant(b"\x00" * length)]), 0, length)
+    raw = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int32)
+    little = tf.equal(raw[0], ord("I"))
+
+    def u16(at):
+        at = tf.clip_by_value(at, 0, length - 2)
+        first, second = tf.gather(raw, at), tf.gather(raw, at + 1)
+        return tf.where(little, first + 256 * second, 256 * first + second)
+
+    ifd = tf.where(little, u16(tf.constant(4)) + 65536 * u16(tf.constant(6)),
+                   65536 * u16(tf.constant(4)) + u16(tf.constant(6)))
+    count = u16(ifd)
+    starts = ifd + 2 + 12 * tf.range(EXIF_ENTRIES)
+    found = (tf.range(EXIF_ENTRIES) < count) & tf.equal(u16(starts), 0x0112) & (starts + 12 <= length)
+    value = tf.reduce_max(tf.where(found, u16(starts + 8), 0))
+    valid = tf.reduce_any(found) & (value >= 1) & (value <= 8) & (raw[0] == raw[1])  # "II" or "MM"
+    return tf.where(valid & tf.reduce_any(tf.equal(raw[0], [ord("I"), ord("M")])), value, 1)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turn a decoded image (h, w, c) as its EXIF `orientation` says, so it shows upright (Pillow's
+    `ImageOps.exif_transpose`): 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+    8 rotate 90 counter-clockwise."""
+    branches = [lambda: image, lambda: image, lambda: tf.image.flip_left_right(image),
+                lambda: tf.image.rot90(image, 2), lambda: tf.image.flip_up_down(image),
+                lambda: tf.image.transpose(image), lambda: tf.image.rot90(image, 3),
+                lambda: tf.image.rot90(tf.image.transpose(image), 2), lambda: tf.image.rot90(image, 1)]
+    return tf.switch_case(tf.clip_by_value(orientation, 0, 8), branches)
+
+
 def decode(data: tf.Tensor) -> tf.Tensor:
-    """Decode an encoded image (JPEG, PNG, GIF, BMP, whatever its file name says) to uint8 RGB (h, w, 3).
+    """Decode an encoded image (JPEG, PNG, GIF, BMP, whatever its file name says) to uint8 RGB (h, w, 3), upright.
 
     Grayscale and CMYK JPEGs become RGB, an alpha channel is dropped, a palette is expanded, 16-bit PNG samples
-    are scaled to 8 bits (65535 -> 255, not truncated) and an animated GIF gives its first frame. A corrupt or
-    truncated file raises `tf.errors.InvalidArgumentError` when the tensor is evaluated.
+    are scaled to 8 bits (65535 -> 255, not truncated) and an animated GIF gives its first frame. A JPEG's EXIF
+    orientation (phones store portrait photos sideways and say so there) is applied. A corrupt or truncated file
+    raises `tf.errors.InvalidArgumentError` when the tensor is evaluated.
     """
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = apply_orientation(tf.ensure_shape(image, [None, None, 3]), exif_orientation(data))
     return tf.ensure_shape(image, [None, None, 3])
 
 

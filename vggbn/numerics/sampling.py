@@ -29,14 +29,18 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from vggbn.runner import console
-from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word
+from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word, split_folders, split_of
 from vggbn.storage.manifest import Row, Sample, SampleError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image is given, by name
-FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what it decodes, as Pillow names the detected format
-_PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF"}  # MPO: a camera JPEG
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what tf.io.decode_image is given, by name
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")  # what it decodes, as Pillow names the detected format
+# MPO: a camera JPEG
+_PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF", "WEBP": "WEBP"}
+# Photo formats the decoder refuses, by name: rejected with a reason (not skipped), so a folder of phone photos in
+# HEIC is no silent empty class.
+REFUSED_EXTENSIONS = (".heic", ".heif", ".avif", ".tif", ".tiff", ".jxl", ".jp2", ".dng", ".cr2", ".nef")
 STRICT_SHOWN = 5  # rejections named in the strict-mode error before "and N more"
 
 
@@ -47,6 +51,14 @@ class Checked(NamedTuple):
 
 def is_image_name(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def refused_format(path: str) -> str | None:
+    """The reason a file named as a photo format the decoder refuses is rejected; None for other names."""
+    if path.lower().endswith(REFUSED_EXTENSIONS):
+        extension = path.rsplit(".", 1)[-1].upper()
+        return f"{extension} file, which TensorFlow does not decode (convert it to JPEG or PNG)"
+    return None
 
 
 def _rank_key(path: str, seed: int) -> bytes:
@@ -212,16 +224,17 @@ def _layout(root: Path, entries: Iterable[Entry], valid_labels: str | None,
     files: dict[str, list[Entry]] = {"train": [], "valid": []}
     for entry in entries:
         parts = entry.path.rstrip("/").split("/")
-        if parts[0] not in files or len(parts) < 2:
+        split = split_of(parts[0])
+        if split is None or len(parts) < 2:
             continue  # the labels row, the split folders themselves
         if entry.path.endswith("/"):
             if len(parts) == 2:
-                if entry.kind == BADNAME and (parts[0] == "train" or valid_labels is None):
+                if entry.kind == BADNAME and (split == "train" or valid_labels is None):
                     raise SampleError(f"{root}/{entry.path}: class folder name holds a tab, a line break or bytes "
                                       "that are not UTF-8")
-                folders[parts[0]].append(parts[1])
-        elif entry.kind == LINK or is_image_name(entry.path):
-            files[parts[0]].append(entry)
+                folders[split].append(parts[1])
+        elif entry.kind == LINK or is_image_name(entry.path) or refused_format(entry.path):
+            files[split].append(entry)
     classes = _class_index(root, folders["train"], class_order)
     index = {name: i for i, name in enumerate(classes)}
     train_folders = set(folders["train"])
@@ -234,12 +247,14 @@ def _layout(root: Path, entries: Iterable[Entry], valid_labels: str | None,
         csv_labels = _read_valid_labels(root / valid_labels)
 
     def candidate(entry: Entry) -> _Candidate | None:
-        split, rel = entry.path.split("/", 1)
-        link = entry.kind == LINK
+        folder, rel = entry.path.split("/", 1)
+        split, link = split_of(folder), entry.kind == LINK
 
         def rejected(reason: str) -> _Candidate:
             return _Candidate(entry.path, None, link, reason)
 
+        if refused_format(entry.path):
+            return rejected(refused_format(entry.path))
         if not is_image_name(entry.path):  # a link named otherwise: only a linked folder is worth a word
             return rejected("symlinked folder, which is not followed") if (root / entry.path).is_dir() else None
         if entry.kind == BADNAME:  # named as a word to paste into a shell
@@ -331,7 +346,8 @@ def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: in
     """
     root = Path(root)
     layout = _layout(root, entries, valid_labels, class_order)
-    inside = sorted({os.path.realpath(root), *(os.path.realpath(root / split) for split in layout.candidates)})
+    inside = sorted({os.path.realpath(root),
+                     *(os.path.realpath(root / folder) for folder in split_folders(root).values())})
 
     def examine(candidate: _Candidate) -> Checked:
         return _examine(root, inside, candidate)

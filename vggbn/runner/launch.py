@@ -317,16 +317,36 @@ def worker_environments(workers: int, cores_per_worker: int | None, gpus: Sequen
     return environments
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on: its affinity where the system keeps one (Linux), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def _child_setup(cores: list[int] | None):
+    # By capability: prctl and affinity are Linux's; elsewhere a SIGKILLed launcher leaves its workers to the
+    # collective timeout, and workers are not pinned (their thread counts still split the cores).
+    prctl = getattr(_libc(), "prctl", None)
+    pin = cores if hasattr(os, "sched_setaffinity") else None
+
     def setup():
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed launcher takes its workers along
-        if cores:
-            os.sched_setaffinity(0, cores)
+        if prctl is not None:
+            prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed launcher takes its workers along
+        if pin:
+            os.sched_setaffinity(0, pin)
     return setup
 
 
 def start_local_workers(argv: Sequence[str], workers: int, cores_per_worker: int | None = None) -> int:
-    available = sorted(os.sched_getaffinity(0))
+    available = usable_cores()
     if cores_per_worker and workers * cores_per_worker > len(available):
         raise LaunchError(f"{ENV}: {workers} workers x {cores_per_worker} cores need {workers * cores_per_worker} "
                           f"cores; this process may use {len(available)}")

@@ -35,6 +35,7 @@ def _choice(*allowed):
     def check(value):
         if value not in allowed:
             return "one of " + ", ".join(map(str, allowed))
+    check.allowed = allowed  # documented_choices() lists them
     return check
 
 
@@ -70,13 +71,15 @@ def _non_empty(value):
         return "a non-empty string"
 
 
-def _param(default, check=None, doc=""):
-    return field(default=default, metadata={"check": check, "doc": doc})
+def _param(default, check=None, doc="", choices=()):
+    """`choices`: the documented values of a key checked elsewhere (in _check_combinations)."""
+    return field(default=default, metadata={"check": check, "doc": doc,
+                                            "choices": tuple(getattr(check, "allowed", choices))})
 
 
 @dataclass(frozen=True)
 class DataParams:
-    root: str = _param("data/demo", _non_empty, "image folder in ImageNet layout: <root>/train/<class>/*, <root>/valid/<class>/*")
+    root: str = _param("data/demo", _non_empty, "image folder in ImageNet layout: <root>/train/<class>/*, <root>/valid/<class>/* (or val/)")
     valid_labels: typing.Optional[str] = _param(
         None, None, "CSV (ImageId,PredictionString) labelling a flat <root>/valid folder, relative to the root; null: class folders")
 
@@ -97,7 +100,8 @@ class DemoParams:
 class ModelParams:
     source: str = _param("demo", _non_empty, "demo, vgg16, or a path to a .keras/.h5 classifier")
     weights: typing.Optional[str] = _param(None, None, "vgg16 only: imagenet (default), none (random, fixed seed), or a weights file")
-    preprocess: typing.Optional[str] = _param(None, None, "model files only: caffe, tf, torch or none")
+    preprocess: typing.Optional[str] = _param(None, None, "model files only: caffe, tf, torch or none",
+                                              choices=PREPROCESS_MODES)
 
 
 @dataclass(frozen=True)
@@ -275,3 +279,17 @@ def documented_params() -> list[tuple[str, object, str]]:
             default = list(f.default) if isinstance(f.default, tuple) else f.default
             rows.append((f"{section.name}.{f.name}", default, f.metadata["doc"]))
     return rows
+
+
+def documented_choices() -> dict[str, tuple]:
+    """Every enumerated or boolean key and its documented values: the choice matrix (tests/test_choices.py) must
+    run each one."""
+    choices = {}
+    for section in fields(Params):
+        cls = typing.get_type_hints(Params)[section.name]
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            values = (False, True) if hints[f.name] is bool else f.metadata["choices"]
+            if values:
+                choices[f"{section.name}.{f.name}"] = values
+    return choices

@@ -66,6 +66,12 @@ def listing(m: dict) -> str:
             + "".join(f", {other}" for other in others))
 
 
+def model_listing(m: dict) -> str:
+    if not m["files"]:
+        return "no model file named (model.source is demo or vgg16)"
+    return f"{_plural(m['files'], 'model file')}: {m['hashed']} hashed, {m['reused']} unchanged since hashed"
+
+
 def sample(m: dict) -> str:
     rejected = m["rejected"]
     replaced = f"{_plural(rejected, 'unusable file')} replaced (rejected.tsv names them)" if rejected else "none rejected"
@@ -128,8 +134,8 @@ def transfer(m: dict) -> str:
 
 
 FORMATTERS: dict[str, Callable[[dict], str]] = {
-    formatter.__name__: formatter for formatter in (plots_template, demo_data, demo_model, pretrained, listing,
-                                                    sample, conv_features, bn_stats, insert_bn, finetune, combine,
+    formatter.__name__: formatter for formatter in (plots_template, demo_data, demo_model, model_listing,
+                                                    pretrained, listing, sample, conv_features, bn_stats, insert_bn, finetune, combine,
                                                     transfer, report)}
 FORMATTERS["transfer_listing"] = listing  # the new task's folder, listed the same way
 

@@ -10,7 +10,9 @@ kernel copies each row once, from the page cache to where the step reads it. The
 that numpy computes, passed to the C library's `preadv` through ctypes, which releases the GIL: no Python object a
 row, so the threads that read (a buffer's runs split between them) spend their time in the kernel's copy. With
 `tensors`, each batch becomes a `tf.Tensor` sharing that memory (DLPack): no copy either. Memory: the batches of
-about two shuffle buffers, as `features.shuffled_batches` held.
+about two shuffle buffers, as `features.shuffled_batches` held. Where the C library has no `preadv` (or ctypes
+cannot open it), `os.preadv` reads into the same places, and without that `os.pread` (every Unix) reads each run
+whole and copies its rows to their places (`choose_preadv`, by what the system has).
 
 This direct path needs what `features.build_feature_file` writes: `features` stored unfiltered (no compression)
 in native byte order. A file with filters (compressed chunks must be read and decompressed whole) is read through
@@ -44,21 +46,80 @@ SWITCH_INTERVAL = 2e-4  # s: how long a thread may hold the GIL while another wa
 IOVEC = np.dtype([("base", np.uintp), ("len", np.uintp)])  # C's struct iovec: a place to read into and its size
 
 
-def _libc_preadv():
+def _libc_preadv(libc):
     """The C library's `preadv(fd, iov, iovcnt, offset)`, called through ctypes, which releases the GIL during the
     call: the places come as an array of `IOVEC` that numpy fills, no Python object a row (`os.preadv` takes one
-    buffer object a place)."""
-    function = ctypes.CDLL(None, use_errno=True).preadv
+    buffer object a place). None where the C library has none."""
+    function = getattr(libc, "preadv", None)
+    if function is None:
+        return None
     function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
     function.restype = ctypes.c_ssize_t
     return function
 
 
-_preadv = _libc_preadv()
+def _places(address: int, count: int) -> list[memoryview]:
+    """The `count` places an `IOVEC` array at `address` names, as writable memoryviews."""
+    iovecs = np.frombuffer((ctypes.c_char * (count * IOVEC.itemsize)).from_address(address), IOVEC)
+    return [memoryview((ctypes.c_char * int(size)).from_address(int(base))).cast("B")
+            for base, size in iovecs.tolist()]
+
+
+def _failed(error: OSError) -> int:
+    ctypes.set_errno(error.errno or 0)  # what the caller reads, as after the C call
+    return -1
+
+
+def _os_preadv(fd: int, address: int, count: int, offset: int) -> int:
+    """`_preadv` through Python's `os.preadv` (one memoryview a place; the GIL is released while it reads)."""
+    try:
+        return os.preadv(fd, _places(address, count), offset)
+    except OSError as error:
+        return _failed(error)
+
+
+def _os_pread(fd: int, address: int, count: int, offset: int) -> int:
+    """`_preadv` through `os.pread`, there on every Unix: the run's bytes at once, then each row to its place."""
+    places = _places(address, count)
+    try:
+        data = os.pread(fd, sum(len(place) for place in places), offset)
+    except OSError as error:
+        return _failed(error)
+    start = 0
+    for place in places:
+        piece = data[start:start + len(place)]
+        place[:len(piece)] = piece
+        start += len(piece)
+    return len(data)
+
+
+def choose_preadv(libc, os_module=os):
+    """(name, function(fd, iovecs address, count, offset) -> bytes read or -1 with ctypes' errno set): the first
+    this system has of the C library's `preadv`, Python's `os.preadv`, `os.pread`. By capability, not platform name:
+    the tests pass a C library and an os without the call to force each fallback."""
+    function = _libc_preadv(libc)
+    if function is not None:
+        return "libc.preadv", function
+    if hasattr(os_module, "preadv"):
+        return "os.preadv", _os_preadv
+    return "os.pread", _os_pread
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # no C library to open by ctypes: the os module's calls
+        return None
+
+
+PREADV_NAME, _preadv = choose_preadv(_libc())
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0))
+    """Cores this process may run on: its affinity where the system keeps one (Linux), else all the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def worker_slice(count: int, worker_index: int, num_workers: int) -> slice:

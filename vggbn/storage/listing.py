@@ -15,7 +15,8 @@ The listing is a UTF-8 TSV::
     train/n01440764/alias.JPEG	13697	link
 
 `path` is relative to the data root with POSIX separators; folders end with `/`. After the optional labels row,
-rows are sorted by path (Python string order), and only `train/` and `valid/` are scanned. Kinds:
+rows are sorted by path (Python string order), and only `train/` and `valid/` (or `val/`, torchvision's and timm's
+name for it; rows then start with `val/`) are scanned. Kinds:
 
 - `file`: a regular file; `size` is its size in bytes.
 - `dir`: a folder (`size` 0); listed so that an empty class folder is still seen.
@@ -50,6 +51,22 @@ from vggbn.storage.tables import read_tsv
 
 HEADER = "path\tsize\tkind"
 SPLITS = ("train", "valid")
+VALID_FOLDERS = ("valid", "val")  # the validation split's folder: ours, or torchvision's and timm's name
+
+
+def split_of(folder: str) -> str | None:
+    """The split a listing row's first path component belongs to (`val` is `valid`); None for other rows."""
+    return "valid" if folder in VALID_FOLDERS else "train" if folder == "train" else None
+
+
+def split_folders(root: str | os.PathLike) -> dict[str, str]:
+    """{split: its folder name under `root`}: `valid/`, or `val/` when only that exists. Both is an error (which
+    would a user mean?); neither gives `valid` (the missing-folder error names it)."""
+    root = Path(root)
+    present = [name for name in VALID_FOLDERS if (root / name).is_dir()]
+    if len(present) > 1:
+        raise ListingError(f"{root}: holds both valid/ and val/: keep one validation folder (or rename the other)")
+    return {"train": "train", "valid": present[0] if present else "valid"}
 FILE, DIR, LINK, BADNAME, LABELS = "file", "dir", "link", "badname", "labels"
 
 # Characters a TSV row cannot hold: tab, everything str.splitlines() splits on, and the lone surrogates that stand
@@ -162,8 +179,9 @@ def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterato
     root = Path(root)
     if not root.is_dir():
         raise ListingError(f"{root}: data root {'is not a folder' if root.exists() else 'does not exist'}")
+    folders = split_folders(root)
     for split in SPLITS:
-        if not (root / split).is_dir():
+        if not (root / folders[split]).is_dir():
             layout = (f"{root}/valid/<file> labelled by {valid_labels}" if split == "valid" and valid_labels
                       else f"{root}/{split}/<class>/<file>")
             raise ListingError(f"{root / split}: missing {split} folder (expected {layout})")
@@ -183,11 +201,11 @@ def scan(root: str | os.PathLike, *, valid_labels: str | None = None) -> Iterato
         if labels_row:
             yield labels_row
         # Progress over the splits' own entries (class folders, or a flat valid folder's files): cheap to count.
-        total = sum(_visible_entries(root / split) for split in SPLITS)
+        total = sum(_visible_entries(root / folders[split]) for split in SPLITS)
         with console.progress(total, f"listing {root}", "entry") as bar:
-            for split in SPLITS:  # "train/" < "valid/"
-                yield f"{split}/\t0\t{DIR}\n"
-                yield from _walk(str(root / split), f"{split}/", False, on_entry=bar.update)
+            for split in SPLITS:  # "train/" < "val/" < "valid/"
+                yield f"{folders[split]}/\t0\t{DIR}\n"
+                yield from _walk(str(root / folders[split]), f"{folders[split]}/", False, on_entry=bar.update)
 
     return rows()
 
