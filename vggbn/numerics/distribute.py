@@ -22,8 +22,9 @@ import numpy as np
 
 
 from vggbn.runner.launch import STRATEGY_ENV as ENV
-from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, collective_timeout, is_chief,
-                                 multi_worker, slurm_addresses, strategy_choice)
+from vggbn.runner import watchdog
+from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, is_chief, multi_worker,
+                                 slurm_addresses, strategy_choice)
 
 
 @functools.cache
@@ -48,9 +49,11 @@ def strategy():
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec({"worker": slurm_addresses()}), task_type="worker", task_id=described.index,
             rpc_layer="grpc")
-    options = communication_options(len(tf.config.list_physical_devices("GPU")), collective_timeout())
+    options = communication_options(len(tf.config.list_physical_devices("GPU")))
+    watchdog.start(described.index, described.workers)  # a hung or dead peer ends this worker (no per-op timeout)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+        with watchdog.waiting("the cluster's start"):
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     except RuntimeError as error:
         if "must be configured at program startup" not in str(error):
             raise
@@ -58,15 +61,21 @@ def strategy():
                            "vggbn.numerics.distribute.strategy() first") from None
 
 
-def communication_options(gpus: int, timeout_seconds: float):
+def communication_options(gpus: int):
     """The collectives' options for workers with `gpus` GPUs each: NCCL between GPU workers (TensorFlow's
-    multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers; and the
-    timeout after which a collective that the other workers never join fails."""
+    multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers. No
+    `timeout_seconds`: TensorFlow starts a thread per collective that sleeps that long (thousands alive within
+    seconds of training); `vggbn.runner.watchdog` bounds a wait on a hung or dead peer instead."""
     import tensorflow as tf
 
     implementation = tf.distribute.experimental.CommunicationImplementation
     return tf.distribute.experimental.CommunicationOptions(
-        implementation=implementation.NCCL if gpus else implementation.RING, timeout_seconds=timeout_seconds)
+        implementation=implementation.NCCL if gpus else implementation.RING)
+
+
+def waiting(what: str):
+    """Mark a wait on the other workers (`vggbn.runner.watchdog`): a training step, a broadcast, a gathered pass."""
+    return watchdog.waiting(what)
 
 
 def describe() -> dict:
@@ -98,7 +107,8 @@ def broadcast(value: np.ndarray) -> np.ndarray:
     mine = value.astype(dtype) if is_chief() else np.zeros(value.shape, dtype)
     values = strategy().experimental_distribute_values_from_function(
         lambda context: tf.constant(mine if context.replica_id_in_sync_group == 0 else np.zeros_like(mine)))
-    return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
+    with watchdog.waiting("a broadcast from the chief"):
+        return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
 
 
 def barrier() -> None:
@@ -145,9 +155,10 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
     values = current.experimental_distribute_values_from_function(
         lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group * per_replica:][:per_replica])
                               for block in padded))
-    outputs = _gathered(function)(values)
-    cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
-    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+    with watchdog.waiting("a gathered pass"):
+        outputs = _gathered(function)(values)
+        cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
+        return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
 def worker() -> tuple[int, int]:
@@ -209,10 +220,11 @@ def gather_shares(function: Callable, counts: list[int], *mine: np.ndarray, trim
     values = current.experimental_distribute_values_from_function(  # global replica id = worker * local + k
         lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group % local * per_replica:][:per_replica])
                               for block in blocks))
-    outputs = _gathered(function)(values)
     keep = gathered_rows(counts) >= 0
     cut = (lambda o: o.numpy()[keep]) if trim else (lambda o: o.numpy())
-    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+    with watchdog.waiting("a gathered pass"):
+        outputs = _gathered(function)(values)
+        return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
 def _share_layout(counts: list[int]) -> tuple[int, int]:
