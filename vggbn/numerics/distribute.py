@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 
 from vggbn.runner.launch import STRATEGY_ENV as ENV
-from vggbn.runner import watchdog
+from vggbn.runner import devices, watchdog
 from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, is_chief, multi_worker,
                                  slurm_addresses, strategy_choice)
 
@@ -33,6 +34,7 @@ def strategy():
     import tensorflow as tf
 
     check_strategy_fits()
+    _warn_if_gpus_unusable()
     choice, described = strategy_choice(), cluster()
     if choice == "auto":
         gpus = tf.config.list_physical_devices("GPU")
@@ -78,14 +80,27 @@ def waiting(what: str):
     return watchdog.waiting(what)
 
 
+def _warn_if_gpus_unusable() -> None:
+    """One warning where nvidia-smi shows GPUs that TensorFlow cannot use, naming why (`runner.devices`)."""
+    import tensorflow as tf
+
+    message = devices.unusable_gpu_warning(devices.system_gpus(), len(tf.config.list_physical_devices("GPU")),
+                                           dict(tf.sysconfig.get_build_info()), devices.gpus_hidden())
+    if message:
+        logging.getLogger("vggbn.devices").warning("warning: %s", message)
+
+
 def describe() -> dict:
-    """What each stage's metrics record: the strategy's kind and its replica count."""
+    """What each stage's metrics record: the strategy's kind, its replica count, and the devices this worker ran on
+    (`cpu`, or the GPU model and count)."""
     import tensorflow as tf
 
     current = strategy()
     kind = ("multi_worker" if isinstance(current, tf.distribute.MultiWorkerMirroredStrategy) else
             "mirrored" if isinstance(current, tf.distribute.MirroredStrategy) else "default")
-    return {"strategy": kind, "replicas": int(current.num_replicas_in_sync)}
+    names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+             for gpu in tf.config.list_physical_devices("GPU")]
+    return {"strategy": kind, "replicas": int(current.num_replicas_in_sync), "device": devices.device_label(names)}
 
 
 def replicas() -> int:
