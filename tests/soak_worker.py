@@ -5,12 +5,14 @@ sampling its own threads, resident memory and open files every second.
     python tests/soak_worker.py FEATURES.h5 OUT_DIR
 
 Writes OUT_DIR/soak-<worker index>.json: the samples (time, epoch, threads, rss_kib, fds), the steps trained and
-the seconds it ran. The chief decides after each epoch whether to go on (a broadcast), so every worker trains the
+the seconds it ran. With `SOAK_HANG` set, worker 1 hangs after its first epoch (a stuck filesystem, say: alive,
+never joining the next collective). The chief decides after each epoch whether to go on (a broadcast), so every worker trains the
 same steps.
 """
 
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -29,7 +31,7 @@ from vggbn.runner import stage  # noqa: E402
 from vggbn.storage import feed, features  # noqa: E402
 
 FEATURES, OUT = Path(sys.argv[1]), Path(sys.argv[2])
-SECONDS = float(__import__("os").environ.get("SOAK_SECONDS", "120"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 BATCH = 16
 
 
@@ -66,6 +68,8 @@ def main():
                               valid_batches=lambda: features.iter_shares(FEATURES, BATCH, my_rows),
                               show_progress=False)
         samples.append(sample(len(history)))
+        if index == 1 and os.environ.get("SOAK_HANG"):  # alive (TensorFlow's heartbeats go on) but stuck
+            time.sleep(3600)
         if not distribute.broadcast(np.array([time.monotonic() - start < SECONDS]))[0]:
             break
     done.set()

@@ -376,7 +376,7 @@ def _wait(processes: list[subprocess.Popen], logs: list[Path]) -> int:
         failed = [(index, status) for index, status in enumerate(statuses) if status not in (None, 0)]
         running = [index for index, status in enumerate(statuses) if status is None]
         if failed:
-            index, status = failed[0]
+            index, status = min(failed, key=lambda failure: (failure[1] > 0, failure[0]))  # a killed one: the cause
             stopped = [i for i in running if _is_stopped(processes[i].pid)]
             _stop(processes)
             how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"failed (exit status {status})"

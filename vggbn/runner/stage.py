@@ -109,11 +109,20 @@ def exit_status(main: Callable[[], None]) -> int:
         if not _in_cluster():
             raise
         if type(error).__module__.startswith("tensorflow"):  # a collective aborted: a peer died or ended
-            first = (str(error).strip().splitlines() or [""])[0][:300]
-            return _failed(f"a collective failed ({type(error).__name__}: {first}): another worker died or ended")
+            index, workers = launch.cluster().index, launch.cluster().workers
+            return _failed(f"a collective failed ({type(error).__name__}: {_reason(str(error))}): "
+                           f"{watchdog.peer(index, workers)} died or ended")
         traceback.print_exc()
         return _failed(f"{type(error).__name__}: {error}")
     return 0
+
+
+def _reason(message: str) -> str:
+    """The line of a TensorFlow error that says why (not "Graph execution error:" or the traceback of the op)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    lines = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "File "))]
+    telling = [line for line in lines if any(word in line for word in ("abort", "Socket", "onnect", "peer", "task"))]
+    return ((telling or lines or ["no message"])[0])[:200]
 
 
 def _in_cluster() -> bool:

@@ -54,12 +54,16 @@ class _State:
     thread: threading.Thread | None = None
 
 
+def peer(index: int, workers: int) -> str:
+    """The worker(s) that worker `index` waits on: "worker 1", or "one of workers 1, 2, 3"."""
+    others = [str(i) for i in range(workers) if i != index]
+    return f"worker {others[0]}" if len(others) == 1 else f"one of workers {', '.join(others)}"
+
+
 def waiting_message(index: int, workers: int, seconds: float, what: str) -> str:
     """The one line a worker prints when it has waited too long on the others."""
-    others = [str(i) for i in range(workers) if i != index]
-    peer = f"worker {others[0]}" if len(others) == 1 else f"one of workers {', '.join(others)}"
-    return (f"worker {index} of {workers}: waited {seconds:g} s ({TIMEOUT_ENV}) for {peer} in {what}: it is hung, "
-            "dead or far too slow; ending the stage")
+    return (f"worker {index} of {workers}: waited {seconds:g} s ({TIMEOUT_ENV}) for {peer(index, workers)} in {what}: "
+            "it is hung, dead or far too slow; ending the stage")
 
 
 def start(index: int, workers: int) -> None:
