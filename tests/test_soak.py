@@ -92,27 +92,32 @@ def srun(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+TWO_STEPS = """#!/bin/bash
+srun --overlap --ntasks=2 {python} {worker} {features} {out} &
+SOAK_SECONDS=5 srun --overlap --ntasks=2 {python} {worker} {features} {out}/beside &
+wait -n && wait -n
+"""
+
+
 @pytest.mark.slow
-def test_two_slurm_tasks_train_for_a_minute_bounded_and_a_second_step_runs_beside(tmp_path):
-    """Two `srun` steps at once on the one node (distinct ports from the job and step ids), one of them the soak."""
+def test_two_slurm_tasks_train_for_a_minute_bounded_beside_a_second_step_of_the_job(tmp_path):
+    """One job, two `srun` steps at once on the one node (as `dvc queue start -j 2` runs them): their ports, derived
+    from the job and step ids, differ; one step is the soak (a minute), the other a short training."""
     why = slurm_missing()
     if why:
         pytest.skip(why)
     features = feature_file(tmp_path / "features.h5")
     (tmp_path / "beside").mkdir()
-    soak = srun(["--kill-on-bad-exit=1", sys.executable, str(WORKER), str(features), str(tmp_path)],
-                environment(SOAK_SECONDS="60"), tmp_path)
-    beside = srun([sys.executable, str(WORKER), str(features), str(tmp_path / "beside")],
-                  environment(SOAK_SECONDS="5"), tmp_path)
-    try:
-        beside_out, _ = beside.communicate(timeout=300)
-        soak_out, _ = soak.communicate(timeout=300)
-    finally:
-        for process in (soak, beside):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-    assert beside.returncode == 0, beside_out[-3000:]
-    assert soak.returncode == 0, soak_out[-3000:]
+    (tmp_path / "job.sh").write_text(TWO_STEPS.format(python=sys.executable, worker=WORKER, features=features,
+                                                      out=tmp_path))
+    done = subprocess.run(["sbatch", "--wait", "--nodes=1", "--ntasks=2", "--overcommit", "--oversubscribe",
+                           "--job-name=vggbn-soak", f"--output={tmp_path / 'job.log'}", f"--chdir={tmp_path}",
+                           str(tmp_path / "job.sh")], env=environment(SOAK_SECONDS="60"), capture_output=True,
+                          text=True, timeout=400)
+    log = (tmp_path / "job.log").read_text(errors="replace") if (tmp_path / "job.log").exists() else ""
+    assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
+    soak, beside = tmp_path / "soak-0.json", tmp_path / "beside" / "soak-0.json"
+    assert beside.stat().st_mtime < soak.stat().st_mtime - 20, "the second step waited for the first"
     check_bounded(tmp_path, 60)
 
 
