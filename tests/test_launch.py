@@ -285,3 +285,13 @@ def test_the_collective_timeout_takes_any_positive_number_or_off(env):
         env.setenv("VGGBN_COLLECTIVE_TIMEOUT", value)
         with pytest.raises(watchdog.WatchdogError, match="VGGBN_COLLECTIVE_TIMEOUT"):
             watchdog.timeout()
+
+
+def test_a_collective_error_is_told_by_its_reason_and_the_peer():
+    from vggbn.runner import stage
+
+    message = ("Graph execution error:\n\nDetected at node CollectiveReduceV2_1 defined at (most recent call last):\n"
+               '  File "soak_worker.py", line 78, in <module>\n\nCollective ops is aborted by: Socket closed\n'
+               "The error could be from a previous operation. Restart your program to reset.")
+    assert stage._reason(message) == "Collective ops is aborted by: Socket closed"
+    assert watchdog.peer(0, 2) == "worker 1" and watchdog.peer(2, 4) == "one of workers 0, 1, 3"
