@@ -200,6 +200,21 @@ def child_read(args, work: Path) -> dict:
     return {"read_bytes": read[0], "feature_bytes": feature_bytes}
 
 
+def most_threads():
+    """Start sampling this process' threads every 50 ms; a function returning the most seen so far."""
+    import threading
+
+    most = [0]
+
+    def sample():
+        while True:
+            status = Path("/proc/self/status").read_text()
+            most[0] = max(most[0], int(status.split("Threads:")[1].split()[0]))
+            time.sleep(0.05)
+    threading.Thread(target=sample, daemon=True).start()
+    return lambda: most[0]
+
+
 def measure(kinds: str, workers: int, args, work: Path, batch_size: int | None = None, read: bool = False) -> dict:
     """One launch of `workers` processes running the children `kinds` (comma-separated) in turn: {kind: result},
     each result with the list of every worker's own under "workers"."""
@@ -252,7 +267,9 @@ def main():
         from vggbn.numerics import distribute
 
         children = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}
-        result = {kind: children[kind](args, Path(args.work)) for kind in args.child.split(",")}
+        threads_max = most_threads()
+        result = {kind: {**children[kind](args, Path(args.work)), "threads_max": threads_max()}
+                  for kind in args.child.split(",")}
         if distribute.is_chief():
             Path(args.out).write_text(json.dumps(result))
         Path(f"{args.out}.worker{distribute.cluster().index}").write_text(json.dumps(result))  # each its own
@@ -289,6 +306,7 @@ def main():
         "decode_share_of_time_1w": decode1["conv_decode_img_s"] / decode1["decode_img_s"],
         "train_read_share_1w": train1["read_bytes"] / train1["feature_bytes"],
         "train_read_share_2w": max(w["read_bytes"] for w in train2["workers"]) / train2["feature_bytes"],
+        "threads_max_2w": max(w["threads_max"] for run in (decode2, conv2, train2, small2) for w in run["workers"]),
         "conv_decode_img_s_1w": decode1["conv_decode_img_s"], "conv_decode_img_s_2w": decode2["conv_decode_img_s"],
         "decode_img_s_1w": decode1["decode_img_s"],
         "conv_img_s_1w": conv1["conv_img_s"], "conv_img_s_2w": conv2["conv_img_s"],
@@ -311,6 +329,8 @@ def main():
     print(f"train_read_share_2w = the most bytes one worker read from the feature file in an epoch of "
           f"train_on_features (what finetune runs; global batch {args.small_batch_size}) / the file's feature bytes "
           "(target <= 0.55); train_read_share_1w: one process, which reads every row once (1)")
+    print("threads_max_2w = the most threads one of the two workers had alive, sampled every 50 ms (target <= 200: "
+          "no thread a collective)")
     print(f"the same at a global batch of {args.small_batch_size}: the all-reduce (TensorFlow's collectives over gRPC on "
           f"127.0.0.1, {train2['allreduce_ms']:.0f} ms for {train2['gradient_mb']:.0f} MB of gradients) costs the same "
           "whatever the batch, so a smaller batch scales less")

@@ -30,9 +30,11 @@ KEYS = {
     "roofline": ["roofline_gb_s", "roofline_gflops", "np_add_inplace_gb_s", "tf_axpy_inplace_gb_s",
                  "tf_adam_inplace_gb_s", "np_sum_gb_s"],
     "distribute": ["conv_scaling_2w", "train_scaling_2w", "train_comm_share_2w", "train_scaling_2w_b32",
-                   "step_ms_2w", "allreduce_ms_2w"],
+                   "step_ms_2w", "allreduce_ms_2w", "threads_max_2w"],
+    "gpu": ["step_over_bound_b16", "gpu_gb_s", "gpu_gflops", "feed_rows_s", "feed_over_step_rows_s",
+            "two_workers_scaling"],
 }
-TEXT_KEYS = {"cpu"}  # figures that name something rather than measure it
+TEXT_KEYS = {"cpu", "device"}  # figures that name something rather than measure it
 
 
 def last_line_figures(script: str) -> dict[str, str]:
@@ -91,3 +93,7 @@ def test_bench_roofline():
 @pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="two workers on a core each")
 def test_bench_distribute():
     check("distribute")
+
+
+def test_bench_gpu():
+    check("gpu")  # prepared for a GPU machine; here it runs on the CPU

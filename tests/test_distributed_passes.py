@@ -5,6 +5,7 @@ and only the chief writes files."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,18 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(workspace, alon
     assert [run.feed_bytes[i] / alone_read for i in (0, 1)] == pytest.approx([11 / 23, 12 / 23])
 
 
+def processes_of(copy: Path) -> dict[int, bytes]:
+    """{pid: its environment} of every process running the worker script on `copy`."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(copy).encode() in (proc / "cmdline").read_bytes().split(b"\0"):
+                found[int(proc.name)] = (proc / "environ").read_bytes()
+        except OSError:
+            pass
+    return found
+
+
 @pytest.mark.slow
 def test_two_workers_launched_without_linux_calls_equal_one_process(workspace, alone, tmp_path):
     both, _ = run(workspace, tmp_path, "portable", "auto", workers=2, prelude=WITHOUT_LINUX_CALLS)
@@ -122,12 +135,36 @@ def test_two_workers_launched_without_linux_calls_equal_one_process(workspace, a
 
 
 @pytest.mark.slow
-def test_two_workers_resume_the_chiefs_checkpoint(workspace, alone, tmp_path):
-    """One epoch, then a rerun asking for two: every worker continues from the chief's checkpoint, and the result
-    matches an uninterrupted one-process run."""
-    run(workspace, tmp_path, "resumed", "auto", workers=2, epochs=1)
-    assert "resuming" not in run.log
-    both, writes = run(workspace, tmp_path, "resumed", "auto", workers=2, epochs=2)
+def test_two_workers_resume_after_worker_1_is_killed_mid_finetune(workspace, alone, tmp_path):
+    """Worker 1 killed (SIGKILL) while the chief has saved its first epoch's checkpoint: the launcher ends every
+    worker within seconds, naming the killed one; the same command then resumes the chief's checkpoint, and the
+    result matches an uninterrupted one-process run."""
+    copy = tmp_path / "killed"
+    shutil.copytree(workspace, copy)
+    (tmp_path / "killed-writes-first").mkdir()
+    env = {**os.environ, "VGGBN_STRATEGY": "auto", "WRITES_DIR": str(tmp_path / "killed-writes-first"),
+           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0",
+           launch.ENV: "local:2"}
+    env.pop("TF_CONFIG", None)
+    launcher = subprocess.Popen([sys.executable, "-c", "import sys; from vggbn.runner import launch; "
+                                 "sys.exit(launch.relaunch(sys.argv[1:]))", sys.executable, str(WORKER), str(copy),
+                                 "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (copy / "work" / "train" / "epoch.json").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its checkpoint"
+            time.sleep(0.05)
+        worker = next(pid for pid, environ in processes_of(copy).items() if b'"index": 1}' in environ)
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = launcher.communicate(timeout=60)
+        ended = time.monotonic() - killed
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0 and ended < 60 and not processes_of(copy), err
+    assert "error: worker 1 of 2 was killed by SIGKILL" in err and not (copy / "result.npz").exists()
+    both, writes = run(workspace, tmp_path, "killed", "auto", workers=2, epochs=2)
     assert "resuming from the checkpoint after epoch 1" in run.log
     assert len(json.loads((both / "result.json").read_text())["history"]) == 2
     assert_same_results(alone, both, weights_atol=1e-4)

@@ -22,6 +22,7 @@ def test_dvc_repro_as_two_workers_then_as_one_process(tmp_path, pipeline):
     assert {*TRAININGS, "combine", "report"} <= set(ran) and "conv_features" not in ran, ran
     for stage in (*TRAININGS, "combine"):
         assert (metrics(project, stage)["strategy"], metrics(project, stage)["replicas"]) == ("multi_worker", 2), stage
+        assert metrics(project, stage)["device"] == "cpu", stage  # what it ran on, recorded
     assert metrics(project, "finetune")["valid_accuracy"] >= metrics(pipeline[0], "finetune")["valid_accuracy"] - 0.02
     assert "(2 replicas, multi_worker)" in log and "Traceback" not in log
     # the other worker wrote nothing of its own: no second set of files, nothing left in the work folders

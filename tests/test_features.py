@@ -34,10 +34,11 @@ class Extractor:
             yield fake_features([self.paths[r] for r in chunk])
 
 
-def build(out, work, paths, labels, md5s, extractor, recipe=RECIPE, previous=None):
+def build(out, work, paths, labels, md5s, extractor, recipe=RECIPE, previous=None, work_recipe=None):
     return features.build_feature_file(out, paths=paths, labels=labels, md5s=md5s, extract=extractor,
                                        row_shape=(2, 2, 3), dtype="float32", work_dir=work, feature_recipe=recipe,
-                                       chunk_rows=5, attrs={"cut": "block2_pool"}, previous=previous)
+                                       chunk_rows=5, attrs={"cut": "block2_pool"}, previous=previous,
+                                       work_recipe=work_recipe)
 
 
 def cached(path, cache_dir):
@@ -86,6 +87,16 @@ def test_interrupted_run_leaves_no_output_and_resumes_at_the_last_chunk(tmp_path
     build(one_go, tmp_path / "work2", paths, labels, md5s, Extractor(paths))
     with h5py.File(out) as a, h5py.File(one_go) as b:
         np.testing.assert_array_equal(a["features"][:], b["features"][:])
+
+
+def test_chunks_of_another_replica_count_are_recomputed_not_resumed(tmp_path):
+    paths, labels, md5s = manifest(23)
+    out, work = tmp_path / "f.h5", tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        build(out, work, paths, labels, md5s, Extractor(paths, fail_after_batches=3), work_recipe={"replicas": 2})
+    again = Extractor(paths)
+    stats = build(out, work, paths, labels, md5s, again, work_recipe={"replicas": 1})  # bytes summed otherwise
+    assert stats["resumed"] == 0 and stats["computed"] == 23 and again.rows_computed == list(range(23))
 
 
 def test_changed_manifest_reuses_unchanged_rows_from_the_previous_run(tmp_path):

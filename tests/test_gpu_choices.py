@@ -1,5 +1,5 @@
-"""What runs where on GPUs, as pure functions testable without one: the collectives' implementation and timeout
-for a worker's device list, and each local worker's share of the visible GPUs."""
+"""What runs where on GPUs, as pure functions testable without one: the collectives' implementation for a worker's
+device list (never a per-collective timeout), and each local worker's share of the visible GPUs."""
 
 import pytest
 
@@ -8,13 +8,14 @@ from vggbn.runner import launch
 from vggbn.runner.launch import LaunchError
 
 
-def test_gpu_workers_use_nccl_and_cpu_workers_ring_with_the_timeout():
+def test_gpu_workers_use_nccl_and_cpu_workers_ring_without_a_per_collective_timeout():
     import tensorflow as tf
 
     implementation = tf.distribute.experimental.CommunicationImplementation
-    gpu, cpu = distribute.communication_options(4, 60.0), distribute.communication_options(0, 7.5)
-    assert (gpu.implementation, gpu.timeout_seconds) == (implementation.NCCL, 60.0)
-    assert (cpu.implementation, cpu.timeout_seconds) == (implementation.RING, 7.5)
+    gpu, cpu = distribute.communication_options(4), distribute.communication_options(0)
+    # a timeout would start a thread per collective (thousands alive within seconds of training)
+    assert (gpu.implementation, gpu.timeout_seconds) == (implementation.NCCL, None)
+    assert (cpu.implementation, cpu.timeout_seconds) == (implementation.RING, None)
 
 
 @pytest.mark.parametrize("gpus, workers, shares", [
@@ -39,3 +40,32 @@ def test_the_local_launcher_writes_each_workers_share(monkeypatch):
 def test_visible_gpus_follow_cuda_visible_devices():
     assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
     assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == [] == launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
+
+
+def test_the_device_a_stage_ran_on_is_named():
+    from vggbn.runner import devices
+
+    assert devices.device_label([]) == "cpu"
+    assert devices.device_label(["NVIDIA H100 80GB HBM3"] * 2) == "NVIDIA H100 80GB HBM3 x 2"
+    assert distribute.describe()["device"] == "cpu"  # this machine has none
+
+
+def test_gpus_the_system_shows_but_tensorflow_cannot_use_are_one_warning_naming_the_library(tmp_path, monkeypatch):
+    """A stand-in `nvidia-smi` (no GPU here) listing a GPU; the CUDA driver library does not load on this machine,
+    so the warning names it; nothing where TensorFlow uses the GPUs or they are hidden on purpose."""
+    from vggbn.runner import devices
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    system = devices.system_gpus()
+    assert system == ["NVIDIA H100 80GB HBM3"]
+    build = {"is_cuda_build": True, "cuda_version": "12.5.1", "cudnn_version": "9"}
+    warning = devices.unusable_gpu_warning(system, 0, build, hidden=False)
+    assert warning.startswith("nvidia-smi shows NVIDIA H100 80GB HBM3 x 1 but TensorFlow uses no GPU")
+    assert "libcuda.so.1" in warning and "failed to load" in warning and "\n" not in warning
+    assert "built without CUDA" in devices.unusable_gpu_warning(system, 0, {"is_cuda_build": False}, hidden=False)
+    assert devices.unusable_gpu_warning(system, 1, build, hidden=False) is None
+    assert devices.unusable_gpu_warning(system, 0, build, hidden=True) is None
+    assert devices.unusable_gpu_warning([], 0, build, hidden=False) is None

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 
 from vggbn.runner.launch import STRATEGY_ENV as ENV
-from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, collective_timeout, is_chief,
-                                 multi_worker, slurm_addresses, strategy_choice)
+from vggbn.runner import devices, watchdog
+from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, is_chief, multi_worker,
+                                 slurm_addresses, strategy_choice)
 
 
 @functools.cache
@@ -32,6 +34,7 @@ def strategy():
     import tensorflow as tf
 
     check_strategy_fits()
+    _warn_if_gpus_unusable()
     choice, described = strategy_choice(), cluster()
     if choice == "auto":
         gpus = tf.config.list_physical_devices("GPU")
@@ -48,9 +51,11 @@ def strategy():
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec({"worker": slurm_addresses()}), task_type="worker", task_id=described.index,
             rpc_layer="grpc")
-    options = communication_options(len(tf.config.list_physical_devices("GPU")), collective_timeout())
+    options = communication_options(len(tf.config.list_physical_devices("GPU")))
+    watchdog.start(described.index, described.workers)  # a hung or dead peer ends this worker (no per-op timeout)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+        with watchdog.waiting("the cluster's start"):
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     except RuntimeError as error:
         if "must be configured at program startup" not in str(error):
             raise
@@ -58,25 +63,44 @@ def strategy():
                            "vggbn.numerics.distribute.strategy() first") from None
 
 
-def communication_options(gpus: int, timeout_seconds: float):
+def communication_options(gpus: int):
     """The collectives' options for workers with `gpus` GPUs each: NCCL between GPU workers (TensorFlow's
-    multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers; and the
-    timeout after which a collective that the other workers never join fails."""
+    multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers. No
+    `timeout_seconds`: TensorFlow starts a thread per collective that sleeps that long (thousands alive within
+    seconds of training); `vggbn.runner.watchdog` bounds a wait on a hung or dead peer instead."""
     import tensorflow as tf
 
     implementation = tf.distribute.experimental.CommunicationImplementation
     return tf.distribute.experimental.CommunicationOptions(
-        implementation=implementation.NCCL if gpus else implementation.RING, timeout_seconds=timeout_seconds)
+        implementation=implementation.NCCL if gpus else implementation.RING)
+
+
+def waiting(what: str):
+    """Mark a wait on the other workers (`vggbn.runner.watchdog`): a training step, a broadcast, a gathered pass."""
+    return watchdog.waiting(what)
+
+
+def _warn_if_gpus_unusable() -> None:
+    """One warning where nvidia-smi shows GPUs that TensorFlow cannot use, naming why (`runner.devices`)."""
+    import tensorflow as tf
+
+    message = devices.unusable_gpu_warning(devices.system_gpus(), len(tf.config.list_physical_devices("GPU")),
+                                           dict(tf.sysconfig.get_build_info()), devices.gpus_hidden())
+    if message:
+        logging.getLogger("vggbn.devices").warning("warning: %s", message)
 
 
 def describe() -> dict:
-    """What each stage's metrics record: the strategy's kind and its replica count."""
+    """What each stage's metrics record: the strategy's kind, its replica count, and the devices this worker ran on
+    (`cpu`, or the GPU model and count)."""
     import tensorflow as tf
 
     current = strategy()
     kind = ("multi_worker" if isinstance(current, tf.distribute.MultiWorkerMirroredStrategy) else
             "mirrored" if isinstance(current, tf.distribute.MirroredStrategy) else "default")
-    return {"strategy": kind, "replicas": int(current.num_replicas_in_sync)}
+    names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+             for gpu in tf.config.list_physical_devices("GPU")]
+    return {"strategy": kind, "replicas": int(current.num_replicas_in_sync), "device": devices.device_label(names)}
 
 
 def replicas() -> int:
@@ -98,7 +122,8 @@ def broadcast(value: np.ndarray) -> np.ndarray:
     mine = value.astype(dtype) if is_chief() else np.zeros(value.shape, dtype)
     values = strategy().experimental_distribute_values_from_function(
         lambda context: tf.constant(mine if context.replica_id_in_sync_group == 0 else np.zeros_like(mine)))
-    return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
+    with watchdog.waiting("a broadcast from the chief"):
+        return strategy().reduce("SUM", values, axis=None).numpy().astype(value.dtype)
 
 
 def barrier() -> None:
@@ -145,9 +170,10 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
     values = current.experimental_distribute_values_from_function(
         lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group * per_replica:][:per_replica])
                               for block in padded))
-    outputs = _gathered(function)(values)
-    cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
-    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+    with watchdog.waiting("a gathered pass"):
+        outputs = _gathered(function)(values)
+        cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
+        return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
 def worker() -> tuple[int, int]:
@@ -209,10 +235,11 @@ def gather_shares(function: Callable, counts: list[int], *mine: np.ndarray, trim
     values = current.experimental_distribute_values_from_function(  # global replica id = worker * local + k
         lambda context: tuple(tf.constant(block[context.replica_id_in_sync_group % local * per_replica:][:per_replica])
                               for block in blocks))
-    outputs = _gathered(function)(values)
     keep = gathered_rows(counts) >= 0
     cut = (lambda o: o.numpy()[keep]) if trim else (lambda o: o.numpy())
-    return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
+    with watchdog.waiting("a gathered pass"):
+        outputs = _gathered(function)(values)
+        return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
 
 
 def _share_layout(counts: list[int]) -> tuple[int, int]:

@@ -59,7 +59,8 @@ def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, path
             flipped=[False] * count + [True] * count * (copies - 1), extract=extract_rows,
             row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
             chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)),
-            previous=previous_output(out_path), image_root=inputs.root)
+            previous=previous_output(out_path), image_root=inputs.root,
+            work_recipe={"replicas": distribute.replicas()})  # chunks of another replica count are not resumed
 
     return distribute.led_by_chief(build, extract)
 

@@ -109,7 +109,8 @@ class _Resumed(NamedTuple):
 def _resume(work_dir: Path, recipe: dict) -> tuple[_Resumed | None, int]:
     """(model and per-epoch logs so far, from an interrupted run of the same recipe, or None; epochs lost because
     the checkpoint or its record failed its check, which are then trained again from the start)."""
-    if not prepare_work(work_dir, recipe, stale=CHECKPOINT_FILES):
+    # the replica count changes the weights' last bits (sums in another order): a checkpoint of another is not resumed
+    if not prepare_work(work_dir, {"recipe": recipe, "replicas": distribute.replicas()}, stale=CHECKPOINT_FILES):
         return None, 0
     epoch_file = work_dir / "epoch.json"
     checkpoints = sorted(work_dir.glob("checkpoint-*.keras"))

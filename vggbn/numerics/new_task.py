@@ -133,7 +133,8 @@ def cache_frozen_rows(frozen: keras.Model, *, source_path: str | Path, out_path:
             return features.build_feature_file(
                 out_path, paths=paths, labels=labels, md5s=md5s, flipped=flipped, extract=extract_rows,
                 row_shape=tuple(frozen.output_shape[1:]), dtype="float32", work_dir=work_dir, chunk_rows=chunk_rows,
-                feature_recipe={"frozen": frozen.name, "source": str(source_path)})
+                feature_recipe={"frozen": frozen.name, "source": str(source_path)},
+                work_recipe={"replicas": distribute.replicas()})
 
         distribute.led_by_chief(build, extract)
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from vggbn import compat
-from vggbn.runner import console
+from vggbn.runner import console, watchdog
 from vggbn.numerics import models, optimizers
 
 log = logging.getLogger(__name__)
@@ -308,13 +308,15 @@ class Trainer:
         """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas. `x`, `y`:
         the global batch, or (`count` given) this worker's rows of a global batch of `count` rows."""
         x, y, first, count = self._slices(x, y, count)
-        loss_sum, correct = self._train(x, y, first, count)
-        return float(loss_sum), float(correct)
+        with watchdog.waiting("a training step"):  # a hung or dead peer ends this worker
+            loss_sum, correct = self._train(x, y, first, count)
+            return float(loss_sum), float(correct)
 
     def evaluate_batch(self, x, y, count: int | None = None) -> tuple[float, float]:
         x, y, _, _ = self._slices(x, y, count)
-        loss_sum, correct = self._evaluate(x, y)
-        return float(loss_sum), float(correct)
+        with watchdog.waiting("an evaluation step"):
+            loss_sum, correct = self._evaluate(x, y)
+            return float(loss_sum), float(correct)
 
 
 class Epochs:

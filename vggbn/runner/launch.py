@@ -8,7 +8,7 @@ command (SPMD). A stage that runs a model, started with `VGGBN_LAUNCH` set, re-e
   (free ports), like `torchrun --nproc_per_node`; with C, process i is pinned to cores i*C .. i*C+C-1;
 - any other value is a command prefix, e.g. `VGGBN_LAUNCH="srun --kill-on-bad-exit=1"` inside a Slurm allocation:
   `srun` starts the tasks, and each task finds the cluster from Slurm's own variables (`slurm_addresses`: the step's
-  nodes in Slurm's order, tasks in block order, port `VGGBN_PORT_BASE` + the task's local id).
+  nodes in Slurm's order, tasks in block order, ports `step_ports` picks from the job and step ids).
 
 On a machine with GPUs each worker gets its own share of them (`gpu_share`), set in `CUDA_VISIBLE_DEVICES` before
 TensorFlow starts: by the local launcher for each process it starts, and by a Slurm task itself (`claim_gpus`,
@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from vggbn import VggbnError
+from vggbn.runner.watchdog import TIMEOUT_ENV, timeout as collective_timeout
 
 ENV = "VGGBN_LAUNCH"
 LAUNCHED = "VGGBN_LAUNCHED"
+LAUNCHED_LOCALLY = "VGGBN_LAUNCHED_LOCALLY"  # the local launcher's TF_CONFIG, even inside a Slurm step
 LOG_TAIL_LINES = 20
 
 
@@ -72,11 +74,24 @@ def strategy_choice() -> str:
 
 
 def cluster() -> Cluster:
-    """The cluster the environment describes: TF_CONFIG's, else a Slurm job step's of several tasks, else none
-    (also with VGGBN_STRATEGY=none)."""
-    if strategy_choice() == "none":
-        return Cluster(1, 0, "")
+    """The cluster the environment describes: TF_CONFIG's, else a Slurm job step's of several tasks, else none.
+    A process told to run alone (`VGGBN_STRATEGY=none` or `mirrored`) where a cluster of several workers is
+    described, or a TF_CONFIG inside a Slurm step of several tasks (it would override Slurm's own ranks), is refused:
+    every process would take itself for the chief, or every task for the same one."""
+    described, choice = described_cluster(), strategy_choice()
+    if choice in ("none", "mirrored") and described.workers > 1:
+        raise DistributeError(f"{STRATEGY_ENV}={choice} runs in one process, but {described.source} describes "
+                              f"{described.workers} workers (each would write the same outputs as the chief): use "
+                              f"{STRATEGY_ENV}=multi_worker (or unset it), or run without the cluster")
+    return described
+
+
+def described_cluster() -> Cluster:
+    slurm = _slurm_step_tasks()
     text = os.environ.get("TF_CONFIG", "").strip()
+    if text and slurm > 1 and not os.environ.get(LAUNCHED_LOCALLY):
+        raise DistributeError(f"TF_CONFIG is set inside a Slurm job step of {slurm} tasks, which would override "
+                              "Slurm's own ranks (every task the same one): unset TF_CONFIG for the step")
     if text:
         try:
             config = json.loads(text)
@@ -90,10 +105,15 @@ def cluster() -> Cluster:
             raise DistributeError(f"TF_CONFIG: task type {task['type']!r} does not run stages: expected chief or "
                                   "worker")
         return Cluster(max(workers, 1), index, "TF_CONFIG")
-    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS")
-    if os.environ.get("SLURM_STEP_ID") is not None and tasks and tasks.isdigit() and int(tasks) > 1:
-        return Cluster(int(tasks), int(os.environ.get("SLURM_PROCID", "0")), "slurm")
+    if slurm > 1:
+        return Cluster(slurm, int(os.environ.get("SLURM_PROCID", "0")), "slurm")
     return Cluster(1, 0, "")
+
+
+def _slurm_step_tasks() -> int:
+    """The tasks of the Slurm job step this process is a task of (0 outside one)."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS")
+    return int(tasks) if os.environ.get("SLURM_STEP_ID") is not None and tasks and tasks.isdigit() else 0
 
 
 def check_strategy_fits() -> None:
@@ -101,10 +121,7 @@ def check_strategy_fits() -> None:
     waiting for each other forever: `mirrored` (one process) where a cluster of several workers is described, or
     a single-process strategy for a launch of several workers."""
     choice = strategy_choice()
-    if choice == "mirrored" and cluster().workers > 1:
-        raise DistributeError(f"{STRATEGY_ENV}=mirrored runs in one process, but {cluster().source} describes "
-                              f"{cluster().workers} workers: use {STRATEGY_ENV}=multi_worker (or unset it), or run "
-                              "without the cluster")
+    cluster()  # a cluster described for a process told to run alone
     launching = wanted()
     if choice in ("none", "mirrored") and launching:
         how = parse(launching)
@@ -113,33 +130,22 @@ def check_strategy_fits() -> None:
                                   f"several workers: use {STRATEGY_ENV}=multi_worker (or unset it), or unset {ENV}")
 
 
-TIMEOUT_ENV = "VGGBN_COLLECTIVE_TIMEOUT"
-DEFAULT_COLLECTIVE_TIMEOUT = 3600  # s: longer than the chief works alone (a checkpoint, the split check) at scale
+PORT_BASE_ENV = "VGGBN_PORT_BASE"
+SLURM_PORT_BASE = 20000  # below Linux's ephemeral ports (32768 and up), which any process may hold
+PORTS_PER_STEP = 64  # tasks of one step on one node, at most
 
 
-def collective_timeout() -> float:
-    """Seconds a worker waits in one collective for the others (`VGGBN_COLLECTIVE_TIMEOUT`, default an hour): a
-    hung worker fails the stage after this long instead of blocking it forever. The local launcher gives the other
-    workers as long to finish once one has finished."""
-    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_COLLECTIVE_TIMEOUT)).strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise DistributeError(f"{TIMEOUT_ENV}={value!r}: expected a number of seconds > 0")
-    return seconds
-
-
-def timed_out_message(error: BaseException) -> str | None:
-    """The one-line error for TensorFlow's collective timeout (a worker hung or far too slow), else None."""
-    if type(error).__name__ != "DeadlineExceededError" or "timed out" not in str(error):
-        return None
-    return (f"worker {cluster().index} of {cluster().workers}: a collective did not complete within "
-            f"{collective_timeout():g} s ({TIMEOUT_ENV}): another worker is hung or far too slow")
-
-
-SLURM_PORT_BASE = 8888
+def step_ports(job_id: int, step_id: int, base: int) -> range:
+    """The ports of a Slurm job step's tasks on each node (task with local id i: the range's i-th): a block of
+    `PORTS_PER_STEP` picked by the job and step ids, so two steps of a job (`dvc queue start -j 2`), or two jobs
+    sharing a node, do not collide (steps of one job never, unless hundreds run at once)."""
+    top = 32768 if base < 32768 else 65536
+    blocks = (top - base) // PORTS_PER_STEP
+    if blocks < 1:
+        raise DistributeError(f"{PORT_BASE_ENV}={base}: leaves no room for a step's {PORTS_PER_STEP} ports below "
+                              f"{top}")
+    start = base + (job_id * 8 + step_id) % blocks * PORTS_PER_STEP
+    return range(start, start + PORTS_PER_STEP)
 
 
 def tasks_per_node(text: str) -> list[int]:
@@ -168,6 +174,8 @@ def expand_hostlist(nodelist: str) -> list[str]:
 def block_addresses(hosts: Sequence[str], counts: Sequence[int], port_base: int) -> list[str]:
     """Every task's address, by rank, where Slurm places tasks in blocks (its default): the first node's tasks
     first, each task of a node on port `port_base` + its local id."""
+    if max(counts, default=0) > PORTS_PER_STEP:
+        raise DistributeError(f"{max(counts)} tasks on one node: at most {PORTS_PER_STEP} a node are supported")
     if len(hosts) != len(counts):
         raise DistributeError(f"Slurm names {len(hosts)} nodes ({', '.join(hosts)}) but task counts for "
                               f"{len(counts)} ({', '.join(map(str, counts))})")
@@ -186,7 +194,11 @@ def slurm_addresses() -> list[str]:
     checked against its node and local id: a step whose tasks are not placed in blocks is refused."""
     hosts = expand_hostlist(_slurm_variable("SLURM_STEP_NODELIST", "SLURM_NODELIST"))
     counts = tasks_per_node(_slurm_variable("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"))
-    base = _port_base()
+    job, step = _slurm_variable("SLURM_JOB_ID", "SLURM_JOBID"), _slurm_variable("SLURM_STEP_ID", "SLURM_STEPID")
+    if not (job.isdigit() and step.isdigit()):
+        raise DistributeError(f"SLURM_JOB_ID={job!r}, SLURM_STEP_ID={step!r}: expected numbers (a task of a job "
+                              "step started by srun)")
+    base = step_ports(int(job), int(step), _port_base()).start
     addresses = block_addresses(hosts, counts, base)
     rank, local = int(_slurm_variable("SLURM_PROCID")), int(_slurm_variable("SLURM_LOCALID"))
     node = os.environ.get("SLURMD_NODENAME")
@@ -198,9 +210,9 @@ def slurm_addresses() -> list[str]:
 
 
 def _port_base() -> int:
-    value = os.environ.get("VGGBN_PORT_BASE", str(SLURM_PORT_BASE))
+    value = os.environ.get(PORT_BASE_ENV, str(SLURM_PORT_BASE))
     if not value.isdigit() or not 1024 <= int(value) <= 65000:
-        raise DistributeError(f"VGGBN_PORT_BASE={value!r}: expected a port number from 1024 to 65000")
+        raise DistributeError(f"{PORT_BASE_ENV}={value!r}: expected a port number from 1024 to 65000")
     return int(value)
 
 
@@ -306,7 +318,7 @@ def worker_environments(workers: int, cores_per_worker: int | None, gpus: Sequen
     environments = []
     for index in range(workers):
         env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-               LAUNCHED: "1"}
+               LAUNCHED: "1", LAUNCHED_LOCALLY: "1"}
         share = gpu_share(gpus, workers, index)
         if share is not None:
             env["CUDA_VISIBLE_DEVICES"] = share
@@ -384,19 +396,25 @@ def _wait(processes: list[subprocess.Popen], logs: list[Path]) -> int:
         failed = [(index, status) for index, status in enumerate(statuses) if status not in (None, 0)]
         running = [index for index, status in enumerate(statuses) if status is None]
         if failed:
-            index, status = failed[0]
+            index, status = min(failed, key=lambda failure: (failure[1] > 0, failure[0]))  # a killed one: the cause
+            stopped = [i for i in running if _is_stopped(processes[i].pid)]
             _stop(processes)
+            how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"failed (exit status {status})"
             if index:
                 tail = logs[index - 1].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                print(f"worker {index} of {count} failed (exit status {status}); its last lines:",
-                      *tail, sep="\n", file=sys.stderr)
-            if running:
-                print(f"{_workers(running, count)} still running when worker {index} failed: stopped",
-                      file=sys.stderr)
+                print(f"worker {index} of {count} {how}; its last lines:", *tail, sep="\n", file=sys.stderr)
+            if status < 0:
+                print(f"error: worker {index} of {count} was {how}", file=sys.stderr)
+            if stopped:
+                print(f"{_workers(stopped, count)} stopped (SIGSTOP or a debugger) when worker {index} failed: "
+                      "killed", file=sys.stderr)
+            if set(running) - set(stopped):
+                print(f"{_workers(sorted(set(running) - set(stopped)), count)} still running when worker {index} "
+                      "failed: stopped", file=sys.stderr)
             return status if status > 0 else 128 - status
         if not running:
             return 0
-        if len(running) < count:
+        if len(running) < count and collective_timeout() is not None:
             deadline = deadline or time.monotonic() + collective_timeout()
             if time.monotonic() > deadline:
                 _stop(processes)
@@ -410,13 +428,23 @@ def _workers(indices: list[int], count: int) -> str:
     return f"worker{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))} of {count}"
 
 
+def _is_stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, or traced): it cannot handle SIGTERM until it runs again."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "Tt"
+    except (OSError, IndexError):
+        return False
+
+
 def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL 3 s later (a worker blocked in a collective does not end on SIGTERM); SIGKILL at once
+    to a stopped one."""
     for process in processes:
         if process.poll() is None:
-            process.terminate()
+            process.kill() if _is_stopped(process.pid) else process.terminate()
     for process in processes:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -24,11 +24,12 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
 from vggbn import VggbnError
-from vggbn.runner import console, launch
+from vggbn.runner import console, launch, watchdog
 from vggbn.storage.atomic import disk_full_error, is_disk_full
 from vggbn.runner.layer_names import layer_names
 from vggbn.runner.params import Params, ParamsError, load_params
@@ -92,26 +93,51 @@ def check_cut(loaded: Params) -> None:
 
 def exit_status(main: Callable[[], None]) -> int:
     """Run `main`; 0, or 2 after reporting a VggbnError, or a full disk met by any writer (dvclive, Keras), as one
-    line on stderr (no traceback)."""
+    line on stderr (no traceback).
+
+    A worker of a multi-worker cluster that fails names itself in that line, and ends at once with its Slurm job step
+    (`watchdog.end`): the others, waiting in a collective it will never join, must not wait for the watchdog. A
+    collective that failed because a peer died (TensorFlow's gRPC error) is one line too; any other exception keeps
+    its traceback, followed by the line."""
     try:
         main()
     except VggbnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (OSError, RuntimeError) as error:
-        if not is_disk_full(error):
+        return _failed(str(error))
+    except Exception as error:
+        if isinstance(error, (OSError, RuntimeError)) and is_disk_full(error):
+            return _failed(disk_full_error(getattr(error, "filename", None) or _fullest_output(), None))
+        if not _in_cluster():
             raise
-        print(f"error: {disk_full_error(getattr(error, 'filename', None) or _fullest_output(), None)}",
-              file=sys.stderr)
-        return 2
-    except Exception as error:  # TensorFlow's errors, without importing it
-        message = launch.timed_out_message(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        if type(error).__module__.startswith("tensorflow"):  # a collective aborted: a peer died or ended
+            index, workers = launch.cluster().index, launch.cluster().workers
+            return _failed(f"a collective failed ({type(error).__name__}: {_reason(str(error))}): "
+                           f"{watchdog.peer(index, workers)} died or ended")
+        traceback.print_exc()
+        return _failed(f"{type(error).__name__}: {error}")
     return 0
 
+
+def _reason(message: str) -> str:
+    """The line of a TensorFlow error that says why (not "Graph execution error:" or the traceback of the op)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    lines = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node", "File "))]
+    telling = [line for line in lines if any(word in line for word in ("abort", "Socket", "onnect", "peer", "task"))]
+    return ((telling or lines or ["no message"])[0])[:200]
+
+
+def _in_cluster() -> bool:
+    try:
+        return launch.multi_worker()
+    except VggbnError:
+        return False
+
+
+def _failed(message: str) -> int:
+    if _in_cluster():
+        index, workers = launch.cluster().index, launch.cluster().workers
+        watchdog.end(f"worker {index} of {workers}: {message}", 2)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _fullest_output() -> str:

@@ -178,7 +178,7 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
                        extract: Callable[[Sequence[int]], Iterable[np.ndarray]], row_shape: Sequence[int],
                        dtype: str, work_dir: str | Path, feature_recipe: dict, flipped: Sequence[bool] | None = None,
                        chunk_rows: int | None = None, attrs: dict | None = None, previous=None,
-                       image_root: str | None = None) -> dict:
+                       image_root: str | None = None, work_recipe: dict | None = None) -> dict:
     """Write the feature file for the manifest rows, computing only what no earlier run left behind intact.
 
     Args:
@@ -194,6 +194,8 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
             `size` (bytes expected, or None) and `discard(reason)` (drop it, found damaged), such as
             `vggbn.storage.dvccache.previous_output(out_path)`; None: reuse nothing.
         image_root: the folder `paths` are relative to, to name an image whose features are not finite.
+        work_recipe: what else changes the bytes of a chunk (a pass's replica count: sums in another order), so
+            that a resume under another count recomputes its chunks instead of mixing them.
     Returns: rows computed now, reused from the previous run, resumed from chunks, and `recomputed_corrupt`: rows
         whose reused or resumed bytes failed their check and were made again (also counted where they came from).
     Raises: NonFiniteFeatures naming the first image whose features hold NaN or infinity.
@@ -208,7 +210,7 @@ def build_feature_file(out_path: str | Path, *, paths: Sequence[str], labels: Se
     row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
     manifest_key = [list(paths), [int(x) for x in labels], list(md5s), flipped]
     prepare_work(work_dir, {"feature_recipe": feature_recipe, "manifest": manifest_key, "dtype": dtype,
-                            "chunk_rows": chunk_rows}, stale=("chunk-*",))
+                            "chunk_rows": chunk_rows, **(work_recipe or {})}, stale=("chunk-*",))
     (work_dir / LEGACY_PREVIOUS).unlink(missing_ok=True)
     chunks = [(start, min(start + chunk_rows, count)) for start in range(0, count, chunk_rows)]
     resumable = _resumable_chunks(work_dir)
