@@ -1,8 +1,9 @@
 """What the benchmark scripts share: the test inputs they write (JPEG files, HDF5 feature files), the rate
 measurement (wall and CPU, per round), the matmul reference rate and the final `key=value` line.
 
-Importing it first (`import common`, from a script in this folder) quiets TensorFlow's C++ logging and puts this
-checkout's `vggbn` ahead of whatever `pip install -e` points at.
+Importing it first (`import common`, from a script in this folder) puts this checkout's `vggbn` ahead of whatever
+`pip install -e` points at and quiets TensorFlow as the stages do (`console.quiet_tensorflow_import`: its start-up
+lines filtered out during the import, its native log off after; `VGGBN_LOG=debug` shows them).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _CHECKOUT = str(Path(__file__).resolve().parent.parent)
 if _CHECKOUT not in sys.path:
     sys.path.insert(0, _CHECKOUT)  # this checkout's vggbn, whatever is installed
+
+from vggbn.runner import console  # noqa: E402  (after the path: this checkout's)
+
+console.quiet_tensorflow_import()
 
 CORES = len(os.sched_getaffinity(0))
 

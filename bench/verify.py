@@ -33,6 +33,8 @@ import common  # first: quiets TensorFlow, puts this checkout's vggbn first
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
+import roofline  # noqa: E402
+
 from vggbn.storage import features  # noqa: E402
 from vggbn.storage.dvccache import CachedOutput  # noqa: E402
 
@@ -113,6 +115,10 @@ def main() -> None:
         figures[f"checked_resume_over_plain{suffix}"] = rate["resume_checked"] / rate["resume_plain"]
         figures[f"checked_reuse_over_conv{suffix}"] = rate["reuse_checked"] / rate["conv"]
     figures["util_min"] = util
+    roofline.check(references={  # no bound: each against another path's measured rate
+        "checked_reuse_over_plain": (figures["checked_reuse_over_plain"], "h5py reading the chunks unchecked"),
+        "checked_resume_over_plain": (figures["checked_resume_over_plain"], "np.load on the same files"),
+        "checked_reuse_over_conv": (figures["checked_reuse_over_conv"], "the conv part computing the rows")})
     common.print_figures(figures)
 
 

@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vggbn.numerics import distribute
+from vggbn.runner import console
+
+console.quiet_tensorflow_import()  # as the stages do: no start-up chatter from a worker (bench/gpu.py runs it)
+
+from vggbn.numerics import distribute  # noqa: E402
 
 distribute.strategy()  # before TensorFlow runs anything
 

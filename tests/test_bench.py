@@ -1,13 +1,17 @@
 """Every benchmark under bench/ runs in its smoke mode (tiny sizes, seconds) and ends with its `key=value` line: all
-its keys there, every number finite. Benchmarks that nothing runs rot (bench/finetune.py once called a function
-that no longer existed)."""
+its keys there, every number finite, each ratio printed under its kind (bound or reference), and no framework
+start-up line anywhere. Benchmarks that nothing runs rot (bench/finetune.py once called a function that no longer
+existed)."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vggbn.runner import console
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 KEYS = {
@@ -35,15 +39,31 @@ KEYS = {
             "two_workers_scaling"],
 }
 TEXT_KEYS = {"cpu", "device"}  # figures that name something rather than measure it
+# Ratios each script prints under their kind (roofline.check): a bound must be >= 1 (not held in a smoke run), a
+# reference is only reported. Scripts not listed print no ratio of either kind.
+KINDS = {
+    "transfer": {"bound": ["step_over_bound_b4", "step_over_bound_b32"], "reference": ["speedup_b4", "speedup_b32"]},
+    "stream": {"bound": ["read_over_feed_fp16", "read_over_feed_fp32"],
+               "reference": ["feed_over_read_fp16", "feed_over_read_fp32"]},
+    "finetune": {"bound": ["matmul_over_train_gflops"],
+                 "reference": ["stream_over_memory", "bf16_stream_over_memory"]},
+    "conv_features": {"bound": [], "reference": ["pipeline_over_model", "bf16_speedup", "conv_over_matmul"]},
+    "verify": {"bound": [], "reference": ["checked_reuse_over_plain", "checked_resume_over_plain",
+                                          "checked_reuse_over_conv"]},
+}
 
 
-def last_line_figures(script: str) -> dict[str, str]:
+def last_line_figures(script: str) -> tuple[dict[str, str], str]:
+    """The smoke run's last line as {key: value}, and its whole stdout."""
     result = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--smoke"], capture_output=True, text=True,
                             timeout=600, cwd=BENCH)
     assert result.returncode == 0, (f"bench/{script}.py --smoke failed:\n{result.stdout[-3000:]}\n"
                                     f"{result.stderr[-3000:]}")
+    for stream in (result.stdout, result.stderr):  # TensorFlow's start-up lines are chatter, here as in the stages
+        chatter = set(stream.splitlines()) - set(console.start_up_lines_kept(stream))
+        assert not chatter, f"bench/{script}.py printed framework start-up lines: {sorted(chatter)[:3]}"
     last = result.stdout.strip().splitlines()[-1]
-    return dict(pair.split("=", 1) for pair in last.split())
+    return dict(pair.split("=", 1) for pair in last.split()), result.stdout
 
 
 def test_every_script_has_its_smoke_test():
@@ -51,11 +71,37 @@ def test_every_script_has_its_smoke_test():
 
 
 def check(script: str) -> None:
-    figures = last_line_figures(script)
+    figures, stdout = last_line_figures(script)
     assert set(KEYS[script]) <= set(figures), f"missing: {set(KEYS[script]) - set(figures)}"
     for key, value in figures.items():
         if key not in TEXT_KEYS:
             assert math.isfinite(float(value)), f"{key}={value}"
+    printed = {kind: re.findall(rf"^{kind} (\w+) = ", stdout, re.MULTILINE) for kind in ("bound", "reference")}
+    assert printed == KINDS.get(script, {"bound": [], "reference": []}), printed
+
+
+def test_a_reference_above_one_is_reported_and_a_bound_below_one_fails(capsys):
+    """What the benchmarks' ratios go through: a reference on either side of 1 is printed, a bound below 1 stops the
+    run with its error line (a smoke run does not hold it to 1), a ratio that is not finite fails either kind."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import roofline
+    finally:
+        sys.path.remove(str(BENCH))
+    roofline.check(references={"conv_over_matmul": (1.03, "the 4096x4096 fp32 matmul")},
+                   bounds={"step_over_bound": (1.2, "28 W bytes at the best bandwidth")})
+    out = capsys.readouterr().out
+    assert "reference conv_over_matmul = 1.030 (against the 4096x4096 fp32 matmul;" in out
+    assert "bound step_over_bound = 1.200 (against 28 W bytes at the best bandwidth; must be >= 1)" in out
+    with pytest.raises(roofline.BoundError) as failed:
+        roofline.check(references={"conv_over_matmul": (1.03, "the matmul")},
+                       bounds={"matmul_over_conv": (0.974, "the 4096x4096 fp32 matmul's 504 GFLOP/s")})
+    assert failed.value.code == ("error: matmul_over_conv=0.974 < 1: the work ran faster than its bound (the "
+                                 "4096x4096 fp32 matmul's 504 GFLOP/s); the bound is wrong, not the work")
+    roofline.check(bounds={"matmul_over_conv": (0.974, "the matmul")}, enforce=False)
+    for kind in ("bounds", "references"):
+        with pytest.raises(roofline.BoundError, match="no finite ratio"):
+            roofline.check(**{kind: {"x_over_y": (math.nan, "y")}}, enforce=False)
 
 
 def test_bench_transfer():

@@ -165,17 +165,26 @@ def test_plots_show_every_curve_and_picture_with_data(pipeline, tmp_path):
         assert rows, f"{plot_id}: no data"
         return rows
 
-    # Training curves: each declared train and eval file gives one row per epoch.
+    # Training curves: each declared train and eval file gives one row per epoch, its last the stage's metric (valid_*
+    # for eval, train_* for train where the stage reports it), accuracies in [0, 1]; the demo model learns from
+    # random weights, so its loss falls.
     params = yaml.safe_load((project / "params.yaml").read_text())
     for run_name, epochs in {"demo_model": params["demo"]["epochs"], "finetune": params["finetune"]["epochs"]}.items():
         sources = [source for plot in dvc_yaml(project)["plots"] for spec in plot.values()
                    for source in ((spec or {}).get("y") or {}) if source.startswith(f"dvclive/{run_name}/")]
         assert {source.split("/")[-2] for source in sources} == {"train", "eval"}, f"{run_name}: {sources}"
+        reported = metrics(project, run_name)
         for source in sources:
             field, label = Path(source).stem, "/".join(source.split("/")[-2:])
             rows = [row for row in values(plot_id_for(project, source)) if row.get("filename") == label]
             assert [int(row["step"]) for row in rows] == list(range(epochs)), source
-            assert all(float(row[field]) >= 0 for row in rows), source
+            curve = [float(row[field]) for row in rows]
+            assert all(0 <= value <= 1 for value in curve) if field == "accuracy" else min(curve) > 0, (source, curve)
+            metric = f"{'valid' if label.startswith('eval/') else 'train'}_{field}"
+            if metric in reported:
+                assert curve[-1] == pytest.approx(reported[metric], rel=1e-6), (source, curve, metric)
+            if run_name == "demo_model" and field == "loss":
+                assert curve[-1] < curve[0] / 2, (source, curve)
 
     # Confusion matrix: one (actual, predicted) row per valid image.
     confusion = values(plot_id_for(project, "plots/confusion.csv"))
