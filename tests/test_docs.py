@@ -54,7 +54,8 @@ def test_the_readme_links_every_page_of_docs():
     targets = {target.partition("#")[0] for target in links((ROOT / "README.md").read_text())}
     pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
     assert pages, "docs/ holds the pages the README links"
-    assert not [page for page in pages if page not in targets], "pages of docs/ the README does not link"
+    unlinked = [page for page in pages if page not in targets]
+    assert not unlinked, f"pages of docs/ the README does not link: {unlinked}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
