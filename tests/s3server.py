@@ -165,7 +165,7 @@ class S3Remote:
 
     def configure_dvc_remote(self, repo_dir: Path, prefix: str, name: str = "s3", bucket: str | None = None,
                              credentials: str = "env") -> None:
-        """As the README tells a user: the URL and endpoint in .dvc/config (committed); the credentials from the
+        """As docs/remotes.md tells a user: the URL and endpoint in .dvc/config (committed); the credentials from the
         environment (`env`, the default) or in .dvc/config.local (`local`, never committed)."""
         url = f"s3://{bucket or self.bucket}/{prefix}"
         run(["dvc", "remote", "add", "-d", "-f", name, url], repo_dir, env=self.env)

@@ -127,14 +127,14 @@ def test_params_yaml_sets_every_param():
 
 
 def readme_metric_keys() -> dict[str, set[str]]:
-    """metrics file -> the keys the README's Metrics table names for it (`{a,b}_{c,d}` expanded, in file names
+    """metrics file -> the keys docs/params.md's Metrics table names for it (`{a,b}_{c,d}` expanded, in file names
     too)."""
     import itertools
 
     def expand(token: str) -> list[str]:
         return ["".join(p) for p in itertools.product(*(part.split(",") for part in re.split(r"[{}]", token) if part))]
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "params.md").read_text()
     table = text[text.index("## Metrics"):].split("\n\n")[1]
     named, current = {}, []
     for row in table.splitlines()[2:]:
@@ -147,7 +147,7 @@ def readme_metric_keys() -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "metrics").glob("*.json")))
-def test_readme_names_every_metric_the_code_writes(path):
+def test_docs_name_every_metric_the_code_writes(path):
     import json
 
     named = readme_metric_keys().get(path, set())
@@ -162,4 +162,4 @@ def test_readme_names_every_metric_the_code_writes(path):
                 walk(value, key)
 
     walk(json.loads((ROOT / path).read_text()), None)
-    assert not unnamed, f"README's Metrics table does not name {path}'s keys {unnamed}"
+    assert not unnamed, f"docs/params.md's Metrics table does not name {path}'s keys {unnamed}"

@@ -268,7 +268,7 @@ def file_bytes(path: Path) -> dict[str, bytes]:
 
 
 def test_pipeline_round_trip_through_an_s3_remote(pipeline, tmp_path, s3):
-    """S3 as the README sets it up: `remote add` and `endpointurl` committed, the key from the environment."""
+    """S3 as docs/remotes.md sets it up: `remote add` and `endpointurl` committed, the key from the environment."""
     prefix = "pipeline"
     round_trip(pipeline, tmp_path, lambda repo: s3.configure_dvc_remote(repo, prefix), s3.env)
     repo, clone = tmp_path / "repo", tmp_path / "clone"

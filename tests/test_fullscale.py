@@ -27,7 +27,7 @@ WNIDS = ("n01440764", "n02102040", "n02979186")  # tench, English springer, cass
 IMAGENET_INDEX = (0, 217, 482)  # their outputs in a Keras ImageNet classifier (sorted WordNet ids)
 PER_CLASS = {"train": 4, "valid": 2}  # 12 train and 6 valid images: VGG16's conv part runs ~7 images/s here
 MODES = ("RGB", "L", "CMYK")  # Pillow modes the photos are saved in: colour, grayscale and CMYK JPEGs
-IDENTITY = {"max_abs_diff": 1e-5, "max_abs_diff_logits": 1e-4}  # the README's bounds for metrics/insert_bn.json
+IDENTITY = {"max_abs_diff": 1e-5, "max_abs_diff_logits": 1e-4}  # docs/params.md's bounds for metrics/insert_bn.json
 
 
 def write_photos(folder: Path, names: list[str], seed: int) -> None:

@@ -81,7 +81,7 @@ def test_a_fresh_clone_reproduces_the_committed_lock_metrics_and_plots(pipeline)
     tracks (code, the demo's inputs) are the committed ones, and every metrics file and plot table has the committed
     keys and rows. Bit for bit (`git status` clean) where the demo classifier trains to the committed bits: other
     CPUs round differently (AVX2, AVX-512, AMX kernels), and training turns the last bits into other weights, as the
-    README's *Determinism* says."""
+    docs/robustness.md's Determinism says."""
     project, _ = pipeline
     committed = yaml.safe_load(run(["git", "show", "HEAD~1:dvc.lock"], project).stdout)["stages"]
     produced = yaml.safe_load((project / "dvc.lock").read_text())["stages"]

@@ -1,5 +1,6 @@
-"""The README quotes a figure of the committed run only as `<figure> (`metrics/<file>.json`: `<key>`)`, and each such
-figure is that metric, rounded as shown: a rerun that moves a metric fails here instead of leaving the README stale."""
+"""The README and the pages of docs/ quote a figure of the committed run only as `<figure> (`metrics/<file>.json`:
+`<key>`)`, and each such figure is that metric, rounded as shown: a rerun that moves a metric fails here instead of
+leaving a page stale."""
 
 import json
 import re
@@ -23,17 +24,21 @@ def matches(shown: str, value: float) -> bool:
     return round(value, decimals) == float(shown)
 
 
-def test_every_figure_the_readme_quotes_is_its_metric():
-    figures = quoted_figures((ROOT / "README.md").read_text())
-    assert len(figures) >= 5  # the demo's accuracy and the transfer figures at least
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_figure_the_readme_and_docs_quote_is_its_metric():
+    figures = {page.relative_to(ROOT).as_posix(): quoted_figures(page.read_text()) for page in PAGES}
+    assert figures["README.md"], "the README quotes the demo's accuracy"
+    assert sum(map(len, figures.values())) >= 5  # the demo's accuracy and the transfer figures at least
     wrong = []
-    for shown, file, key in figures:
+    for page, shown, file, key in ((page, *figure) for page, found in figures.items() for figure in found):
         value = json.loads((ROOT / file).read_text())
         for part in key.split("."):
             value = value[part]
         if not matches(shown, float(value)):
-            wrong.append(f"{shown} ({file}: {key}) is {value}")
-    assert not wrong, f"README figures that are not the committed run's: {wrong}"
+            wrong.append(f"{page}: {shown} ({file}: {key}) is {value}")
+    assert not wrong, f"figures that are not the committed run's: {wrong}"
 
 
 def test_the_check_reads_wrapped_quotes_and_refuses_a_drifted_figure():

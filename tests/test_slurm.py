@@ -1,4 +1,4 @@
-"""The README's Slurm job script, submitted with `sbatch --wait` to the real one-node Slurm that `.ci/install-slurm`
+"""The Slurm job script of docs/distributed.md, submitted with `sbatch --wait` to the real one-node Slurm that `.ci/install-slurm`
 starts: the demo's model stages run as two `srun` tasks that build their cluster from Slurm's variables, and
 their results equal the one-process run's. Skipped, saying why, where no Slurm runs."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from project import ENV, copy_of, forget_outputs, metrics, run, stages_ran
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
 MODEL_STAGES = ["conv_features", "bn_stats", "insert_bn", "finetune", "combine", "transfer"]
 
 
@@ -32,10 +32,10 @@ def slurm_missing() -> str | None:
     return None
 
 
-def readme_job_script() -> str:
-    """The job script the README's 'A Slurm job' shows (its indented block starting with #!/bin/bash)."""
-    text = README.read_text()
-    section = text[text.index("**A Slurm job**"):]
+def documented_job_script() -> str:
+    """The job script docs/distributed.md's 'A Slurm job' shows (its indented block starting with #!/bin/bash)."""
+    text = PAGE.read_text()
+    section = text[text.index("## A Slurm job"):]
     block = re.search(r"\n\n((?:    .*\n)+)", section).group(1)
     script = "\n".join(line[4:] for line in block.splitlines()) + "\n"
     assert script.startswith("#!/bin/bash\n#SBATCH") and "srun" in script, script
@@ -43,14 +43,14 @@ def readme_job_script() -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_job_script_under_slurm_equals_one_process(tmp_path, pipeline):
+def test_the_documented_job_script_under_slurm_equals_one_process(tmp_path, pipeline):
     why = slurm_missing()
     if why:
         pytest.skip(why)
     alone = pipeline[0]
     project = copy_of(alone, tmp_path / "slurm")
     forget_outputs(project, MODEL_STAGES)  # every stage that runs a model runs again, as Slurm tasks
-    (tmp_path / "job.sh").write_text(readme_job_script())
+    (tmp_path / "job.sh").write_text(documented_job_script())
     env = {**ENV, "VGGBN_LOG": "info"}  # ports from the job and step ids (launch.step_ports)
     done = run(["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--overcommit", "--job-name=vggbn-test",
                 f"--output={tmp_path / 'job.log'}", f"--chdir={project}", str(tmp_path / "job.sh")], project,
