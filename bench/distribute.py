@@ -60,7 +60,8 @@ def vgg16(size: int):
 
 
 def child_conv(args, work: Path) -> dict:
-    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics import extract, models
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
 
     with distribute.strategy().scope():
@@ -85,7 +86,8 @@ DECODE_SIZE, DECODE_FILTERS, DECODE_CUT = 224, (4, 4, 4), "block3_pool"  # 28 x 
 def child_conv_decode(args, work: Path) -> dict:
     """Decode-bound image pass: full-size JPEGs -> 224 px -> a cheap conv part -> HDF5; the rate, and the images
     this worker decoded in the whole pass. One process also times decoding alone (the same tf.data pipeline)."""
-    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics import extract, models
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
 
     decoded = [0]
@@ -128,7 +130,8 @@ def child_train(args, work: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from vggbn.numerics import distribute, models, surgery
+    from vggbn.numerics import models, surgery
+    from vggbn.cluster import distribute
     from vggbn.storage import features
     from vggbn.numerics.training import Trainer, compile_for_training, seed_everything
 
@@ -175,7 +178,7 @@ def child_read(args, work: Path) -> dict:
     import keras
     import numpy as np
 
-    from vggbn.numerics import distribute
+    from vggbn.cluster import distribute
     from vggbn.numerics.feature_training import TrainingPlan, train_on_features
     from vggbn.storage import features, feed
 
@@ -264,7 +267,7 @@ def main():
         args.images, args.size, args.rows, args.batch_size, args.small_batch_size, args.steps = 8, 32, 128, 64, 32, 1
         args.decode_images = 32
     if args.child:
-        from vggbn.numerics import distribute
+        from vggbn.cluster import distribute
 
         children = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}
         threads_max = most_threads()

@@ -10,7 +10,8 @@ from vggbn.runner import stage
 def run(paths, params):
     """A feature file per split; row counts and the split check. Labels in the files are the model's output
     indices (see `models.label_map`)."""
-    from vggbn.numerics import distribute, models
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
     from vggbn.numerics.extract import check_split, extract_split
     from vggbn.numerics.images import ImageInput
     from vggbn.storage.hashing import file_md5

@@ -33,7 +33,8 @@ def run(paths, params) -> StageResult:
     demo = params.demo
     size, epochs, batch_size, lr, seed = demo.size, demo.epochs, demo.batch_size, demo.lr, demo.seed
     root, out_path, live_dir = paths.data, paths.out, paths.live
-    from vggbn.numerics import distribute, models
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
     from vggbn.numerics.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
 
     strategy = distribute.strategy()  # before TensorFlow runs anything (a multi-worker strategy must be first)
@@ -46,7 +47,7 @@ def run(paths, params) -> StageResult:
         model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
         compile_for_training(model, lr)
         trainer = Trainer(model, strategy)
-    live = live_logger(live_dir, []) if live_dir and distribute.is_chief() else None
+    live = live_logger(live_dir, []) if live_dir else None
     history: list[dict] = []
 
     def shuffled(epoch):  # a fresh seeded order each epoch: every worker draws the same global batches

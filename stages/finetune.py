@@ -9,7 +9,8 @@ def run(paths, params):
     trained again because a checkpoint failed its check."""
     import dataclasses
 
-    from vggbn.numerics import distribute, models
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
     from vggbn.numerics.feature_training import TrainingPlan, train_on_features
     from vggbn.storage.hashing import file_md5
     from vggbn.storage.results import StageResult

@@ -5,7 +5,7 @@ from vggbn.runner import stage
 
 def run(paths, params):
     """Read the listing, draw and check the sample, write the sample folder `--out`; the image counts."""
-    from vggbn.numerics.sampling import build_sample
+    from vggbn.storage.sampling import build_sample
     from vggbn.storage.listing import read_listing
     from vggbn.storage.manifest import write_sample
     from vggbn.storage.results import StageResult

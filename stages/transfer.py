@@ -7,7 +7,8 @@ from vggbn.runner import stage
 def run(paths, params):
     """New-task features (`transfer.root`'s images through the conv part), then the with/without-BN comparison;
     plot `accuracy`: accuracy against learning rate per start."""
-    from vggbn.numerics import distribute, models
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
     from vggbn.numerics.new_task import accuracy_tables, compare_transfer, transfer_features
     from vggbn.storage import features

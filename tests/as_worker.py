@@ -1,5 +1,5 @@
 """One worker of the distributed tests: the image pass, the conv statistics and a fine-tuning of a mini VGG, under
-the strategy the environment gives (`vggbn.numerics.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
+the strategy the environment gives (`vggbn.cluster.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
 
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
@@ -68,7 +68,8 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn.numerics import distribute, extract, models, new_task, surgery  # noqa: E402
+from vggbn.numerics import extract, models, new_task, surgery
+from vggbn.cluster import distribute  # noqa: E402
 from vggbn.storage import features  # noqa: E402
 from vggbn.numerics.feature_training import TrainingPlan, train_on_features  # noqa: E402
 from vggbn.numerics.images import ImageInput  # noqa: E402

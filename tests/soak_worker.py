@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggbn.numerics import distribute
+from vggbn.cluster import distribute
 
 distribute.strategy()  # before TensorFlow runs anything
 
@@ -54,7 +54,6 @@ def main():
         training.compile_for_training(model, 1e-3)
     trainer = training.Trainer(model, strategy, (index, workers))
     train_feed = feed.Feed(FEATURES, BATCH, 256, worker_index=index, num_workers=workers, dtype=None, tensors=True)
-    my_rows = lambda count: feed.worker_slice(count, worker_index=index, num_workers=workers)  # noqa: E731
     samples, history, done = [], [], threading.Event()
 
     def sampler():
@@ -65,7 +64,7 @@ def main():
     while True:
         training.train_epochs(trainer, epochs=len(history) + 1, history=history, steps=steps,
                               train_batches=train_feed.shares,
-                              valid_batches=lambda: features.iter_shares(FEATURES, BATCH, my_rows),
+                              valid_batches=lambda: features.iter_shares(FEATURES, BATCH, distribute.my_share),
                               show_progress=False)
         samples.append(sample(len(history)))
         if index == 1 and os.environ.get("SOAK_HANG"):  # alive (TensorFlow's heartbeats go on) but stuck

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggbn.runner import console
+from vggbn import console
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**clean, "PYTHONPATH": str(ROOT), **env})
 
 
-IMPORT_AND_RUN = ("from vggbn.runner import console\nconsole.quiet_tensorflow_import()\nimport keras\n"
+IMPORT_AND_RUN = ("from vggbn import console\nconsole.quiet_tensorflow_import()\nimport keras\n"
                   "import tensorflow as tf\nprint(float(tf.reduce_sum(tf.ones(3))))\n")
 
 
@@ -74,7 +74,7 @@ def test_a_failing_import_still_shows_its_error(tmp_path):
     fake.mkdir()
     (fake / "__init__.py").write_text("import os\nos.write(2, b'W0000 00:00:1.0 1 a.cc:1] chatter\\n')\n"
                                       "raise ImportError('libtensorflow_framework.so.2: cannot open shared object')\n")
-    done = python(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom vggbn.runner import console\n"
+    done = python(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom vggbn import console\n"
                   "console.quiet_tensorflow_import()\nimport tensorflow\n")
     assert done.returncode == 1 and "chatter" not in done.stderr
     assert "ImportError: libtensorflow_framework.so.2: cannot open shared object" in done.stderr

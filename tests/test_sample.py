@@ -14,7 +14,7 @@ from PIL import Image
 
 from vggbn.storage.listing import read_listing, list_folder
 from vggbn.storage.manifest import read_manifest, write_sample
-from vggbn.numerics.sampling import SampleError, build_sample, check_image, rank, refused_format
+from vggbn.storage.sampling import SampleError, build_sample, check_image, rank, refused_format
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from vggbn import VggbnError
-from vggbn.runner import console
+from vggbn import console
 from vggbn.storage.hashing import file_md5
 from vggbn.runner.stage import exit_status
 
@@ -201,7 +201,7 @@ def _check_top(top: int) -> None:
 
 def _check_images(paths: list[str]) -> None:
     """Each image must be a file that Pillow decodes fully, in a format TensorFlow reads (the sample's checks)."""
-    from vggbn.numerics.sampling import check_image
+    from vggbn.storage.sampling import check_image
 
     for path in paths:
         if not os.path.lexists(path):

@@ -10,7 +10,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn.numerics import distribute, models
+from vggbn.numerics import models
+from vggbn.cluster import distribute
 from vggbn.storage import features
 from vggbn.storage.dvccache import previous_output
 from vggbn.numerics.images import CHECK_IMAGES, ImageInput

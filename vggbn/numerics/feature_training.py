@@ -3,7 +3,6 @@ stage and the transfer stage's trainings run."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -18,7 +17,8 @@ import keras
 import tensorflow as tf
 
 from vggbn import VggbnError
-from vggbn.numerics import distribute, models
+from vggbn.numerics import models
+from vggbn.cluster import distribute
 from vggbn.storage import feed, features
 from vggbn.storage.atomic import atomic_path, staging_folder
 from vggbn.storage.hashing import bytes_digest, file_digest
@@ -52,6 +52,7 @@ def _check_finite(logs: dict, lr: float, where: str) -> None:
         raise TrainingDiverged(f"{where}: training diverged ({shown}); a lower learning rate than {lr:g} may hold")
 
 
+@distribute.chief_only
 def _save_checkpoint(model: keras.Model, work_dir: Path, epoch: int, history: list[dict]) -> None:
     """Model and optimizer after `epoch`, atomically, with the epoch's record beside it.
 
@@ -198,21 +199,19 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
                                            compute=plan.compute, lr=plan.lr, batch_size=plan.batch_size)
     with features.open_features(train_path) as file:
         rows = file["features"].shape[0]
-    chief_writes = work_dir is not None and distribute.is_chief()
-    live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
-    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead,
+    live = live_logger(live_dir, history) if live_dir else None
+    # features.shuffled_order, read straight into tensors ready for a step (storage.feed), a buffer ahead,
     # as the file stores them: float16 features go to the step's device at half the bytes, which casts them there;
     # each worker reads only its rows of each global batch, of the train and of the valid features
     index, workers = distribute.worker()
     train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker_index=index, num_workers=workers,
                            dtype=None, tensors=True)
-    my_rows = functools.partial(feed.worker_slice, worker_index=index, num_workers=workers)
     train_epochs(
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
         train_batches=lambda epoch: train_feed.shares(plan.seed * 100_003 + epoch),
-        valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, my_rows)),
+        valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, distribute.my_share)),
         check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if diverged == "raise" else None,
-        after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,
+        after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if work_dir else None,
         live=live, show_progress=show_progress and distribute.is_chief())
     if live is not None:
         live.end()

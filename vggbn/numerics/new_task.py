@@ -17,14 +17,15 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vggbn.runner import console
-from vggbn.numerics import distribute, extract, models, tfmemory
+from vggbn import console
+from vggbn.numerics import extract, models, tfmemory
+from vggbn.cluster import distribute
 from vggbn.storage import features
 from vggbn.storage.tables import PlotTable
 from vggbn.numerics.feature_training import evaluate, TrainingPlan, train_on_features
 from vggbn.numerics.images import ImageInput
 from vggbn.storage.listing import read_listing
-from vggbn.numerics.sampling import build_sample
+from vggbn.storage.sampling import build_sample
 
 
 def _head_index(dense: keras.Model) -> int:
@@ -173,16 +174,15 @@ def _remove_shared(folder: Path) -> None:
     """Remove a work folder that every worker may read (a shared filesystem): the chief alone removes it, once every
     worker has arrived here (done reading it), and none goes on before it is gone."""
     distribute.barrier()
-    if distribute.is_chief():
-        shutil.rmtree(folder, ignore_errors=True)
+    distribute.chief_only(shutil.rmtree)(folder, ignore_errors=True)
     distribute.barrier()
 
 
 def _shared_temporary_folder(stack: contextlib.ExitStack) -> str:
     """A temporary work folder, the chief's on every worker (it writes the frozen rows there, every worker reads
     them: with workers on several machines, pass a `work_dir` on a filesystem they share instead)."""
-    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vggbn-transfer-")) if distribute.is_chief() \
-        else None
+    folder = distribute.chief_only(
+        lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="vggbn-transfer-")))()
     stack.callback(distribute.barrier)  # on exit, first (last in, first out): removed once every worker is done
     return distribute.broadcast_json(folder)
 

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from vggbn import VggbnError
-from vggbn.runner import console
+from vggbn import console
 from vggbn.storage.atomic import atomic_path, remove_stale_partials, require_space
 from vggbn.storage.hashing import bytes_digest
 from vggbn.storage.workdir import prepare_work
@@ -395,35 +395,59 @@ def iter_shares(path: str | Path, batch_size: int, share: Callable[[int], slice]
             yield read_rows(path, features, first, stop), labels[first:stop], count
 
 
+def shuffled_order(count: int, chunk: int, batch_size: int, buffer_rows: int, rng: np.random.Generator,
+                 labels: h5py.Dataset | np.ndarray) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """The one shuffled order of a feature file's `count` rows (the feed's, and every reference's), from `rng`, a
+    shuffle buffer at a time: blocks of whole chunks of `chunk` rows in a random order, gathered about `buffer_rows`
+    rows at a time, each buffer shuffled row by row; what does not fill a last batch is carried into the next buffer.
+    For each buffer, the (row numbers, their labels) of the batches it completes (the last buffer: what remains)."""
+    block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
+    starts = rng.permutation(np.arange(0, count, block))
+    per_buffer = max(1, buffer_rows // block)
+    carry_rows = np.empty((0,), dtype=np.int64)
+    carry_labels = np.empty((0,), dtype=labels.dtype)
+    for i in range(0, len(starts), per_buffer):
+        group = starts[i:i + per_buffer]
+        rows = np.concatenate([carry_rows] + [np.arange(s, min(s + block, count)) for s in group])
+        labels_ = np.concatenate([carry_labels] + [labels[s:s + block] for s in group])
+        order = rng.permutation(len(rows))
+        rows, labels_ = rows[order], labels_[order]
+        full = (len(rows) // batch_size) * batch_size
+        batches = [(rows[start:start + batch_size], labels_[start:start + batch_size])
+                   for start in range(0, full, batch_size)]
+        if batches:
+            yield batches
+        carry_rows, carry_labels = rows[full:], labels_[full:]
+    if len(carry_rows):
+        yield [(carry_rows, carry_labels)]
+
+
 def shuffled_batches(path: str | Path, batch_size: int, buffer_rows: int, seed: int,
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Every row once, in shuffled batches, reading contiguous blocks: random single-row reads are slow.
-
-    Blocks of whole HDF5 chunks are visited in a seeded random order and gathered into a buffer of about
-    `buffer_rows` rows that is shuffled row by row; memory stays at the buffer.
-    """
-    rng = np.random.default_rng(seed)
+    """Every row once, in `shuffled_order`'s batches for `seed`, read through h5py (float32): the reference the
+    training feed (`vggbn.storage.feed`) is checked against."""
     with open_features(path) as file:
-        features, labels = file["features"], file["labels"]
-        count = features.shape[0]
+        features = file["features"]
         chunk = features.chunks[0] if features.chunks else 1
-        block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
-        starts = rng.permutation(np.arange(0, count, block))
-        carry_x = np.empty((0, *features.shape[1:]), dtype=np.float32)
-        carry_y = np.empty((0,), dtype=labels.dtype)
-        for i in range(0, len(starts), max(1, buffer_rows // block)):
-            group = starts[i:i + max(1, buffer_rows // block)]
-            xs = [carry_x] + [read_rows(path, features, s, s + block) for s in group]
-            ys = [carry_y] + [labels[s:s + block] for s in group]
-            x, y = np.concatenate(xs), np.concatenate(ys)
-            order = rng.permutation(len(y))
-            x, y = x[order], y[order]
-            full = (len(y) // batch_size) * batch_size
-            for start in range(0, full, batch_size):
-                yield x[start:start + batch_size], y[start:start + batch_size]
-            carry_x, carry_y = x[full:], y[full:]
-        if len(carry_y):
-            yield carry_x, carry_y
+        plans = shuffled_order(features.shape[0], chunk, batch_size, buffer_rows, np.random.default_rng(seed),
+                               file["labels"])
+        yield from ((x, y) for x, y, _ in planned_shares(path, features, plans, lambda count: slice(0, count)))
+
+
+def planned_shares(path: str | Path, features: h5py.Dataset, plans, share: Callable[[int], slice]
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """The batches `plans` (`shuffled_order`) name, each only the rows `share(its row count)` of it: (features float32,
+    labels, the batch's row count). A buffer's rows are read as whole chunks through h5py (a compressed chunk can
+    only be read whole), then picked: memory stays at about a buffer."""
+    chunk = features.chunks[0] if features.chunks else 1
+    for plan in plans:
+        parts = [(rows[share(len(rows))], labels[share(len(rows))], len(rows)) for rows, labels in plan]
+        needed = np.unique(np.concatenate([rows for rows, _, _ in parts]) // chunk) * chunk
+        block = np.concatenate([read_rows(path, features, start, start + chunk) for start in needed.tolist()]) \
+            if len(needed) else np.empty((0, *features.shape[1:]), np.float32)
+        for rows, labels, count in parts:  # only the file's last chunk is short, and it sorts last
+            at = np.searchsorted(needed, rows // chunk * chunk) * chunk + rows % chunk
+            yield block[at], labels, count
 
 
 def row_count(path: str | Path) -> int:

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from vggbn.runner import console
+from vggbn import console
 from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word, split_folders, split_of
 from vggbn.storage.manifest import Row, Sample, SampleError
 
