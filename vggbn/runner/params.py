@@ -16,10 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from vggbn.choices import PREPROCESS_MODES, RESIZE_MODES
 from vggbn import VggbnError
 
-RESIZE_MODES = ("squash", "center_crop", "pad")
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 BN_LAYERS = ("dense", "conv", "all")
 BN_POSITIONS = ("after_activation", "before_activation")
 DTYPES = ("float32", "float16")
