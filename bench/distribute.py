@@ -61,6 +61,7 @@ def vgg16(size: int):
 
 def child_conv(args, work: Path) -> dict:
     from vggbn.numerics import extract, models
+    from vggbn.storage import features
     from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
 
@@ -72,8 +73,8 @@ def child_conv(args, work: Path) -> dict:
     for label, count in (("quarter", len(paths) // 4), ("all", len(paths))):
         out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))
         start = time.perf_counter()
-        extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
-                              md5s=["-"] * count, out_path=out / "f.h5", work_dir=out / "work")
+        extract.extract_split(conv, inputs, features.FeatureRows.of(paths[:count], [0] * count, ["-"] * count),
+                              extract.Extraction(label), out / "f.h5", out / "work")
         times[label] = (count, time.perf_counter() - start)
     (n1, t1), (n2, t2) = times["quarter"], times["all"]
     return {"conv_img_s": (n2 - n1) / (t2 - t1)}
@@ -87,6 +88,7 @@ def child_conv_decode(args, work: Path) -> dict:
     """Decode-bound image pass: full-size JPEGs -> 224 px -> a cheap conv part -> HDF5; the rate, and the images
     this worker decoded in the whole pass. One process also times decoding alone (the same tf.data pipeline)."""
     from vggbn.numerics import extract, models
+    from vggbn.storage import features
     from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
 
@@ -109,8 +111,8 @@ def child_conv_decode(args, work: Path) -> dict:
         out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))  # the warm-up traces every batch shape first
         decoded[0] = 0
         start = time.perf_counter()
-        extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
-                              md5s=["-"] * count, out_path=out / "f.h5", work_dir=out / "work")
+        extract.extract_split(conv, inputs, features.FeatureRows.of(paths[:count], [0] * count, ["-"] * count),
+                              extract.Extraction(label), out / "f.h5", out / "work")
         times[label] = (count, time.perf_counter() - start)
     (n1, t1), (n2, t2) = times["quarter"], times["all"]
     result = {"conv_decode_img_s": (n2 - n1) / (t2 - t1), "decoded": decoded[0], "images": n2}

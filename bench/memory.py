@@ -44,14 +44,15 @@ def demo_model():
 
 def child_conv(root: Path, count: int, out: Path) -> None:
     from vggbn.numerics import extract, models
+    from vggbn.storage import features
     from vggbn.numerics.images import ImageInput
 
     conv, _ = models.split(demo_model())
     paths = sorted(str(p.relative_to(root)) for p in (root / "train").glob("*/*.JPEG"))[:count]
-    stats = extract.extract_split(conv=conv, model_md5="bench",
-                                  inputs=ImageInput(root=str(root), batch_size=64, resize="squash", preprocess="caffe"),
-                                  paths=paths, labels=[int(Path(p).parent.name[1:]) for p in paths],
-                                  md5s=["-"] * count, out_path=out / "train.h5", work_dir=out / "work")
+    stats = extract.extract_split(conv, ImageInput(root=str(root), batch_size=64, resize="squash", preprocess="caffe"),
+                                  features.FeatureRows.of(paths, [int(Path(p).parent.name[1:]) for p in paths],
+                                                          ["-"] * count),
+                                  extract.Extraction("bench"), out / "train.h5", out / "work")
     assert stats["computed"] == count, stats
 
 

@@ -98,9 +98,9 @@ def main():
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))
     labels = [int(Path(p).parent.name) for p in paths]
     inputs = ImageInput(str(WORKSPACE / "images"), 6, "squash", "caffe")  # 6 rows a batch: not a multiple of 4
-    stats = extract.extract_split(conv=conv, model_md5="m", inputs=inputs, paths=paths, labels=labels,
-                                  md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
-                                  work_dir=WORKSPACE / "work" / "features")
+    stats = extract.extract_split(conv, inputs,
+                                  features.FeatureRows.of(paths, labels, [f"h{i}" for i in range(len(paths))]),
+                                  extract.Extraction("m"), WORKSPACE / "features.h5", WORKSPACE / "work" / "features")
     moments = surgery.measure_images(conv, inputs, paths, surgery.conv_names(conv))
     # as the bn_stats stage reads them: each worker its own rows of each batch under a multi-worker strategy
     if distribute.multi_worker():

@@ -192,9 +192,10 @@ def write_features(path, rows, classes, rng):
 
     x = rng.normal(size=(rows, 6)).astype(np.float32)
     y = rng.integers(0, classes, rows)
-    features.build_feature_file(path, paths=[f"{i}.png" for i in range(rows)], labels=y.tolist(),
-                                md5s=["0" * 32] * rows, extract=lambda todo: iter([x[todo]]), row_shape=(6,),
-                                dtype="float32", work_dir=path.with_suffix(".work"), feature_recipe={"test": 1})
+    features.build_feature_file(path,
+                                features.FeatureRows([f"{i}.png" for i in range(rows)], y.tolist(), ["0" * 32] * rows),
+                                features.FeatureRecipe({"test": 1}, (6,), "float32"), lambda todo: iter([x[todo]]),
+                                path.with_suffix(".work"))
 
 
 def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):

@@ -26,10 +26,11 @@ def feature_files(tmp_path):
             yield values[list(wanted)]
 
         paths[split] = tmp_path / f"{split}.h5"
-        features.build_feature_file(paths[split], paths=[f"{split}/{i}.png" for i in range(rows)],
-                                    labels=labels.tolist(), md5s=[str(i) for i in range(rows)], extract=extract,
-                                    row_shape=(2, 2, 3), dtype="float32", work_dir=tmp_path / "work" / split,
-                                    feature_recipe={}, chunk_rows=8)
+        features.build_feature_file(paths[split],
+                                    features.FeatureRows([f"{split}/{i}.png" for i in range(rows)], labels.tolist(),
+                                                         [str(i) for i in range(rows)]),
+                                    features.FeatureRecipe({}, (2, 2, 3), "float32", chunk_rows=8), extract,
+                                    tmp_path / "work" / split)
     return paths
 
 
@@ -128,11 +129,12 @@ def test_float16_features_train_exactly_as_their_float32_copy(feature_files, tmp
             values, labels = f["features"][:].astype(np.float16), f["labels"][:]
         for dtype in ("float16", "float32"):
             halves[dtype, split] = tmp_path / f"{split}-{dtype}.h5"
-            features.build_feature_file(halves[dtype, split], paths=[f"{split}/{i}.png" for i in range(len(labels))],
-                                        labels=labels.tolist(), md5s=[str(i) for i in range(len(labels))],
-                                        extract=lambda wanted, values=values: iter([values[list(wanted)]]),
-                                        row_shape=(2, 2, 3), dtype=dtype, work_dir=tmp_path / "w" / dtype / split,
-                                        feature_recipe={}, chunk_rows=8)
+            features.build_feature_file(halves[dtype, split],
+                                        features.FeatureRows([f"{split}/{i}.png" for i in range(len(labels))],
+                                                             labels.tolist(), [str(i) for i in range(len(labels))]),
+                                        features.FeatureRecipe({}, (2, 2, 3), dtype, chunk_rows=8),
+                                        lambda wanted, values=values: iter([values[list(wanted)]]),
+                                        tmp_path / "w" / dtype / split)
     trained = {dtype: train({split: halves[dtype, split] for split in ("train", "valid")}, 2, None)
                for dtype in ("float16", "float32")}
     assert trained["float16"].history == trained["float32"].history

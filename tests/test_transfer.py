@@ -18,10 +18,10 @@ def write_features(path, rows, rng, *, classes=3, row_shape=(2, 2, 4), chunk_row
 
     x = np.maximum(rng.normal(size=(rows, *row_shape)), 0).astype(np.float32)
     y = rng.integers(0, classes, rows)
-    features.build_feature_file(path, paths=[f"{i}.png" for i in range(rows)], labels=y.tolist(),
-                                md5s=["0" * 32] * rows, extract=lambda todo: iter([x[todo]]), row_shape=row_shape,
-                                dtype="float32", work_dir=path.with_suffix(".work"), feature_recipe={"test": 1},
-                                chunk_rows=chunk_rows)
+    features.build_feature_file(path,
+                                features.FeatureRows([f"{i}.png" for i in range(rows)], y.tolist(), ["0" * 32] * rows),
+                                features.FeatureRecipe({"test": 1}, row_shape, "float32", chunk_rows=chunk_rows),
+                                lambda todo: iter([x[todo]]), path.with_suffix(".work"))
 
 
 def start_model(row_shape=(2, 2, 4), dropout=0.5):

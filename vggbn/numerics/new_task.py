@@ -110,32 +110,27 @@ def cache_frozen_rows(frozen: keras.Model, *, source_path: str | Path, out_path:
     predict = models.predictor(frozen)
     with features.open_features(source_path) as file:
         data = file["features"]
-        count, chunk_rows = data.shape[0], (data.chunks or (1,))[0]
+        chunk_rows = (data.chunks or (1,))[0]
         labels = file["labels"][:].tolist()
 
-        def strings(name):
-            return [v.decode() if isinstance(v, bytes) else str(v) for v in file[name][:]] if name in file \
-                else [f"{source_path.name}:{i}" if name == "paths" else "-" for i in range(count)]
-
-        paths, md5s = strings("paths"), strings("md5")
-        flipped = file["flipped"][:].tolist() if "flipped" in file else None
+        rows = features.FeatureRows(file["paths"].asstr()[:].tolist(), labels, file["md5"].asstr()[:].tolist(),
+                                    file["flipped"][:].tolist())
 
         def extract(indices):
             for start in range(0, len(indices), batch_size):  # ascending rows, read in contiguous runs
-                rows = indices[start:start + batch_size]
+                wanted = indices[start:start + batch_size]
                 runs, first = [], 0
-                for k in range(1, len(rows) + 1):
-                    if k == len(rows) or rows[k] != rows[k - 1] + 1:
-                        runs.append(features.read_rows(source_path, data, rows[first], rows[k - 1] + 1))
+                for k in range(1, len(wanted) + 1):
+                    if k == len(wanted) or wanted[k] != wanted[k - 1] + 1:
+                        runs.append(features.read_rows(source_path, data, wanted[first], wanted[k - 1] + 1))
                         first = k
                 yield predict(np.concatenate(runs))
 
         def build(extract_rows):  # on the chief alone: it reads and writes the files, the others compute
-            return features.build_feature_file(
-                out_path, paths=paths, labels=labels, md5s=md5s, flipped=flipped, extract=extract_rows,
-                row_shape=tuple(frozen.output_shape[1:]), dtype="float32", work_dir=work_dir, chunk_rows=chunk_rows,
-                feature_recipe={"frozen": frozen.name, "source": str(source_path)},
-                work_recipe={"replicas": distribute.replicas()})
+            recipe = features.FeatureRecipe(
+                inputs={"frozen": frozen.name, "source": str(source_path)}, row_shape=frozen.output_shape[1:],
+                chunk_rows=chunk_rows, work={"replicas": distribute.replicas()})
+            return features.build_feature_file(out_path, rows, recipe, extract_rows, work_dir)
 
         distribute.led_by_chief(build, extract)
 
@@ -244,9 +239,9 @@ def transfer_features(*, conv: keras.Model, model_md5: str, listing: str | Path,
     sample = build_sample(entries=read_listing(listing), root=inputs.root)
     recomputed_corrupt = 0
     for split, rows in (("train", sample.train), ("valid", sample.valid)):
-        stats = extract.extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=[r.path for r in rows],
-                                      labels=[r.label for r in rows], md5s=[r.md5 for r in rows],
-                                      out_path=out_paths[split], work_dir=Path(work_dir) / split)
+        manifest = features.FeatureRows.of([r.path for r in rows], [r.label for r in rows], [r.md5 for r in rows])
+        stats = extract.extract_split(conv, inputs, manifest, extract.Extraction(model_md5), out_paths[split],
+                                      Path(work_dir) / split)
         recomputed_corrupt += stats["recomputed_corrupt"]
     return sample.classes, recomputed_corrupt
 
