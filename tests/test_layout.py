@@ -145,3 +145,47 @@ def test_the_contract_catches_an_import_back_into_the_runner(tmp_path, monkeypat
     (fake / "leak.py").write_text("from vggbn.runner import params\n")
     assert "vggbn.runner.params" in imported_modules(fake / "leak.py")
     assert layer_of("vggbn.runner.params") not in MAY_IMPORT[layer_of("vggbn.storage.leak")]
+
+
+# The size rule: no library function takes more than 7 parameters or spans more than 80 lines (a value object or a
+# second function is missing). What is still over it is named here, to shrink to nothing; a new entry is refused.
+MAX_PARAMETERS, MAX_LINES = 7, 80
+STILL_OVER = {
+    "vggbn/cli.py:build_parser",
+    "vggbn/numerics/feature_training.py:train_on_features",
+    "vggbn/numerics/feature_training.py:_start",
+    "vggbn/numerics/new_task.py:_training_inputs",
+    "vggbn/numerics/new_task.py:compare_transfer",
+    "vggbn/numerics/training.py:train_epochs",
+    "vggbn/storage/feed.py:Feed.__init__",
+    "vggbn/storage/sampling.py:_require_usable_image",
+    "vggbn/storage/sampling.py:build_sample",
+}
+
+
+def oversized_functions() -> dict[str, str]:
+    found = {}
+    for _, path in library_modules():
+        tree = ast.parse(path.read_text())
+        owners = {child: f"{node.name}." for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                  for child in node.body}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args
+            count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + \
+                bool(args.kwarg)
+            count -= bool(args.args) and args.args[0].arg in ("self", "cls") and node in owners
+            lines = node.end_lineno - node.lineno + 1
+            if count > MAX_PARAMETERS or lines > MAX_LINES:
+                name = f"{path.relative_to(ROOT).as_posix()}:{owners.get(node, '')}{node.name}"
+                found[name] = f"{count} parameters, {lines} lines"
+    return found
+
+
+def test_no_library_function_takes_more_than_7_parameters_or_80_lines():
+    found = oversized_functions()
+    new = {name: size for name, size in found.items() if name not in STILL_OVER}
+    assert not new, f"over {MAX_PARAMETERS} parameters or {MAX_LINES} lines: {new}"
+    fixed = STILL_OVER - set(found)
+    assert not fixed, f"now within the rule: remove {sorted(fixed)} from STILL_OVER"
