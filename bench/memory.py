@@ -75,14 +75,14 @@ def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int, log
     if logical_cpus > 1:  # before TensorFlow starts: MirroredStrategy then has that many replicas
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-    from vggbn.numerics import models, new_task as transfer
+    from vggbn.numerics import models, transfer
 
     full = models.vgg16("none")
     _, dense = models.split(full, "block5_pool")
     del full  # the conv part's weights go with it: the dense part keeps only its own layers
-    transfer.compare_transfer({"without_bn": dense}, train_path=train_path, valid_path=valid_path, num_classes=3,
-                              train_mode="dense", lrs=[1e-4 * 10 ** i for i in range(lrs)], seeds=list(range(seeds)),
-                              epochs=1, batch_size=16)
+    transfer.compare_transfer({"without_bn": dense},
+                              transfer.TransferGrid("dense", [1e-4 * 10 ** i for i in range(lrs)], list(range(seeds)), 1, 16),
+                              train_path=train_path, valid_path=valid_path, num_classes=3)
 
 
 def peak_rss(args: list[str], env: dict | None = None) -> tuple[float, float]:

@@ -251,14 +251,14 @@ def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
 
 
 def test_the_transfer_grid_has_one_bar_over_its_runs(tmp_path, rng, caplog, every_step):
-    from vggbn.numerics.new_task import compare_transfer
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     write_features(tmp_path / "train.h5", 24, 2, rng)
     write_features(tmp_path / "valid.h5", 12, 2, rng)
     caplog.set_level(logging.INFO, logger="vggbn")
     report = compare_transfer({"with_bn": small_dense(1), "without_bn": small_dense(2)},
-                              train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5", num_classes=2,
-                              train_mode="dense", lrs=[1e-3, 1e-2], seeds=[0], epochs=2, batch_size=8)
+                              TransferGrid("dense", [1e-3, 1e-2], [0], 2, 8), train_path=tmp_path / "train.h5",
+                              valid_path=tmp_path / "valid.h5", num_classes=2)
     assert set(report) == {"with_bn", "without_bn"}
     assert [line.split(" (")[0] for line in progress_lines(caplog)] == ["transfer runs: 25%", "transfer runs: 50%",
                                                                          "transfer runs: 75%"]

@@ -109,7 +109,7 @@ def test_a_model_save_on_a_full_disk_leaves_nothing(small_disks):
 
 
 def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(small_disks, tmp_path):
-    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
+    from vggbn.numerics.feature_training import Checkpoints, TrainingPlan, train_on_features
     import keras
 
     rng = np.random.default_rng(0)
@@ -129,7 +129,8 @@ def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(sm
     work = small_disks.mount("400k")
     with pytest.raises(atomic.DiskFullError, match=rf"^{work}/checkpoint-0001\.keras: no space left on device"):
         train_on_features(model, TrainingPlan(epochs=3, batch_size=8, lr=0.01, dropout=None, seed=0, shuffle_buffer=16),
-                          train_path=files["train"], valid_path=files["valid"], work_dir=work, recipe={"r": 1})
+                          train_path=files["train"], valid_path=files["valid"],
+                          checkpoints=Checkpoints(work, {"r": 1}))
     assert sorted(p.name for p in work.iterdir()) == ["checkpoint-0000.keras", "epoch.json", "recipe.json"]
     assert json.loads((work / "epoch.json").read_text())["epoch"] == 0  # the record still names a whole checkpoint
 

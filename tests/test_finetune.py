@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vggbn.storage import features
-from vggbn.numerics.feature_training import TrainingDiverged, TrainingPlan, train_on_features
+from vggbn.numerics.feature_training import Checkpoints, TrainingDiverged, TrainingPlan, train_on_features
 
 RECIPE = {"run": "test"}
 
@@ -47,7 +47,7 @@ def dense_part():
 def train(files, epochs, work_dir, lr=0.01, **options):
     return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=lr, dropout=0.5, seed=0,
                              shuffle_buffer=16), train_path=files["train"], valid_path=files["valid"],
-                             work_dir=work_dir, recipe=RECIPE, **options)
+                             checkpoints=Checkpoints(work_dir, RECIPE), **options)
 
 
 def assert_same_weights(a, b):
@@ -107,14 +107,14 @@ def test_a_diverging_run_stops_naming_the_epoch_before_checkpointing_it(feature_
                                                r"learning rate than 0\.01 may hold$"):
         train_on_features(broken_dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0,
                           shuffle_buffer=16), train_path=feature_files["train"], valid_path=feature_files["valid"],
-                          work_dir=work, recipe=RECIPE)
+                          checkpoints=Checkpoints(work, RECIPE))
     assert not list(work.glob("checkpoint-*")) and not (work / "epoch.json").exists()
 
 
 def test_a_learning_rate_sweep_records_a_diverged_run(feature_files):
     trained = train_on_features(broken_dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0,
-                                shuffle_buffer=16), train_path=feature_files["train"],
-                                valid_path=feature_files["valid"], diverged="record")
+                                shuffle_buffer=16, diverged="record"), train_path=feature_files["train"],
+                                valid_path=feature_files["valid"])
     assert len(trained.history) == 2 and np.isnan(trained.history[-1]["loss"])
 
 
@@ -148,7 +148,7 @@ def test_float16_compute_trains_with_loss_scaling_and_resumes(feature_files, tmp
     def half(epochs, work, compute="float16"):
         return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=0.01, dropout=0.5, seed=0,
                                  shuffle_buffer=16, compute=compute), train_path=feature_files["train"],
-                                 valid_path=feature_files["valid"], work_dir=work, recipe=RECIPE)
+                                 valid_path=feature_files["valid"], checkpoints=Checkpoints(work, RECIPE))
 
     full = half(3, tmp_path / "full")
     single = half(3, None, compute="float32")

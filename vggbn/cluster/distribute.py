@@ -18,9 +18,13 @@ reads, so it is a DVC dependency of every stage that imports it (tests/test_layo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shutil
+import tempfile
 import logging
+from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -330,3 +334,20 @@ def led_by_chief(work: Callable[[Callable], object], step: Callable[[list[int]],
             return broadcast_json(None)
         for _ in step(broadcast(np.zeros(size, np.int64)).tolist()):
             pass
+
+
+def remove_shared(folder: Path) -> None:
+    """Remove a work folder that every worker may read (a shared filesystem): the chief alone removes it, once every
+    worker has arrived here (done reading it), and none goes on before it is gone."""
+    barrier()
+    chief_only(shutil.rmtree)(folder, ignore_errors=True)
+    barrier()
+
+
+def shared_temporary_folder(stack: contextlib.ExitStack) -> str:
+    """A temporary work folder, the chief's on every worker (it writes the frozen rows there, every worker reads
+    them: with workers on several machines, pass a `work_dir` on a filesystem they share instead)."""
+    folder = chief_only(
+        lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="vggbn-transfer-")))()
+    stack.callback(barrier)  # on exit, first (last in, first out): removed once every worker is done
+    return broadcast_json(folder)

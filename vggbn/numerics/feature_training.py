@@ -163,6 +163,11 @@ class TrainingPlan:
     seed: int
     shuffle_buffer: int  # rows held for shuffling while streaming from HDF5
     compute: str = "float32"  # "bfloat16", "float16": Keras mixed precision (float16 with loss scaling)
+    diverged: str = "raise"  # a non-finite loss: a `TrainingDiverged` error ("raise"), or a result ("record")
+
+    def __post_init__(self):
+        if self.diverged not in ("raise", "record"):
+            raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={self.diverged}")
 
     @classmethod
     def from_section(cls, section) -> "TrainingPlan":
@@ -172,27 +177,32 @@ class TrainingPlan:
                       if hasattr(section, field.name)})
 
 
+class Checkpoints(NamedTuple):
+    """Where a training checkpoints after each epoch, and the recipe (inputs' hashes and params) a checkpoint there
+    is resumed for."""
+    work_dir: str | Path
+    recipe: dict
+
+
 def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str | Path, valid_path: str | Path,
-                      work_dir: str | Path | None = None, recipe: dict | None = None,
-                      live_dir: str | Path | None = None, diverged: str = "raise",
+                      checkpoints: Checkpoints | None = None, live_dir: str | Path | None = None,
                       show_progress: bool = True) -> Trained:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
     a run resumed from its checkpoint after epoch k sees the same batches as one that never stopped.
-    `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe,
-    and only if it and its record pass their digests (else training starts over, with a warning);
-    without a `work_dir`, nothing is checkpointed (short runs).
+    `checkpoints.recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same
+    recipe, and only if it and its record pass their digests (else training starts over, with a warning);
+    without `checkpoints`, nothing is checkpointed (short runs).
     Per-epoch curves go to `live_dir` through dvclive's Keras callback (`training.log_epoch`), replayed from the
     checkpoint on resume.
     `plan.compute` 'bfloat16' or 'float16' trains with Keras mixed precision (float16 with dynamic loss scaling);
     the returned model computes in float32 again.
-    `diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
+    `plan.diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
     goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).
     `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).
     """
-    if diverged not in ("raise", "record"):
-        raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={diverged}")
+    work_dir, recipe = checkpoints or (None, None)
     seed_everything(plan.seed)
     strategy = distribute.strategy()
     model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=plan.dropout,
@@ -210,7 +220,7 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
         train_batches=lambda epoch: train_feed.shares(plan.seed * 100_003 + epoch),
         valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, distribute.my_share)),
-        check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if diverged == "raise" else None,
+        check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if plan.diverged == "raise" else None,
         after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if work_dir else None,
         live=live, show_progress=show_progress and distribute.is_chief())
     if live is not None:
