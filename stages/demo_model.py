@@ -35,7 +35,8 @@ def run(paths, params) -> StageResult:
     root, out_path, live_dir = paths.data, paths.out, paths.live
     from vggbn.numerics import models
     from vggbn.cluster import distribute
-    from vggbn.numerics.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
+    from vggbn.numerics.training import (EpochHooks, Trainer, compile_for_training, live_logger, seed_everything,
+                                         train_epochs)
 
     strategy = distribute.strategy()  # before TensorFlow runs anything (a multi-worker strategy must be first)
     root = Path(root)
@@ -59,8 +60,8 @@ def run(paths, params) -> StageResult:
         return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size))
 
     train_epochs(trainer, epochs=epochs, history=history, train_batches=shuffled,
-                 steps=-(-len(y_train) // batch_size), valid_batches=lambda: in_order(x_valid, y_valid), live=live,
-                 show_progress=distribute.is_chief())
+                 steps=-(-len(y_train) // batch_size), valid_batches=lambda: in_order(x_valid, y_valid),
+                 hooks=EpochHooks(live=live, show_progress=distribute.is_chief()))
     if live:
         live.end()
     models.save_model(trainer.finish(), out_path)

@@ -65,7 +65,7 @@ def main():
         training.train_epochs(trainer, epochs=len(history) + 1, history=history, steps=steps,
                               train_batches=train_feed.shares,
                               valid_batches=lambda: features.iter_shares(FEATURES, BATCH, distribute.my_share),
-                              show_progress=False)
+                              hooks=training.EpochHooks(show_progress=False))
         samples.append(sample(len(history)))
         if index == 1 and os.environ.get("SOAK_HANG"):  # alive (TensorFlow's heartbeats go on) but stuck
             time.sleep(3600)

@@ -26,8 +26,8 @@ from vggbn.storage.workdir import prepare_work
 from vggbn.storage.tables import write_json
 from vggbn.numerics.scoring import Score
 from vggbn.numerics.tfdata import without_autotune
-from vggbn.numerics.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
-                            train_epochs)
+from vggbn.numerics.training import (EpochHooks, Trainer, compile_for_training, for_training, live_logger,
+                                     seed_everything, train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +202,9 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
     goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).
     `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).
     """
-    work_dir, recipe = checkpoints or (None, None)
     seed_everything(plan.seed)
     strategy = distribute.strategy()
-    model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=plan.dropout,
-                                           compute=plan.compute, lr=plan.lr, batch_size=plan.batch_size)
+    model, history, lost, trainer = _start(model, strategy, plan, checkpoints)
     with features.open_features(train_path) as file:
         rows = file["features"].shape[0]
     live = live_logger(live_dir, history) if live_dir else None
@@ -220,15 +218,17 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
         train_batches=lambda epoch: train_feed.shares(plan.seed * 100_003 + epoch),
         valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, distribute.my_share)),
-        check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if plan.diverged == "raise" else None,
-        after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if work_dir else None,
-        live=live, show_progress=show_progress and distribute.is_chief())
+        hooks=EpochHooks(
+            check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if plan.diverged == "raise" else None,
+            after_epoch=(lambda epoch: _save_checkpoint(model, Path(checkpoints.work_dir), epoch, history))
+            if checkpoints else None,
+            live=live, show_progress=show_progress and distribute.is_chief()))
     if live is not None:
         live.end()
     return Trained(models.with_compute_dtype(trainer.finish(), "float32"), history, lost)
 
 
-def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, lr, batch_size):
+def _start(model: keras.Model, strategy, plan: TrainingPlan, checkpoints: Checkpoints | None):
     """(the model to train, compiled; the epochs already done; the epochs lost to a damaged checkpoint; its Trainer):
     from the checkpoint of an interrupted run of the same recipe, else fresh.
 
@@ -238,20 +238,21 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
     replicas (`mirrored` too) the model trained is the fresh one built in the scope, its variables mirrored, with the
     checkpoint's values: the checkpoint's own model, loaded outside the scope, has plain variables.
     """
-    resumed, lost = _resume(Path(work_dir), recipe) if work_dir and distribute.is_chief() else (None, 0)
+    resumed, lost = _resume(Path(checkpoints.work_dir), checkpoints.recipe) if checkpoints and distribute.is_chief() \
+        else (None, 0)
     state = distribute.broadcast_json({"history": resumed.history if resumed else [], "lost": lost,
                                        "rng": _rng_states(resumed.model) if resumed else {}})
     with strategy.scope():
         if resumed and distribute.replicas() == 1:
             model = resumed.model
         else:
-            if dropout is not None:
-                model = with_dropout(model, dropout)
+            if plan.dropout is not None:
+                model = with_dropout(model, plan.dropout)
             elif distribute.replicas() > 1 and not _in_scope(model, strategy):
                 model = models.copy_chain(model, name=model.name)  # its variables mirrored on every replica
             # Dense kernels stored transposed, in pieces at small batches
-            model = for_training(models.with_compute_dtype(model, compute), batch_size)
-            compile_for_training(model, lr)
+            model = for_training(models.with_compute_dtype(model, plan.compute), plan.batch_size)
+            compile_for_training(model, plan.lr)
         trainer = Trainer(model, strategy, distribute.worker())
     if distribute.replicas() > 1 and state["history"]:
         variables = model.variables + model.optimizer.variables

@@ -8,7 +8,7 @@ import itertools
 import logging
 import shutil
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import keras
 import numpy as np
@@ -356,15 +356,24 @@ def log_epoch(live, logs: dict) -> None:
     DVCLiveCallback(live=live).on_epoch_end(live.step, logs)
 
 
+class EpochHooks(NamedTuple):
+    """What runs around a training's epochs: `check(logs, where)` (may raise: per batch, with the batch's loss, and
+    per epoch, before anything is saved), `after_epoch(epoch)` (a checkpoint), the dvclive logger `live`, and
+    whether each epoch shows a progress bar."""
+    check: Callable[[dict, str], None] | None = None
+    after_epoch: Callable[[int], None] | None = None
+    live: object = None
+    show_progress: bool = True
+
+
 def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_batches: Callable[[int], Iterable],
-                 steps: int, valid_batches: Callable[[], Iterable], check: Callable[[dict, str], None] | None = None,
-                 after_epoch: Callable[[int], None] | None = None, live=None, show_progress: bool = True) -> None:
+                 steps: int, valid_batches: Callable[[], Iterable], hooks: EpochHooks = EpochHooks()) -> None:
     """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`
     (each (x, y), or (x, y, count): this worker's rows of a global batch of `count`), then the valid batches; its
-    logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to `check` (which may raise: per
-    batch, with the batch's loss, and per epoch, before anything is saved), then `after_epoch(epoch)` (a
-    checkpoint), and logged to `live`.
+    logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to `hooks.check`, then
+    `hooks.after_epoch(epoch)`, and logged to `hooks.live`.
     """
+    check, after_epoch, live, show_progress = hooks
     for epoch in range(len(history), epochs):
         totals = Epochs()
         bar = console.open_progress(steps, f"epoch {epoch + 1}/{epochs}", "batch") if show_progress else None

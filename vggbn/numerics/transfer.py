@@ -98,7 +98,7 @@ def compare_transfer(starts: dict[str, keras.Model], grid: TransferGrid, *, trai
         if work_dir is None:
             work_dir = distribute.shared_temporary_folder(stack)
         report = {}
-        grid = console.open_progress(len(starts) * len(grid.lrs) * len(grid.seeds), "transfer runs", "run")  # one bar, all runs
+        bar = console.open_progress(len(starts) * len(grid.lrs) * len(grid.seeds), "transfer runs", "run")  # one bar, all runs
         for name, dense in starts.items():
             per_lr = {}
             with _training_inputs(name, dense, grid, num_classes=num_classes, train_path=train_path,
@@ -111,7 +111,7 @@ def compare_transfer(starts: dict[str, keras.Model], grid: TransferGrid, *, trai
                                                       valid_path=valid, show_progress=False).model
                             runs.append(evaluate(model, valid, grid.batch_size))
                             del model
-                        grid.update(1)
+                        bar.update(1)
                     accuracies = [run["accuracy"] for run in runs]
                     per_lr[f"{lr:g}"] = {"accuracy": float(np.mean(accuracies)), "accuracy_min": min(accuracies),
                                          "accuracy_max": max(accuracies),
@@ -120,7 +120,7 @@ def compare_transfer(starts: dict[str, keras.Model], grid: TransferGrid, *, trai
             best_lr = max(means, key=means.get)
             report[name] = {"per_lr": per_lr, "best_accuracy": means[best_lr], "best_lr": float(best_lr),
                             "spread": max(means.values()) - min(means.values())}
-        grid.close()
+        bar.close()
     return report
 
 
