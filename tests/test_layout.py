@@ -52,7 +52,7 @@ def test_no_run_named_function_in_the_library():
 
 # The layers, each a list of module prefixes, and which layers each may import (itself always). Nothing below the
 # runner imports it back, so the runner's exemption from DVC deps is safe: code that decides a result never reaches
-# it. The top (stage scripts, the CLI, the public API) may import anything.
+# it. The top (stage scripts, the CLI and its commands, the public API) may import anything.
 LAYERS = {
     "runner": ["vggbn.runner"],
     "pages": ["vggbn.pages"],
@@ -105,7 +105,8 @@ def library_modules():
 
 def test_every_library_module_is_in_a_layer_or_the_top():
     top = {"vggbn", "vggbn.api", "vggbn.cli"}
-    unplaced = [name for name, _ in library_modules() if layer_of(name) is None and name not in top]
+    unplaced = [name for name, _ in library_modules() if layer_of(name) is None and name not in top
+                and not name.startswith("vggbn.commands")]
     assert not unplaced, f"modules in no layer of tests/test_layout.py's LAYERS: {unplaced}"
 
 
@@ -151,9 +152,6 @@ def test_the_contract_catches_an_import_back_into_the_runner(tmp_path, monkeypat
 # second function is missing). What is still over it is named here, to shrink to nothing; a new entry is refused.
 MAX_PARAMETERS, MAX_LINES = 7, 80
 STILL_OVER = {
-    "vggbn/cli.py:build_parser",
-    "vggbn/numerics/feature_training.py:_start",
-    "vggbn/numerics/training.py:train_epochs",
     "vggbn/storage/feed.py:Feed.__init__",
     "vggbn/storage/sampling.py:_require_usable_image",
     "vggbn/storage/sampling.py:build_sample",
