@@ -148,7 +148,8 @@ def test_float16_compute_trains_with_loss_scaling_and_resumes(feature_files, tmp
     def half(epochs, work, compute="float16"):
         return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=0.01, dropout=0.5, seed=0,
                                  shuffle_buffer=16, compute=compute), train_path=feature_files["train"],
-                                 valid_path=feature_files["valid"], checkpoints=Checkpoints(work, RECIPE) if work else None)
+                                 valid_path=feature_files["valid"],
+                                 checkpoints=Checkpoints(work, RECIPE) if work else None)
 
     full = half(3, tmp_path / "full")
     single = half(3, None, compute="float32")
