@@ -193,7 +193,7 @@ def test_a_slurm_step_is_its_nodes_in_slurms_order_and_its_tasks_in_blocks(env):
 
 
 def test_slurm_tasks_keep_their_share_of_the_gpus(env):
-    env.setattr(launch, "expand_hostlist", lambda nodelist: ["a", "b"])  # no scontrol needed for this one
+    env.setattr(gpus, "expand_hostlist", lambda nodelist: ["a", "b"])  # no scontrol needed for this one
     env.setenv("SLURM_STEP_ID", "0")
     env.setenv("SLURM_STEP_NUM_TASKS", "4")
     env.setenv("SLURM_STEP_NODELIST", "a,b")
