@@ -8,7 +8,7 @@ on disk (decode, resize, preprocess, the conv part, the chunked HDF5 file) with 
 of that model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory
 flat: a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
 
-The transfer run is `vggbn.numerics.new_task.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
+The transfer run is `vggbn.numerics.transfer.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
 dense part (`models.vgg16('none')` split at block5_pool: 25088 -> 4096 -> 4096 -> 1000, 124M parameters, random
 weights) on 64 synthetic train rows and 32 valid rows, over a 2 x 2 grid (learning rates x seeds) against a
 1 x 1 grid: one training's model and optimizer at a time keeps the ratio near 1; TensorFlow keeping each
