@@ -19,12 +19,12 @@ def test_gpu_workers_use_nccl_and_cpu_workers_ring_without_a_per_collective_time
     assert (cpu.implementation, cpu.timeout_seconds) == (implementation.RING, None)
 
 
-@pytest.mark.parametrize("gpus, workers, shares", [
+@pytest.mark.parametrize("visible, workers, shares", [
     (["0", "1", "2", "3"], 2, ["0,1", "2,3"]), (["0", "1", "2", "3"], 4, ["0", "1", "2", "3"]),
     (["4", "6", "7"], 2, ["4", "6"]),  # each worker as many as the others: the remainder unused
     ([], 3, [None, None, None])])  # no GPU: the workers compute on the CPU, CUDA_VISIBLE_DEVICES untouched
-def test_each_local_worker_gets_its_own_share_of_the_gpus(gpus, workers, shares):
-    assert [gpus.gpu_share(gpus, workers, i) for i in range(workers)] == shares
+def test_each_local_worker_gets_its_own_share_of_the_gpus(visible, workers, shares):
+    assert [gpus.gpu_share(visible, workers, i) for i in range(workers)] == shares
 
 
 def test_more_workers_than_gpus_is_refused():
