@@ -53,7 +53,7 @@ def main():
         model = training.for_training(model, BATCH)
         training.compile_for_training(model, 1e-3)
     trainer = training.Trainer(model, strategy, (index, workers))
-    train_feed = feed.Feed(FEATURES, BATCH, 256, worker_index=index, num_workers=workers, dtype=None, tensors=True)
+    train_feed = feed.Feed(FEATURES, BATCH, 256, worker=(index, workers), dtype=None, tensors=True)
     samples, history, done = [], [], threading.Event()
 
     def sampler():

@@ -151,9 +151,7 @@ def test_the_contract_catches_an_import_back_into_the_runner(tmp_path, monkeypat
 # The size rule: no library function takes more than 7 parameters or spans more than 80 lines (a value object or a
 # second function is missing). What is still over it is named here, to shrink to nothing; a new entry is refused.
 MAX_PARAMETERS, MAX_LINES = 7, 80
-STILL_OVER = {
-    "vggbn/storage/feed.py:Feed.__init__",
-}
+STILL_OVER: set[str] = set()
 
 
 def oversized_functions() -> dict[str, str]:

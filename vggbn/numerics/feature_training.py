@@ -211,9 +211,8 @@ def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str
     # features.shuffled_order, read straight into tensors ready for a step (storage.feed), a buffer ahead,
     # as the file stores them: float16 features go to the step's device at half the bytes, which casts them there;
     # each worker reads only its rows of each global batch, of the train and of the valid features
-    index, workers = distribute.worker()
-    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker_index=index, num_workers=workers,
-                           dtype=None, tensors=True)
+    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker=distribute.worker(), dtype=None,
+                           tensors=True)
     train_epochs(
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
         train_batches=lambda epoch: train_feed.shares(plan.seed * 100_003 + epoch),

@@ -32,7 +32,7 @@ import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import h5py
 import numpy as np
@@ -197,20 +197,28 @@ class _RowReader:
         os.close(self.fd)
 
 
+class Reading(NamedTuple):
+    """How a feed reads: `threads` reading rows (None: one per core), and `prefetch` > 0: the next shuffle buffer
+    read while this one's batches are yielded."""
+    threads: int | None = None
+    prefetch: int = PREFETCH
+
+
 class Feed:
-    """The shuffled batches of one feature file, epoch after epoch (`epoch(seed)`), for one worker of `num_workers`;
-    what `shuffled_batches` reads, with its batch buffers kept from one epoch to the next (allocated and their
+    """The shuffled batches of one feature file, epoch after epoch (`epoch(seed)`), for `worker` (its index, the
+    workers: `distribute.worker()`), with its batch buffers kept from one epoch to the next (allocated and their
     pages touched once, not every epoch).
 
     Features come as `dtype` (None: as the file stores them, float16 stays float16: half the bytes to move, and a
     step casts them exactly), labels as int32. `tensors` True: both as `tf.Tensor`s ready for a step, the features'
     tensor sharing the buffer its rows were read into (DLPack: no copy); a buffer is reused once nothing refers to
-    its tensor any more. Else numpy arrays, each the batch's own. `threads` (default: the cores) read the rows;
-    `prefetch` > 0: the next shuffle buffer's rows are read while this one's batches are yielded.
+    its tensor any more. Else numpy arrays, each the batch's own. `reading`: how many threads read the rows, and
+    whether the next shuffle buffer's rows are read while this one's batches are yielded.
     """
 
-    def __init__(self, path, batch_size: int, buffer_rows: int, *, worker_index: int = 0, num_workers: int = 1,
-                 threads: int | None = None, prefetch: int = PREFETCH, dtype=np.float32, tensors: bool = False):
+    def __init__(self, path, batch_size: int, buffer_rows: int, *, worker: tuple[int, int] = (0, 1),
+                 reading: Reading = Reading(), dtype=np.float32, tensors: bool = False):
+        worker_index, num_workers = worker
         if not 0 <= worker_index < num_workers:
             raise ValueError(f"Expected 0 <= worker_index < num_workers. Received: worker_index={worker_index}, "
                              f"num_workers={num_workers}")
@@ -218,7 +226,8 @@ class Feed:
             raise ValueError(f"Expected batch_size and buffer_rows >= 1. Received: {batch_size}, {buffer_rows}")
         self.path, self.batch_size, self.buffer_rows = path, batch_size, buffer_rows
         self.worker_index, self.num_workers = worker_index, num_workers
-        self.threads, self.prefetch, self.dtype, self.tensors = threads or cores(), prefetch, dtype, tensors
+        self.threads, self.prefetch = reading.threads or cores(), reading.prefetch
+        self.dtype, self.tensors = dtype, tensors
         self._buffers = _Buffers() if tensors else None
 
     def _share(self, count: int) -> slice:
@@ -279,9 +288,12 @@ def _prompt_gil_handoff():
 
 
 def shuffled_batches(path, batch_size: int, buffer_rows: int, seed: int, **options) -> Iterator[tuple]:
-    """One epoch of a `Feed(path, batch_size, buffer_rows, **options)`: every row once, in
-    `features.shuffled_batches`' order for `seed`."""
-    return Feed(path, batch_size, buffer_rows, **options).epoch(seed)
+    """One epoch of a `Feed(path, batch_size, buffer_rows, ...)` for `seed` (what the tests read): `options` are the
+    Feed's `dtype` and `tensors`, and its worker and reading spelled out (`worker_index`, `num_workers`,
+    `threads`, `prefetch`)."""
+    worker = (options.pop("worker_index", 0), options.pop("num_workers", 1))
+    reading = Reading(options.pop("threads", None), options.pop("prefetch", PREFETCH))
+    return Feed(path, batch_size, buffer_rows, worker=worker, reading=reading, **options).epoch(seed)
 
 
 def _as_tensors(x: np.ndarray, y: np.ndarray):
