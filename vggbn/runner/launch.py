@@ -1,5 +1,5 @@
-"""Where a stage runs: the cluster the environment describes (which process is the chief, the one that writes), and
-the launcher prefix `VGGBN_LAUNCH` names, which runs a stage as every worker of a multi-worker job.
+"""How a stage is launched: the launcher `VGGBN_LAUNCH` names, which runs a stage as every worker of a multi-worker
+job (who each worker is, and the cluster it belongs to, is `vggbn.cluster`'s business).
 
 `dvc repro` runs one command per stage, while under `MultiWorkerMirroredStrategy` every worker must run that same
 command (SPMD). A stage that runs a model, started with `VGGBN_LAUNCH` set, re-executes itself:
@@ -7,16 +7,16 @@ command (SPMD). A stage that runs a model, started with `VGGBN_LAUNCH` set, re-e
 - `VGGBN_LAUNCH=local:N` (or `local:N:C`): as N processes on this machine, each with its `TF_CONFIG` on 127.0.0.1
   (free ports), like `torchrun --nproc_per_node`; with C, process i is pinned to cores i*C .. i*C+C-1;
 - any other value is a command prefix, e.g. `VGGBN_LAUNCH="srun --kill-on-bad-exit=1"` inside a Slurm allocation:
-  `srun` starts the tasks, and each task finds the cluster from Slurm's own variables (`slurm_addresses`: the step's
+  `srun` starts the tasks, and each task finds the cluster from Slurm's own variables (`cluster.slurm`: the step's
   nodes in Slurm's order, tasks in block order, ports `step_ports` picks from the job and step ids).
 
-On a machine with GPUs each worker gets its own share of them (`gpu_share`), set in `CUDA_VISIBLE_DEVICES` before
+On a machine with GPUs each worker gets its own share of them (`runner.gpus`), set in `CUDA_VISIBLE_DEVICES` before
 TensorFlow starts: by the local launcher for each process it starts, and by a Slurm task itself (`claim_gpus`,
 which every stage that runs a model calls first) from its local id.
 
 The launched processes carry `VGGBN_LAUNCHED=1`, so they run the stage instead of launching again. The local
-launcher returns the first failing worker's status after stopping the others (a stage never hangs on a dead
-worker), or 0 when all succeed; the workers other than the chief write their output to a log file in the system's
+launcher returns the first failing worker's status after stopping the others (`runner.supervisor`: a stage never
+hangs on a dead worker), or 0 when all succeed; the workers other than the chief write their output to a log file in the system's
 temporary folder (never under the workspace), whose last lines are shown if that worker fails.
 
 Nothing here changes a stage's result (where it runs is the environment's business), so this module is no
