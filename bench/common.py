@@ -165,9 +165,10 @@ def write_features(path: Path, work: Path, rows: int, row_shape, *, classes: int
             size = len(indices[start:start + block])
             yield np.maximum(rng.standard_normal((size, *row_shape), dtype=np.float32), 0)
 
-    features.build_feature_file(path, paths=[f"img{i}" for i in range(rows)],
-                                labels=rng.integers(0, classes, rows).tolist(), md5s=["-"] * rows, extract=extract,
-                                row_shape=row_shape, dtype="float32", work_dir=work, feature_recipe={"bench": 1})
+    features.build_feature_file(path,
+                                features.FeatureRows([f"img{i}" for i in range(rows)],
+                                                     rng.integers(0, classes, rows).tolist(), ["-"] * rows),
+                                features.FeatureRecipe({"bench": 1}, row_shape, "float32"), extract, work)
 
 
 def print_figures(figures: dict) -> None:

@@ -66,6 +66,7 @@ def main():
     import tensorflow as tf
 
     from vggbn.numerics import extract, models
+    from vggbn.storage import features
     from vggbn.numerics.images import ImageInput, load_batch
 
     print_load()
@@ -101,9 +102,10 @@ def main():
         def pipeline(count: int):
             def work():
                 run = next(runs)  # a fresh output and work folder: nothing may be reused or resumed
-                stats = extract.extract_split(conv=conv, model_md5="bench", inputs=inputs, paths=paths[:count],
-                                              labels=labels[:count], md5s=md5s[:count],
-                                              out_path=tmp / f"run{run}" / "train.h5", work_dir=tmp / f"work{run}")
+                stats = extract.extract_split(conv, inputs,
+                                              features.FeatureRows.of(paths[:count], labels[:count], md5s[:count]),
+                                              extract.Extraction("bench"), tmp / f"run{run}" / "train.h5",
+                                              tmp / f"work{run}")
                 assert stats["computed"] == count, stats
             return work
 

@@ -60,7 +60,9 @@ def vgg16(size: int):
 
 
 def child_conv(args, work: Path) -> dict:
-    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics import extract, models
+    from vggbn.storage import features
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
 
     with distribute.strategy().scope():
@@ -71,8 +73,8 @@ def child_conv(args, work: Path) -> dict:
     for label, count in (("quarter", len(paths) // 4), ("all", len(paths))):
         out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))
         start = time.perf_counter()
-        extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
-                              md5s=["-"] * count, out_path=out / "f.h5", work_dir=out / "work")
+        extract.extract_split(conv, inputs, features.FeatureRows.of(paths[:count], [0] * count, ["-"] * count),
+                              extract.Extraction(label), out / "f.h5", out / "work")
         times[label] = (count, time.perf_counter() - start)
     (n1, t1), (n2, t2) = times["quarter"], times["all"]
     return {"conv_img_s": (n2 - n1) / (t2 - t1)}
@@ -85,7 +87,9 @@ DECODE_SIZE, DECODE_FILTERS, DECODE_CUT = 224, (4, 4, 4), "block3_pool"  # 28 x 
 def child_conv_decode(args, work: Path) -> dict:
     """Decode-bound image pass: full-size JPEGs -> 224 px -> a cheap conv part -> HDF5; the rate, and the images
     this worker decoded in the whole pass. One process also times decoding alone (the same tf.data pipeline)."""
-    from vggbn.numerics import distribute, extract, models
+    from vggbn.numerics import extract, models
+    from vggbn.storage import features
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
 
     decoded = [0]
@@ -107,8 +111,8 @@ def child_conv_decode(args, work: Path) -> dict:
         out = Path(tempfile.mkdtemp(prefix="bench-distribute-"))  # the warm-up traces every batch shape first
         decoded[0] = 0
         start = time.perf_counter()
-        extract.extract_split(conv=conv, model_md5=label, inputs=inputs, paths=paths[:count], labels=[0] * count,
-                              md5s=["-"] * count, out_path=out / "f.h5", work_dir=out / "work")
+        extract.extract_split(conv, inputs, features.FeatureRows.of(paths[:count], [0] * count, ["-"] * count),
+                              extract.Extraction(label), out / "f.h5", out / "work")
         times[label] = (count, time.perf_counter() - start)
     (n1, t1), (n2, t2) = times["quarter"], times["all"]
     result = {"conv_decode_img_s": (n2 - n1) / (t2 - t1), "decoded": decoded[0], "images": n2}
@@ -128,7 +132,8 @@ def child_train(args, work: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from vggbn.numerics import distribute, models, surgery
+    from vggbn.numerics import models, surgery
+    from vggbn.cluster import distribute
     from vggbn.storage import features
     from vggbn.numerics.training import Trainer, compile_for_training, seed_everything
 
@@ -175,7 +180,7 @@ def child_read(args, work: Path) -> dict:
     import keras
     import numpy as np
 
-    from vggbn.numerics import distribute
+    from vggbn.cluster import distribute
     from vggbn.numerics.feature_training import TrainingPlan, train_on_features
     from vggbn.storage import features, feed
 
@@ -264,7 +269,7 @@ def main():
         args.images, args.size, args.rows, args.batch_size, args.small_batch_size, args.steps = 8, 32, 128, 64, 32, 1
         args.decode_images = 32
     if args.child:
-        from vggbn.numerics import distribute
+        from vggbn.cluster import distribute
 
         children = {"conv": child_conv, "conv_decode": child_conv_decode, "train": child_train}
         threads_max = most_threads()

@@ -116,7 +116,7 @@ def main():
         def epoch(key, number, rates=None):
             run = lambda: training.train_epochs(  # noqa: E731
                 trainers[key], epochs=1, history=[], steps=steps, train_batches=lambda _: batches(key[0], number),
-                valid_batches=lambda: [], show_progress=False)
+                valid_batches=lambda: [], hooks=training.EpochHooks(show_progress=False))
             rates.time(run, args.rows) if rates is not None else run()
 
         print("warm-up: an epoch of each configuration (traces the step, creates Adam's slots)", flush=True)

@@ -97,7 +97,7 @@ def feed_rate(path: Path, batch: int, rows: int) -> float:
 
 def workers_rate(features: Path, workers: int, seconds: float) -> float | None:
     """Rows/s of `tests/soak_worker.py` trained as `workers` local workers for `seconds`; None where refused."""
-    from vggbn.runner import launch
+    from vggbn.runner import gpus, launch
 
     out = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     worker = Path(__file__).resolve().parents[1] / "tests" / "soak_worker.py"
@@ -107,7 +107,7 @@ def workers_rate(features: Path, workers: int, seconds: float) -> float | None:
     os.environ.update(env)
     try:
         status = launch.start_local_workers([sys.executable, str(worker), str(features), str(out)], workers)
-    except launch.LaunchError as error:
+    except gpus.LaunchError as error:
         print(f"{workers} workers: {error}")
         return None
     finally:

@@ -8,7 +8,7 @@ on disk (decode, resize, preprocess, the conv part, the chunked HDF5 file) with 
 of that model's dense part with calibrated BN (`surgery.insert_bn`, synthetic statistics). Streaming keeps memory
 flat: a ratio near 1 passes; a path that held every image or feature row would add the MB printed as "if held".
 
-The transfer run is `vggbn.numerics.new_task.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
+The transfer run is `vggbn.numerics.transfer.compare_transfer` (train_mode dense, one epoch, batch 16) from VGG16's full-size
 dense part (`models.vgg16('none')` split at block5_pool: 25088 -> 4096 -> 4096 -> 1000, 124M parameters, random
 weights) on 64 synthetic train rows and 32 valid rows, over a 2 x 2 grid (learning rates x seeds) against a
 1 x 1 grid: one training's model and optimizer at a time keeps the ratio near 1; TensorFlow keeping each
@@ -44,14 +44,15 @@ def demo_model():
 
 def child_conv(root: Path, count: int, out: Path) -> None:
     from vggbn.numerics import extract, models
+    from vggbn.storage import features
     from vggbn.numerics.images import ImageInput
 
     conv, _ = models.split(demo_model())
     paths = sorted(str(p.relative_to(root)) for p in (root / "train").glob("*/*.JPEG"))[:count]
-    stats = extract.extract_split(conv=conv, model_md5="bench",
-                                  inputs=ImageInput(root=str(root), batch_size=64, resize="squash", preprocess="caffe"),
-                                  paths=paths, labels=[int(Path(p).parent.name[1:]) for p in paths],
-                                  md5s=["-"] * count, out_path=out / "train.h5", work_dir=out / "work")
+    stats = extract.extract_split(conv, ImageInput(root=str(root), batch_size=64, resize="squash", preprocess="caffe"),
+                                  features.FeatureRows.of(paths, [int(Path(p).parent.name[1:]) for p in paths],
+                                                          ["-"] * count),
+                                  extract.Extraction("bench"), out / "train.h5", out / "work")
     assert stats["computed"] == count, stats
 
 
@@ -74,14 +75,14 @@ def child_transfer(train_path: Path, valid_path: Path, lrs: int, seeds: int, log
     if logical_cpus > 1:  # before TensorFlow starts: MirroredStrategy then has that many replicas
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-    from vggbn.numerics import models, new_task as transfer
+    from vggbn.numerics import models, transfer
 
     full = models.vgg16("none")
     _, dense = models.split(full, "block5_pool")
     del full  # the conv part's weights go with it: the dense part keeps only its own layers
-    transfer.compare_transfer({"without_bn": dense}, train_path=train_path, valid_path=valid_path, num_classes=3,
-                              train_mode="dense", lrs=[1e-4 * 10 ** i for i in range(lrs)], seeds=list(range(seeds)),
-                              epochs=1, batch_size=16)
+    transfer.compare_transfer({"without_bn": dense},
+                              transfer.TransferGrid("dense", [1e-4 * 10 ** i for i in range(lrs)], list(range(seeds)), 1, 16),
+                              train_path=train_path, valid_path=valid_path, num_classes=3)
 
 
 def peak_rss(args: list[str], env: dict | None = None) -> tuple[float, float]:

@@ -161,7 +161,7 @@ def measure(path: Path, rows: int, args, tag: str, figures: dict) -> None:
     extents = chunk_extents(path) if args.compression == "none" else None
     file_bytes = sum(size for _, size in extents) if extents else Path(path).stat().st_size
     # as feature_training reads it: tensors as the file stores them, ready for a step (which casts them)
-    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, threads=threads, dtype=None,
+    feeds = {threads: feed.Feed(path, args.batch_size, args.shuffle_buffer, reading=feed.Reading(threads), dtype=None,
                                 tensors=True) for threads in (1, CORES)}
     paths = {"feed_1": lambda seed: feed_s(feeds[1], seed), "feed": lambda seed: feed_s(feeds[CORES], seed)}
     if tag == "fp16":  # the previous way: float32 tensors, cast on the CPU before the step

@@ -36,9 +36,10 @@ def run(paths, params):
     Targets in the dense part are measured on the cached train features (`bn.batch_size` rows at a time); targets
     in the conv part (conv BN) need the images, streamed through the conv part.
     """
-    from vggbn.numerics import distribute, models, surgery
+    from vggbn.numerics import models, surgery
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
-    from vggbn.runner import console
+    from vggbn import console
     from vggbn.storage import features
     from vggbn.storage.manifest import read_split
     from vggbn.storage.results import StageResult

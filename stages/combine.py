@@ -8,11 +8,11 @@ def run(paths, params):
     """Save conv part + fine-tuned dense part (`--out` `.keras` and `--weights` `.weights.h5`), then score the
     saved model and the original classifier side by side on the valid images; plot `confusion`: (actual,
     predicted) class names of the combined model, one row per image."""
-    from vggbn.numerics import distribute, models
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
     from vggbn.numerics.scoring import Score
-    from vggbn.runner import console
-    from vggbn.storage.atomic import atomic_path
+    from vggbn import console
     from vggbn.storage.manifest import read_classes, read_split
     from vggbn.storage.results import StageResult
     from vggbn.storage.tables import PlotTable
@@ -22,9 +22,7 @@ def run(paths, params):
     combined = models.join(models.load_model_file(paths.conv), models.load_model_file(paths.dense),
                            name=f"{original.name}_bn")
     models.save_model(combined, paths.out)
-    if distribute.is_chief():  # the chief alone writes
-        with atomic_path(paths.weights) as tmp:
-            combined.save_weights(tmp)
+    models.save_weights(combined, paths.weights)
     distribute.barrier()  # the file is written before any worker reads it
     saved = models.load_model_file(paths.out)  # evaluate what users get, not the object in memory
     manifest = read_split(paths.sample, "valid")

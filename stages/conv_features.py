@@ -10,8 +10,10 @@ from vggbn.runner import stage
 def run(paths, params):
     """A feature file per split; row counts and the split check. Labels in the files are the model's output
     indices (see `models.label_map`)."""
-    from vggbn.numerics import distribute, models
-    from vggbn.numerics.extract import check_split, extract_split
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
+    from vggbn.numerics.extract import Extraction, check_split, extract_split
+    from vggbn.storage.features import FeatureRows
     from vggbn.numerics.images import ImageInput
     from vggbn.storage.hashing import file_md5
     from vggbn.storage.manifest import read_classes, read_split
@@ -27,10 +29,10 @@ def run(paths, params):
     metrics = {}
     for split in ("train", "valid"):
         manifest = read_split(paths.sample, split)
-        stats = extract_split(conv=conv, model_md5=model_md5, inputs=inputs, paths=manifest.paths,
-                              labels=[to_output[label] for label in manifest.labels], md5s=manifest.md5s,
-                              out_path=out_paths[split], work_dir=Path(paths.work) / split, dtype=dtype,
-                              compute=compute, flip=flip and split == "train")
+        rows = FeatureRows.of(manifest.paths, [to_output[label] for label in manifest.labels], manifest.md5s,
+                              flip=flip and split == "train")
+        stats = extract_split(conv, inputs, rows, Extraction(model_md5, compute, dtype), out_paths[split],
+                              Path(paths.work) / split)
         metrics.update({f"{split}_{key}": value for key, value in stats.items()})
     if distribute.is_chief():
         metrics.update(check_split(model=model, cut=cut, inputs=inputs, feature_path=out_paths["valid"]))

@@ -33,8 +33,10 @@ def run(paths, params) -> StageResult:
     demo = params.demo
     size, epochs, batch_size, lr, seed = demo.size, demo.epochs, demo.batch_size, demo.lr, demo.seed
     root, out_path, live_dir = paths.data, paths.out, paths.live
-    from vggbn.numerics import distribute, models
-    from vggbn.numerics.training import Trainer, compile_for_training, live_logger, seed_everything, train_epochs
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
+    from vggbn.numerics.training import (EpochHooks, Trainer, compile_for_training, live_logger, seed_everything,
+                                         train_epochs)
 
     strategy = distribute.strategy()  # before TensorFlow runs anything (a multi-worker strategy must be first)
     root = Path(root)
@@ -46,7 +48,7 @@ def run(paths, params) -> StageResult:
         model = models.build_demo_classifier(input_size=size, num_classes=len(classes), seed=seed)
         compile_for_training(model, lr)
         trainer = Trainer(model, strategy)
-    live = live_logger(live_dir, []) if live_dir and distribute.is_chief() else None
+    live = live_logger(live_dir, []) if live_dir else None
     history: list[dict] = []
 
     def shuffled(epoch):  # a fresh seeded order each epoch: every worker draws the same global batches
@@ -58,8 +60,8 @@ def run(paths, params) -> StageResult:
         return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size))
 
     train_epochs(trainer, epochs=epochs, history=history, train_batches=shuffled,
-                 steps=-(-len(y_train) // batch_size), valid_batches=lambda: in_order(x_valid, y_valid), live=live,
-                 show_progress=distribute.is_chief())
+                 steps=-(-len(y_train) // batch_size), valid_batches=lambda: in_order(x_valid, y_valid),
+                 hooks=EpochHooks(live=live, show_progress=distribute.is_chief()))
     if live:
         live.end()
     models.save_model(trainer.finish(), out_path)

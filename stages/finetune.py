@@ -9,8 +9,9 @@ def run(paths, params):
     trained again because a checkpoint failed its check."""
     import dataclasses
 
-    from vggbn.numerics import distribute, models
-    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
+    from vggbn.numerics.feature_training import Checkpoints, TrainingPlan, train_on_features
     from vggbn.storage.hashing import file_md5
     from vggbn.storage.results import StageResult
 
@@ -18,7 +19,8 @@ def run(paths, params):
     recipe = {"model": file_md5(paths.model), "train": file_md5(paths.train), "valid": file_md5(paths.valid),
               "params": dataclasses.asdict(params)}
     trained = train_on_features(models.load_model_file(paths.model), TrainingPlan.from_section(params),
-                                train_path=paths.train, valid_path=paths.valid, work_dir=paths.work, recipe=recipe,
+                                train_path=paths.train, valid_path=paths.valid,
+                                checkpoints=Checkpoints(paths.work, recipe),
                                 live_dir=paths.live)
     models.save_model(trained.model, paths.out)
     last = trained.history[-1]

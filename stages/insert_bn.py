@@ -16,9 +16,10 @@ def run(paths, params):
     """
     import keras
 
-    from vggbn.numerics import distribute, models, surgery
+    from vggbn.numerics import models, surgery
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import CHECK_IMAGES, ImageInput
-    from vggbn.runner import console
+    from vggbn import console
     from vggbn.storage import features
     from vggbn.storage.manifest import read_split
     from vggbn.storage.results import StageResult

@@ -5,13 +5,13 @@ from vggbn.runner import stage
 
 def run(paths, params):
     """Read the listing, draw and check the sample, write the sample folder `--out`; the image counts."""
-    from vggbn.numerics.sampling import build_sample
+    from vggbn.storage.sampling import Draw, build_sample
     from vggbn.storage.listing import read_listing
     from vggbn.storage.manifest import write_sample
     from vggbn.storage.results import StageResult
 
-    sample = build_sample(entries=read_listing(paths.listing), root=params.data.root, train=params.sample.train,
-                          valid=params.sample.valid, seed=params.sample.seed, strict=params.sample.strict,
+    draw = Draw(params.sample.train, params.sample.valid, params.sample.seed, params.sample.strict)
+    sample = build_sample(entries=read_listing(paths.listing), root=params.data.root, draw=draw,
                           valid_labels=params.data.valid_labels)
     write_sample(paths.out, sample)
     return StageResult(sample.metrics)

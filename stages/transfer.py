@@ -1,15 +1,18 @@
 """Stage transfer: the 2017 notebook's `vgg_ft_bn`: a new softmax layer for a new task's classes, trained on the
 fine-tuned BN dense part and, side by side, on the original dense part, across learning rates and seeds."""
 
+from pathlib import Path
+
 from vggbn.runner import stage
 
 
 def run(paths, params):
     """New-task features (`transfer.root`'s images through the conv part), then the with/without-BN comparison;
     plot `accuracy`: accuracy against learning rate per start."""
-    from vggbn.numerics import distribute, models
+    from vggbn.numerics import models
+    from vggbn.cluster import distribute
     from vggbn.numerics.images import ImageInput
-    from vggbn.numerics.new_task import accuracy_tables, compare_transfer, transfer_features
+    from vggbn.numerics.transfer import TransferGrid, accuracy_tables, compare_transfer
     from vggbn.storage import features
     from vggbn.storage.hashing import file_md5
     from vggbn.storage.results import StageResult
@@ -21,15 +24,33 @@ def run(paths, params):
     classes, recomputed_corrupt = transfer_features(conv=conv, model_md5=file_md5(paths.pretrained), listing=paths.listing,
                                                     inputs=inputs, out_paths=out_paths, work_dir=paths.work)
     starts = {"with_bn": models.load_model_file(paths.finetuned), "without_bn": original_dense}
-    report = compare_transfer(starts, train_path=out_paths["train"], valid_path=out_paths["valid"],
-                              num_classes=len(classes), train_mode=params.train, lrs=params.lrs,
-                              seeds=params.seeds, epochs=params.epochs, batch_size=params.batch_size,
-                              work_dir=paths.work)
+    report = compare_transfer(starts, TransferGrid.from_section(params), train_path=out_paths["train"],
+                              valid_path=out_paths["valid"], num_classes=len(classes), work_dir=paths.work)
     report["classes"] = classes
     report["train_mode"] = params.train
     report["features_recomputed_corrupt"] = recomputed_corrupt
     report.update(distribute.describe())
     return StageResult(report, {"accuracy": accuracy_tables(report)})
+
+
+def transfer_features(*, conv, model_md5: str, listing: str | Path, inputs,
+                      out_paths: dict[str, str], work_dir: str | Path) -> tuple[list[str], int]:
+    """Conv features of every usable image of the new task's folder (`inputs.root`), through the conv_features
+    code path (rows of the previous run reused, after their check). Returns the new task's class names (sorted
+    folder names) in index order, and the rows made again because their reused or resumed bytes failed a check.
+    """
+    from vggbn.numerics.extract import Extraction, extract_split
+    from vggbn.storage.features import FeatureRows
+    from vggbn.storage.listing import read_listing
+    from vggbn.storage.sampling import build_sample
+
+    sample = build_sample(entries=read_listing(listing), root=inputs.root)
+    recomputed_corrupt = 0
+    for split, rows in (("train", sample.train), ("valid", sample.valid)):
+        manifest = FeatureRows.of([r.path for r in rows], [r.label for r in rows], [r.md5 for r in rows])
+        stats = extract_split(conv, inputs, manifest, Extraction(model_md5), out_paths[split], Path(work_dir) / split)
+        recomputed_corrupt += stats["recomputed_corrupt"]
+    return sample.classes, recomputed_corrupt
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """One worker of the distributed tests: the image pass, the conv statistics and a fine-tuning of a mini VGG, under
-the strategy the environment gives (`vggbn.numerics.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
+the strategy the environment gives (`vggbn.cluster.distribute`), run as a real process (alone, or by `vggbn.runner.launch`).
 
     python tests/as_worker.py WORKSPACE LOGICAL_CPUS
 
@@ -68,9 +68,10 @@ if logical > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
 
-from vggbn.numerics import distribute, extract, models, new_task, surgery  # noqa: E402
+from vggbn.numerics import extract, models, surgery, transfer  # noqa: E402
+from vggbn.cluster import distribute  # noqa: E402
 from vggbn.storage import features  # noqa: E402
-from vggbn.numerics.feature_training import TrainingPlan, train_on_features  # noqa: E402
+from vggbn.numerics.feature_training import Checkpoints, TrainingPlan, train_on_features  # noqa: E402
 from vggbn.numerics.images import ImageInput  # noqa: E402
 
 
@@ -97,9 +98,9 @@ def main():
     paths = sorted(str(p.relative_to(WORKSPACE / "images")) for p in (WORKSPACE / "images").rglob("*.png"))
     labels = [int(Path(p).parent.name) for p in paths]
     inputs = ImageInput(str(WORKSPACE / "images"), 6, "squash", "caffe")  # 6 rows a batch: not a multiple of 4
-    stats = extract.extract_split(conv=conv, model_md5="m", inputs=inputs, paths=paths, labels=labels,
-                                  md5s=[f"h{i}" for i in range(len(paths))], out_path=WORKSPACE / "features.h5",
-                                  work_dir=WORKSPACE / "work" / "features")
+    stats = extract.extract_split(conv, inputs,
+                                  features.FeatureRows.of(paths, labels, [f"h{i}" for i in range(len(paths))]),
+                                  extract.Extraction("m"), WORKSPACE / "features.h5", WORKSPACE / "work" / "features")
     moments = surgery.measure_images(conv, inputs, paths, surgery.conv_names(conv))
     # as the bn_stats stage reads them: each worker its own rows of each batch under a multi-worker strategy
     if distribute.multi_worker():
@@ -111,12 +112,12 @@ def main():
     with_bn = surgery.insert_bn(dense, {name: (m.mean, m.variance) for name, m in dense_moments.items()})
     trained = train_on_features(with_bn, TrainingPlan(epochs=int(os.environ.get("EPOCHS", "2")), batch_size=10, lr=1e-3,
                                 dropout=0.5, seed=0, shuffle_buffer=16), train_path=WORKSPACE / "features.h5",
-                                valid_path=WORKSPACE / "features.h5", work_dir=WORKSPACE / "work" / "train",
-                                recipe={"test": 1}, live_dir=WORKSPACE / "live")
-    report = new_task.compare_transfer({"start": dense}, train_path=WORKSPACE / "features.h5",
-                                       valid_path=WORKSPACE / "features.h5", num_classes=3, train_mode="head",
-                                       lrs=[1e-2], seeds=[0], epochs=1, batch_size=10,
-                                       work_dir=WORKSPACE / "work" / "transfer")
+                                valid_path=WORKSPACE / "features.h5",
+                                checkpoints=Checkpoints(WORKSPACE / "work" / "train", {"test": 1}),
+                                live_dir=WORKSPACE / "live")
+    report = transfer.compare_transfer({"start": dense}, transfer.TransferGrid("head", [1e-2], [0], 1, 10),
+                                       train_path=WORKSPACE / "features.h5", valid_path=WORKSPACE / "features.h5",
+                                       num_classes=3, work_dir=WORKSPACE / "work" / "transfer")
     if distribute.is_chief():
         with features.open_features(WORKSPACE / "features.h5") as file:
             rows = file["features"][:]

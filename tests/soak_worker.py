@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vggbn.runner import console
+from vggbn import console
 
 console.quiet_tensorflow_import()  # as the stages do: no start-up chatter from a worker (bench/gpu.py runs it)
 
-from vggbn.numerics import distribute  # noqa: E402
+from vggbn.cluster import distribute  # noqa: E402
 
 distribute.strategy()  # before TensorFlow runs anything
 
@@ -57,8 +57,7 @@ def main():
         model = training.for_training(model, BATCH)
         training.compile_for_training(model, 1e-3)
     trainer = training.Trainer(model, strategy, (index, workers))
-    train_feed = feed.Feed(FEATURES, BATCH, 256, worker_index=index, num_workers=workers, dtype=None, tensors=True)
-    my_rows = lambda count: feed.worker_slice(count, worker_index=index, num_workers=workers)  # noqa: E731
+    train_feed = feed.Feed(FEATURES, BATCH, 256, worker=(index, workers), dtype=None, tensors=True)
     samples, history, done = [], [], threading.Event()
 
     def sampler():
@@ -69,8 +68,8 @@ def main():
     while True:
         training.train_epochs(trainer, epochs=len(history) + 1, history=history, steps=steps,
                               train_batches=train_feed.shares,
-                              valid_batches=lambda: features.iter_shares(FEATURES, BATCH, my_rows),
-                              show_progress=False)
+                              valid_batches=lambda: features.iter_shares(FEATURES, BATCH, distribute.my_share),
+                              hooks=training.EpochHooks(show_progress=False))
         samples.append(sample(len(history)))
         if index == 1 and os.environ.get("SOAK_HANG"):  # alive (TensorFlow's heartbeats go on) but stuck
             time.sleep(3600)

@@ -131,7 +131,9 @@ def test_predict_falls_back_to_output_indices(in_project, capsys):
 
 
 def test_top_k_keeps_output_order_on_ties():
-    assert cli.top_k([0.2, 0.4, 0.4, 0.0], 3) == [1, 2, 0]
+    from vggbn.commands.predict import top_k
+
+    assert top_k([0.2, 0.4, 0.4, 0.0], 3) == [1, 2, 0]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggbn.runner import console
+from vggbn import console
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**clean, "PYTHONPATH": str(ROOT), **env})
 
 
-IMPORT_AND_RUN = ("from vggbn.runner import console\nconsole.quiet_tensorflow_import()\nimport keras\n"
+IMPORT_AND_RUN = ("from vggbn import console\nconsole.quiet_tensorflow_import()\nimport keras\n"
                   "import tensorflow as tf\nprint(float(tf.reduce_sum(tf.ones(3))))\n")
 
 
@@ -74,7 +74,7 @@ def test_a_failing_import_still_shows_its_error(tmp_path):
     fake.mkdir()
     (fake / "__init__.py").write_text("import os\nos.write(2, b'W0000 00:00:1.0 1 a.cc:1] chatter\\n')\n"
                                       "raise ImportError('libtensorflow_framework.so.2: cannot open shared object')\n")
-    done = python(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom vggbn.runner import console\n"
+    done = python(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom vggbn import console\n"
                   "console.quiet_tensorflow_import()\nimport tensorflow\n")
     assert done.returncode == 1 and "chatter" not in done.stderr
     assert "ImportError: libtensorflow_framework.so.2: cannot open shared object" in done.stderr
@@ -192,9 +192,10 @@ def write_features(path, rows, classes, rng):
 
     x = rng.normal(size=(rows, 6)).astype(np.float32)
     y = rng.integers(0, classes, rows)
-    features.build_feature_file(path, paths=[f"{i}.png" for i in range(rows)], labels=y.tolist(),
-                                md5s=["0" * 32] * rows, extract=lambda todo: iter([x[todo]]), row_shape=(6,),
-                                dtype="float32", work_dir=path.with_suffix(".work"), feature_recipe={"test": 1})
+    features.build_feature_file(path,
+                                features.FeatureRows([f"{i}.png" for i in range(rows)], y.tolist(), ["0" * 32] * rows),
+                                features.FeatureRecipe({"test": 1}, (6,), "float32"), lambda todo: iter([x[todo]]),
+                                path.with_suffix(".work"))
 
 
 def test_training_on_features_triggers_no_keras_warning(tmp_path, rng):
@@ -250,14 +251,14 @@ def test_each_epoch_has_its_progress(tmp_path, rng, caplog, every_step):
 
 
 def test_the_transfer_grid_has_one_bar_over_its_runs(tmp_path, rng, caplog, every_step):
-    from vggbn.numerics.new_task import compare_transfer
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     write_features(tmp_path / "train.h5", 24, 2, rng)
     write_features(tmp_path / "valid.h5", 12, 2, rng)
     caplog.set_level(logging.INFO, logger="vggbn")
     report = compare_transfer({"with_bn": small_dense(1), "without_bn": small_dense(2)},
-                              train_path=tmp_path / "train.h5", valid_path=tmp_path / "valid.h5", num_classes=2,
-                              train_mode="dense", lrs=[1e-3, 1e-2], seeds=[0], epochs=2, batch_size=8)
+                              TransferGrid("dense", [1e-3, 1e-2], [0], 2, 8), train_path=tmp_path / "train.h5",
+                              valid_path=tmp_path / "valid.h5", num_classes=2)
     assert set(report) == {"with_bn", "without_bn"}
     assert [line.split(" (")[0] for line in progress_lines(caplog)] == ["transfer runs: 25%", "transfer runs: 50%",
                                                                          "transfer runs: 75%"]

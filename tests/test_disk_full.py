@@ -35,9 +35,8 @@ class Extractor:
 
 def build(out, work, n, extractor):
     paths, labels, md5s = manifest(n)
-    return features.build_feature_file(out, paths=paths, labels=labels, md5s=md5s, extract=extractor,
-                                       row_shape=ROW_SHAPE, dtype="float32", work_dir=work, feature_recipe={},
-                                       chunk_rows=4)
+    return features.build_feature_file(out, features.FeatureRows(paths, labels, md5s),
+                                       features.FeatureRecipe({}, ROW_SHAPE, "float32", chunk_rows=4), extractor, work)
 
 
 def only_finished(folder):
@@ -110,7 +109,7 @@ def test_a_model_save_on_a_full_disk_leaves_nothing(small_disks):
 
 
 def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(small_disks, tmp_path):
-    from vggbn.numerics.feature_training import TrainingPlan, train_on_features
+    from vggbn.numerics.feature_training import Checkpoints, TrainingPlan, train_on_features
     import keras
 
     rng = np.random.default_rng(0)
@@ -118,10 +117,11 @@ def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(sm
     for split in ("train", "valid"):
         files[split] = tmp_path / f"{split}.h5"
         values = rng.normal(size=(32, 2, 2, 3)).astype(np.float32)
-        features.build_feature_file(files[split], paths=[str(i) for i in range(32)], labels=[i % 3 for i in range(32)],
-                                    md5s=[str(i) for i in range(32)], extract=lambda rows, v=values: iter([v[rows]]),
-                                    row_shape=(2, 2, 3), dtype="float32", work_dir=tmp_path / "w" / split,
-                                    feature_recipe={})
+        features.build_feature_file(files[split],
+                                    features.FeatureRows([str(i) for i in range(32)], [i % 3 for i in range(32)],
+                                                         [str(i) for i in range(32)]),
+                                    features.FeatureRecipe({}, (2, 2, 3), "float32"),
+                                    lambda rows, v=values: iter([v[rows]]), tmp_path / "w" / split)
     inputs = keras.Input((2, 2, 3))
     x = keras.layers.Flatten()(inputs)
     x = keras.layers.Dense(1500, activation="relu")(x)  # 72 KB of weights, 216 KB with Adam's slots
@@ -129,7 +129,8 @@ def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_last_one(sm
     work = small_disks.mount("400k")
     with pytest.raises(atomic.DiskFullError, match=rf"^{work}/checkpoint-0001\.keras: no space left on device"):
         train_on_features(model, TrainingPlan(epochs=3, batch_size=8, lr=0.01, dropout=None, seed=0, shuffle_buffer=16),
-                          train_path=files["train"], valid_path=files["valid"], work_dir=work, recipe={"r": 1})
+                          train_path=files["train"], valid_path=files["valid"],
+                          checkpoints=Checkpoints(work, {"r": 1}))
     assert sorted(p.name for p in work.iterdir()) == ["checkpoint-0000.keras", "epoch.json", "recipe.json"]
     assert json.loads((work / "epoch.json").read_text())["epoch"] == 0  # the record still names a whole checkpoint
 

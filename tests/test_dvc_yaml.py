@@ -14,10 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 # The runner (vggbn/runner/) can only accept, refuse or describe a stage's inputs (params schema, command line,
-# logging and progress, summaries, where a stage runs), never change a result: no stage lists it, so adding a param,
-# rewording a message or moving to a cluster reruns nothing. The package's own __init__ holds only the error type,
-# and each part's __init__ only its docstring (checked below). Everything else a stage imports is in its deps.
-NEVER_DEPS = ("vggbn/runner/", "vggbn/__init__.py")
+# summaries, how a stage is launched), never change a result: no stage lists it, so adding a param, rewording a
+# message or moving to a cluster reruns nothing. Below it, three modules only describe or guard a run and are no
+# dependency either: what a run shows (vggbn/console.py), the watchdog that ends a worker stuck on a dead peer and the
+# device probe (vggbn/cluster/watchdog.py, devices.py). The package's own __init__ holds only the error type, and
+# each part's __init__ only its docstring (checked below). Everything else a stage imports is in its deps:
+# vggbn/cluster/distribute.py and the environment it reads decide which rows each worker reads.
+NEVER_DEPS = ("vggbn/runner/", "vggbn/__init__.py", "vggbn/console.py", "vggbn/cluster/watchdog.py",
+              "vggbn/cluster/devices.py")
 
 
 def never_a_dep(module: str) -> bool:

@@ -27,12 +27,12 @@ def photo_folder(tmp_path, rng):
     return root, paths
 
 
-def extract_to(tmp_path, mini_vgg, root, paths, **options):
+def extract_to(tmp_path, mini_vgg, root, paths, flip=False, **how):
     conv, _ = models.split(mini_vgg)
     out = tmp_path / f"features-{len(list(tmp_path.glob('features-*')))}.h5"
-    extract.extract_split(conv=conv, model_md5="m", inputs=ImageInput(str(root), 4, "squash", "caffe"), paths=paths,
-                          labels=[0, 1] * 3, md5s=[f"h{i}" for i in range(6)], out_path=out,
-                          work_dir=tmp_path / "work" / out.stem, **options)
+    extract.extract_split(conv, ImageInput(str(root), 4, "squash", "caffe"),
+                          features.FeatureRows.of(paths, [0, 1] * 3, [f"h{i}" for i in range(6)], flip=flip),
+                          extract.Extraction("m", **how), out, tmp_path / "work" / out.stem)
     return conv, out
 
 
@@ -96,9 +96,9 @@ def test_a_model_that_yields_nan_stops_at_the_first_image_naming_it(tmp_path, mi
     conv, _ = models.split(mini_vgg, cut)
     out = tmp_path / "features.h5"
     with pytest.raises(features.NonFiniteFeatures) as caught:
-        extract.extract_split(conv=conv, model_md5="m", inputs=ImageInput(str(root), 4, "squash", "caffe"),
-                              paths=paths, labels=[0, 1] * 3, md5s=[f"h{i}" for i in range(6)], out_path=out,
-                              work_dir=tmp_path / "work")
+        extract.extract_split(conv, ImageInput(str(root), 4, "squash", "caffe"),
+                              features.FeatureRows.of(paths, [0, 1] * 3, [f"h{i}" for i in range(6)]),
+                              extract.Extraction("m"), out, tmp_path / "work")
     batch = images.load_batch([str(root / p) for p in paths], size=(32, 32), resize="squash", preprocess="caffe")
     finite = np.isfinite(conv.predict_on_batch(batch)).reshape(len(paths), -1).all(axis=1)
     first = int(np.argmin(finite))  # the first image whose features are not finite: the one named

@@ -35,10 +35,10 @@ class Extractor:
 
 
 def build(out, work, paths, labels, md5s, extractor, recipe=RECIPE, previous=None, work_recipe=None):
-    return features.build_feature_file(out, paths=paths, labels=labels, md5s=md5s, extract=extractor,
-                                       row_shape=(2, 2, 3), dtype="float32", work_dir=work, feature_recipe=recipe,
-                                       chunk_rows=5, attrs={"cut": "block2_pool"}, previous=previous,
-                                       work_recipe=work_recipe)
+    recipe = features.FeatureRecipe(recipe, (2, 2, 3), "float32", chunk_rows=5, attrs={"cut": "block2_pool"},
+                                    work=work_recipe)
+    return features.build_feature_file(out, features.FeatureRows(paths, labels, md5s), recipe, extractor, work,
+                                       previous=previous)
 
 
 def cached(path, cache_dir):
@@ -213,8 +213,7 @@ def test_leftovers_of_earlier_runs_are_removed(tmp_path):
     paths, labels, md5s = manifest(7)
     work = tmp_path / "work"
     build(tmp_path / "a.h5", work, paths, labels, md5s, Extractor(paths))
-    (work / "previous.h5").write_bytes(b"a second copy, as earlier versions kept")
-    (work / "chunk-000000.npy").write_bytes(b"an earlier version's chunk name")
+    (work / "chunk-000000.npy").write_bytes(b"a chunk name not ours")
     (work / ".partial-999999999-chunk-000001-0123.npy").write_bytes(b"a killed write")
     stats = build(tmp_path / "b.h5", work, paths, labels, md5s, Extractor(paths))
     assert stats["computed"] == 7
@@ -236,8 +235,8 @@ def test_non_finite_features_name_the_image_and_leave_no_file(tmp_path):
 
     out, work = tmp_path / "f.h5", tmp_path / "work"
     with pytest.raises(features.NonFiniteFeatures, match=r"^images/train/c0/img 6\.png: the conv part gives NaN"):
-        features.build_feature_file(out, paths=paths, labels=labels, md5s=md5s, extract=broken, row_shape=(2, 2, 3),
-                                    dtype="float32", work_dir=work, feature_recipe=RECIPE, chunk_rows=5,
+        features.build_feature_file(out, features.FeatureRows(paths, labels, md5s),
+                                    features.FeatureRecipe(RECIPE, (2, 2, 3), "float32", chunk_rows=5), broken, work,
                                     image_root="images")
     assert not out.exists() and not list(tmp_path.glob(".partial-*"))
     assert len(list(work.glob("chunk-*.npy"))) == 1  # rows 0-4 stay done
@@ -251,9 +250,8 @@ def test_values_beyond_float16_name_the_image_and_the_dtype(tmp_path):
 
     with pytest.raises(features.NonFiniteFeatures, match=r"img 0\.png: its features reach 1e\+06, beyond what "
                                                          r"features.dtype float16 can hold"):
-        features.build_feature_file(tmp_path / "f.h5", paths=paths, labels=labels, md5s=md5s, extract=huge,
-                                    row_shape=(2, 2, 3), dtype="float16", work_dir=tmp_path / "w",
-                                    feature_recipe=RECIPE)
+        features.build_feature_file(tmp_path / "f.h5", features.FeatureRows(paths, labels, md5s),
+                                    features.FeatureRecipe(RECIPE, (2, 2, 3), "float16"), huge, tmp_path / "w")
 
 
 def test_reading_a_truncated_feature_file_is_a_one_line_error_naming_it(tmp_path):

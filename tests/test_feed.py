@@ -105,7 +105,7 @@ def test_where_preadv_is_missing_the_fallbacks_give_the_same_batches_and_train_t
     some Unixes), `os.pread`: chosen by what the system has. Forced here on Linux by pretending the calls are
     absent; the batches are the C call's byte for byte, a damaged file is the same one-line error, and fine-tuning
     ends at the same weights."""
-    from test_finetune import RECIPE, dense_part
+    from test_finetune import dense_part
 
     from vggbn.numerics.feature_training import TrainingPlan, train_on_features
 
@@ -123,7 +123,7 @@ def test_where_preadv_is_missing_the_fallbacks_give_the_same_batches_and_train_t
     def trained():
         return train_on_features(dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0,
                                  shuffle_buffer=16), train_path=files["train"], valid_path=files["valid"],
-                                 work_dir=None, recipe=RECIPE, show_progress=False).model.get_weights()
+                                 show_progress=False).model.get_weights()
     reference = trained()
 
     class NoPreadv:  # a C library without the call

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vggbn.storage import features
-from vggbn.numerics.feature_training import TrainingDiverged, TrainingPlan, train_on_features
+from vggbn.numerics.feature_training import Checkpoints, TrainingDiverged, TrainingPlan, train_on_features
 
 RECIPE = {"run": "test"}
 
@@ -26,10 +26,11 @@ def feature_files(tmp_path):
             yield values[list(wanted)]
 
         paths[split] = tmp_path / f"{split}.h5"
-        features.build_feature_file(paths[split], paths=[f"{split}/{i}.png" for i in range(rows)],
-                                    labels=labels.tolist(), md5s=[str(i) for i in range(rows)], extract=extract,
-                                    row_shape=(2, 2, 3), dtype="float32", work_dir=tmp_path / "work" / split,
-                                    feature_recipe={}, chunk_rows=8)
+        features.build_feature_file(paths[split],
+                                    features.FeatureRows([f"{split}/{i}.png" for i in range(rows)], labels.tolist(),
+                                                         [str(i) for i in range(rows)]),
+                                    features.FeatureRecipe({}, (2, 2, 3), "float32", chunk_rows=8), extract,
+                                    tmp_path / "work" / split)
     return paths
 
 
@@ -46,7 +47,7 @@ def dense_part():
 def train(files, epochs, work_dir, lr=0.01, **options):
     return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=lr, dropout=0.5, seed=0,
                              shuffle_buffer=16), train_path=files["train"], valid_path=files["valid"],
-                             work_dir=work_dir, recipe=RECIPE, **options)
+                             checkpoints=Checkpoints(work_dir, RECIPE) if work_dir else None, **options)
 
 
 def assert_same_weights(a, b):
@@ -106,14 +107,14 @@ def test_a_diverging_run_stops_naming_the_epoch_before_checkpointing_it(feature_
                                                r"learning rate than 0\.01 may hold$"):
         train_on_features(broken_dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=0.5, seed=0,
                           shuffle_buffer=16), train_path=feature_files["train"], valid_path=feature_files["valid"],
-                          work_dir=work, recipe=RECIPE)
+                          checkpoints=Checkpoints(work, RECIPE))
     assert not list(work.glob("checkpoint-*")) and not (work / "epoch.json").exists()
 
 
 def test_a_learning_rate_sweep_records_a_diverged_run(feature_files):
     trained = train_on_features(broken_dense_part(), TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0,
-                                shuffle_buffer=16), train_path=feature_files["train"],
-                                valid_path=feature_files["valid"], diverged="record")
+                                shuffle_buffer=16, diverged="record"), train_path=feature_files["train"],
+                                valid_path=feature_files["valid"])
     assert len(trained.history) == 2 and np.isnan(trained.history[-1]["loss"])
 
 
@@ -128,11 +129,12 @@ def test_float16_features_train_exactly_as_their_float32_copy(feature_files, tmp
             values, labels = f["features"][:].astype(np.float16), f["labels"][:]
         for dtype in ("float16", "float32"):
             halves[dtype, split] = tmp_path / f"{split}-{dtype}.h5"
-            features.build_feature_file(halves[dtype, split], paths=[f"{split}/{i}.png" for i in range(len(labels))],
-                                        labels=labels.tolist(), md5s=[str(i) for i in range(len(labels))],
-                                        extract=lambda wanted, values=values: iter([values[list(wanted)]]),
-                                        row_shape=(2, 2, 3), dtype=dtype, work_dir=tmp_path / "w" / dtype / split,
-                                        feature_recipe={}, chunk_rows=8)
+            features.build_feature_file(halves[dtype, split],
+                                        features.FeatureRows([f"{split}/{i}.png" for i in range(len(labels))],
+                                                             labels.tolist(), [str(i) for i in range(len(labels))]),
+                                        features.FeatureRecipe({}, (2, 2, 3), dtype, chunk_rows=8),
+                                        lambda wanted, values=values: iter([values[list(wanted)]]),
+                                        tmp_path / "w" / dtype / split)
     trained = {dtype: train({split: halves[dtype, split] for split in ("train", "valid")}, 2, None)
                for dtype in ("float16", "float32")}
     assert trained["float16"].history == trained["float32"].history
@@ -146,7 +148,8 @@ def test_float16_compute_trains_with_loss_scaling_and_resumes(feature_files, tmp
     def half(epochs, work, compute="float16"):
         return train_on_features(dense_part(), TrainingPlan(epochs=epochs, batch_size=8, lr=0.01, dropout=0.5, seed=0,
                                  shuffle_buffer=16, compute=compute), train_path=feature_files["train"],
-                                 valid_path=feature_files["valid"], work_dir=work, recipe=RECIPE)
+                                 valid_path=feature_files["valid"],
+                                 checkpoints=Checkpoints(work, RECIPE) if work else None)
 
     full = half(3, tmp_path / "full")
     single = half(3, None, compute="float32")

@@ -3,9 +3,10 @@ device list (never a per-collective timeout), and each local worker's share of t
 
 import pytest
 
-from vggbn.numerics import distribute
+from vggbn.cluster import distribute
 from vggbn.runner import launch
-from vggbn.runner.launch import LaunchError
+from vggbn.runner import gpus
+from vggbn.runner.gpus import LaunchError
 
 
 def test_gpu_workers_use_nccl_and_cpu_workers_ring_without_a_per_collective_timeout():
@@ -18,17 +19,17 @@ def test_gpu_workers_use_nccl_and_cpu_workers_ring_without_a_per_collective_time
     assert (cpu.implementation, cpu.timeout_seconds) == (implementation.RING, None)
 
 
-@pytest.mark.parametrize("gpus, workers, shares", [
+@pytest.mark.parametrize("visible, workers, shares", [
     (["0", "1", "2", "3"], 2, ["0,1", "2,3"]), (["0", "1", "2", "3"], 4, ["0", "1", "2", "3"]),
     (["4", "6", "7"], 2, ["4", "6"]),  # each worker as many as the others: the remainder unused
     ([], 3, [None, None, None])])  # no GPU: the workers compute on the CPU, CUDA_VISIBLE_DEVICES untouched
-def test_each_local_worker_gets_its_own_share_of_the_gpus(gpus, workers, shares):
-    assert [launch.gpu_share(gpus, workers, i) for i in range(workers)] == shares
+def test_each_local_worker_gets_its_own_share_of_the_gpus(visible, workers, shares):
+    assert [gpus.gpu_share(visible, workers, i) for i in range(workers)] == shares
 
 
 def test_more_workers_than_gpus_is_refused():
     with pytest.raises(LaunchError, match="3 workers on this machine but 2 GPUs"):
-        launch.gpu_share(["0", "1"], 3, 0)
+        gpus.gpu_share(["0", "1"], 3, 0)
 
 
 def test_the_local_launcher_writes_each_workers_share(monkeypatch):
@@ -38,12 +39,12 @@ def test_the_local_launcher_writes_each_workers_share(monkeypatch):
 
 
 def test_visible_gpus_follow_cuda_visible_devices():
-    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
-    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == [] == launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
+    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == [] == gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
 
 
 def test_the_device_a_stage_ran_on_is_named():
-    from vggbn.runner import devices
+    from vggbn.cluster import devices
 
     assert devices.device_label([]) == "cpu"
     assert devices.device_label(["NVIDIA H100 80GB HBM3"] * 2) == "NVIDIA H100 80GB HBM3 x 2"
@@ -53,7 +54,7 @@ def test_the_device_a_stage_ran_on_is_named():
 def test_gpus_the_system_shows_but_tensorflow_cannot_use_are_one_warning_naming_the_library(tmp_path, monkeypatch):
     """A stand-in `nvidia-smi` (no GPU here) listing a GPU; the CUDA driver library does not load on this machine,
     so the warning names it; nothing where TensorFlow uses the GPUs or they are hidden on purpose."""
-    from vggbn.runner import devices
+    from vggbn.cluster import devices
 
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3'\n")

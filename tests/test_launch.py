@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from vggbn.runner import launch, watchdog
-from vggbn.runner.launch import Cluster, DistributeError, LaunchError
+from vggbn.runner import launch
+from vggbn.cluster import watchdog
+from vggbn.cluster import environment, slurm
+from vggbn.cluster.environment import Cluster, DistributeError
+from vggbn.runner import gpus
+from vggbn.runner.gpus import LaunchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +37,7 @@ def tf_config(index, workers=2, chief=False, kind="worker"):
 
 
 def test_no_cluster_described_means_one_process_that_writes(env):
-    assert launch.cluster() == Cluster(1, 0, "") and launch.is_chief() and not launch.multi_worker()
+    assert environment.cluster() == Cluster(1, 0, "") and environment.is_chief() and not environment.multi_worker()
 
 
 @pytest.mark.parametrize("config, expected", [
@@ -42,16 +46,16 @@ def test_no_cluster_described_means_one_process_that_writes(env):
                                                             Cluster(3, 0, "TF_CONFIG"))])
 def test_tf_config_names_the_workers_and_the_chief(env, config, expected):
     env.setenv("TF_CONFIG", config)
-    assert launch.cluster() == expected and launch.is_chief() == (expected.index == 0)
+    assert environment.cluster() == expected and environment.is_chief() == (expected.index == 0)
 
 
 def test_a_slurm_job_step_of_several_tasks_is_a_cluster(env):
     env.setenv("SLURM_STEP_ID", "0")
     env.setenv("SLURM_STEP_NUM_TASKS", "4")
     env.setenv("SLURM_PROCID", "3")
-    assert launch.cluster() == Cluster(4, 3, "slurm") and not launch.is_chief()
+    assert environment.cluster() == Cluster(4, 3, "slurm") and not environment.is_chief()
     env.setenv("SLURM_STEP_NUM_TASKS", "1")
-    assert launch.cluster() == Cluster(1, 0, "")
+    assert environment.cluster() == Cluster(1, 0, "")
 
 
 @pytest.mark.parametrize("strategy", ["none", "mirrored"])
@@ -60,7 +64,7 @@ def test_a_process_told_to_run_alone_in_a_described_cluster_is_refused(env, stra
     env.setenv("VGGBN_STRATEGY", strategy)
     with pytest.raises(DistributeError, match=f"^VGGBN_STRATEGY={strategy} runs in one process, but TF_CONFIG "
                                               "describes 2 workers"):
-        launch.is_chief()
+        environment.is_chief()
 
 
 def test_tf_config_inside_a_slurm_step_is_refused(env):
@@ -69,13 +73,13 @@ def test_tf_config_inside_a_slurm_step_is_refused(env):
     env.setenv("SLURM_PROCID", "1")
     env.setenv("TF_CONFIG", tf_config(0))  # inherited: would make every task worker 0
     with pytest.raises(DistributeError, match="^TF_CONFIG is set inside a Slurm job step of 2 tasks"):
-        launch.cluster()
+        environment.cluster()
 
 
 def test_two_slurm_steps_on_one_node_get_distinct_ports():
-    ports = [launch.step_ports(job, step, launch.SLURM_PORT_BASE) for job, step in
+    ports = [slurm.step_ports(job, step, slurm.SLURM_PORT_BASE) for job, step in
              [(41, 0), (41, 1), (41, 2), (42, 0), (7, 0)]]
-    assert all(len(p) == launch.PORTS_PER_STEP and p.stop <= 32768 for p in ports)  # below the ephemeral ports
+    assert all(len(p) == slurm.PORTS_PER_STEP and p.stop <= 32768 for p in ports)  # below the ephemeral ports
     assert len({p.start for p in ports}) == len(ports) and all(p.start % 64 == ports[0].start % 64 for p in ports)
 
 
@@ -86,7 +90,7 @@ def test_two_slurm_steps_on_one_node_get_distinct_ports():
 def test_a_bad_environment_is_one_line_naming_the_variable(env, name, value, message):
     env.setenv(name, value)
     with pytest.raises(DistributeError) as caught:
-        launch.cluster()
+        environment.cluster()
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
@@ -166,7 +170,7 @@ def test_vggbn_launch_runs_the_command_with_the_launch_set(env, tmp_path):
 
 @pytest.mark.parametrize("text, counts", [("2", [2]), ("2(x3),1", [2, 2, 2, 1]), ("1,3(x2)", [1, 3, 3])])
 def test_slurm_task_counts_per_node(text, counts):
-    assert launch.tasks_per_node(text) == counts
+    assert slurm.tasks_per_node(text) == counts
 
 
 @pytest.mark.skipif(not shutil.which("scontrol"), reason="Slurm's scontrol is not installed (.ci/install-slurm)")
@@ -181,15 +185,15 @@ def test_a_slurm_step_is_its_nodes_in_slurms_order_and_its_tasks_in_blocks(env):
         env.setenv("SLURM_PROCID", str(rank))
         env.setenv("SLURM_LOCALID", str(local))
         env.setenv("SLURMD_NODENAME", node)
-        base = launch.step_ports(5, 0, 20000).start
-        assert launch.slurm_addresses() == [f"node9:{base}", f"node9:{base + 1}", f"node10:{base}", f"node10:{base + 1}"]
+        base = slurm.step_ports(5, 0, 20000).start
+        assert slurm.slurm_addresses() == [f"node9:{base}", f"node9:{base + 1}", f"node10:{base}", f"node10:{base + 1}"]
     env.setenv("SLURM_PROCID", "1")  # local id 1 on node10 is rank 3 in blocks: a cyclic placement
     with pytest.raises(DistributeError, match="--distribution=block"):
-        launch.slurm_addresses()
+        slurm.slurm_addresses()
 
 
 def test_slurm_tasks_keep_their_share_of_the_gpus(env):
-    env.setattr(launch, "expand_hostlist", lambda nodelist: ["a", "b"])  # no scontrol needed for this one
+    env.setattr(gpus, "expand_hostlist", lambda nodelist: ["a", "b"])  # no scontrol needed for this one
     env.setenv("SLURM_STEP_ID", "0")
     env.setenv("SLURM_STEP_NUM_TASKS", "4")
     env.setenv("SLURM_STEP_NODELIST", "a,b")
@@ -198,11 +202,11 @@ def test_slurm_tasks_keep_their_share_of_the_gpus(env):
     env.setenv("SLURM_PROCID", "3")
     env.setenv("SLURM_LOCALID", "1")
     env.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    launch.claim_gpus()
+    gpus.claim_gpus()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
     env.setenv("CUDA_VISIBLE_DEVICES", "0")
     env.setenv("SLURM_GPUS_PER_TASK", "1")  # Slurm bound the GPUs itself: left alone
-    launch.claim_gpus()
+    gpus.claim_gpus()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
 
 
@@ -240,10 +244,10 @@ def test_a_worker_hung_after_the_others_finished_is_stopped_and_named(env, tmp_p
 
 FAULTY_WORKER = """
 import os, signal, sys, time
-from vggbn.numerics import distribute
+from vggbn.cluster import distribute
 from vggbn.runner import launch, stage
 distribute.strategy()
-fault = os.environ["FAULT"] if launch.cluster().index == 1 else None
+fault = os.environ["FAULT"] if distribute.cluster().index == 1 else None
 def step(rows):
     if fault == "raises in a chief-led pass":
         raise ValueError("boom in a chief-led pass")

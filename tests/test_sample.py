@@ -14,7 +14,7 @@ from PIL import Image
 
 from vggbn.storage.listing import read_listing, list_folder
 from vggbn.storage.manifest import read_manifest, write_sample
-from vggbn.numerics.sampling import SampleError, build_sample, check_image, rank, refused_format
+from vggbn.storage.sampling import Draw, SampleError, build_sample, check_image, rank, refused_format
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,8 @@ def listed(root: Path, valid_labels=None) -> list:
 
 
 def sample(root: Path, **kwargs):
-    return build_sample(entries=listed(root, kwargs.get("valid_labels")), root=root, **kwargs)
+    draw = Draw(**{key: kwargs.pop(key) for key in Draw._fields if key in kwargs})
+    return build_sample(entries=listed(root, kwargs.get("valid_labels")), root=root, draw=draw, **kwargs)
 
 
 JPEG = image_bytes()
@@ -226,7 +227,7 @@ def test_same_inputs_give_byte_identical_outputs(root, tmp_path):
     outputs = []
     for n, workers in enumerate((1, 8)):
         out = tmp_path / f"out{n}"
-        write_sample(out, build_sample(entries=listed(root), root=root, train=9, seed=2, workers=workers))
+        write_sample(out, build_sample(entries=listed(root), root=root, draw=Draw(train=9, seed=2), workers=workers))
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outputs[0] == outputs[1]
     assert sorted(outputs[0]) == ["classes.txt", "rejected.tsv", "train.tsv", "valid.tsv"]
@@ -238,7 +239,8 @@ def test_same_inputs_give_byte_identical_outputs(root, tmp_path):
 
 def test_the_sample_does_not_depend_on_the_order_of_the_listing(root):
     entries = listed(root)
-    assert build_sample(entries=entries[::-1], root=root, train=7) == build_sample(entries=entries, root=root, train=7)
+    assert build_sample(entries=entries[::-1], root=root, draw=Draw(train=7)) == \
+        build_sample(entries=entries, root=root, draw=Draw(train=7))
 
 
 def test_manifest_round_trip(root, tmp_path):
@@ -350,8 +352,8 @@ def test_stage_script(root, tmp_path):
                             text=True)
     assert result.returncode == 0, result.stderr
     assert "tensorflow" not in result.stderr  # -X importtime lists every module imported
-    sample = build_sample(entries=read_listing(tmp_path / "listing.tsv"), root=root, train=5, valid=None, seed=1,
-                          strict=False, valid_labels="LOC_val_solution.csv")
+    sample = build_sample(entries=read_listing(tmp_path / "listing.tsv"), root=root, draw=Draw(train=5, seed=1),
+                          valid_labels="LOC_val_solution.csv")
     write_sample(tmp_path / "expected", sample)
     expected = sample.metrics
     assert json.loads((tmp_path / "metrics/sample.json").read_text()) == expected

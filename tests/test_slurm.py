@@ -51,7 +51,7 @@ def test_the_documented_job_script_under_slurm_equals_one_process(tmp_path, pipe
     project = copy_of(alone, tmp_path / "slurm")
     forget_outputs(project, MODEL_STAGES)  # every stage that runs a model runs again, as Slurm tasks
     (tmp_path / "job.sh").write_text(documented_job_script())
-    env = {**ENV, "VGGBN_LOG": "info"}  # ports from the job and step ids (launch.step_ports)
+    env = {**ENV, "VGGBN_LOG": "info"}  # ports from the job and step ids (slurm.step_ports)
     done = run(["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--overcommit", "--job-name=vggbn-test",
                 f"--output={tmp_path / 'job.log'}", f"--chdir={project}", str(tmp_path / "job.sh")], project,
                env=env, check=False, timeout=3000)

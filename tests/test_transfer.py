@@ -18,10 +18,10 @@ def write_features(path, rows, rng, *, classes=3, row_shape=(2, 2, 4), chunk_row
 
     x = np.maximum(rng.normal(size=(rows, *row_shape)), 0).astype(np.float32)
     y = rng.integers(0, classes, rows)
-    features.build_feature_file(path, paths=[f"{i}.png" for i in range(rows)], labels=y.tolist(),
-                                md5s=["0" * 32] * rows, extract=lambda todo: iter([x[todo]]), row_shape=row_shape,
-                                dtype="float32", work_dir=path.with_suffix(".work"), feature_recipe={"test": 1},
-                                chunk_rows=chunk_rows)
+    features.build_feature_file(path,
+                                features.FeatureRows([f"{i}.png" for i in range(rows)], y.tolist(), ["0" * 32] * rows),
+                                features.FeatureRecipe({"test": 1}, row_shape, "float32", chunk_rows=chunk_rows),
+                                lambda todo: iter([x[todo]]), path.with_suffix(".work"))
 
 
 def start_model(row_shape=(2, 2, 4), dropout=0.5):
@@ -70,15 +70,16 @@ def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feat
     """compare_transfer's head mode (the frozen part's output cached once, the head trained on it) against the
     whole model trained with the same semantics, seeded: the same valid accuracy and loss."""
     from vggbn.numerics.feature_training import evaluate, TrainingPlan, train_on_features
-    from vggbn.numerics.new_task import compare_transfer, new_task_model
+    from vggbn.numerics.new_task import new_task_model
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     train, valid = feature_files
     start = start_model(dropout=dropout)
-    report = compare_transfer({"start": start}, train_path=train, valid_path=valid, num_classes=3, train_mode="head",
-                              lrs=[0.03], seeds=[1], epochs=3, batch_size=8, work_dir=tmp_path / "work")
+    report = compare_transfer({"start": start}, TransferGrid("head", [0.03], [1], 3, 8), train_path=train,
+                              valid_path=valid, num_classes=3, work_dir=tmp_path / "work")
     whole = train_on_features(new_task_model(start, 3, train_mode="head", seed=1), TrainingPlan(epochs=3, batch_size=8,
-                              lr=0.03, dropout=None, seed=1, shuffle_buffer=4096), train_path=train, valid_path=valid,
-                              diverged="record", show_progress=False).model
+                              lr=0.03, dropout=None, seed=1, shuffle_buffer=4096, diverged="record"), train_path=train,
+                              valid_path=valid, show_progress=False).model
     expected = evaluate(whole, valid, 8)
     result = report["start"]["per_lr"]["0.03"]
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-5)
@@ -87,37 +88,36 @@ def test_head_mode_on_cached_rows_equals_training_the_whole_model(tmp_path, feat
 
 
 def test_the_dropout_before_the_head_acts_on_the_cached_rows(tmp_path, feature_files):
-    from vggbn.numerics.new_task import compare_transfer
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     train, valid = feature_files
-    losses = [compare_transfer({"start": start_model(dropout=rate)}, train_path=train, valid_path=valid,
-                               num_classes=3, train_mode="head", lrs=[0.03], seeds=[1], epochs=3, batch_size=8,
-                               work_dir=tmp_path / "work")["start"]["per_lr"]["0.03"]["loss"] for rate in (0.5, 0.0)]
+    losses = [compare_transfer({"start": start_model(dropout=rate)}, TransferGrid("head", [0.03], [1], 3, 8),
+                               train_path=train, valid_path=valid, num_classes=3, work_dir=tmp_path / "work")["start"]["per_lr"]["0.03"]["loss"] for rate in (0.5, 0.0)]
     assert abs(losses[0] - losses[1]) > 1e-4
 
 
 def test_bad_train_mode_and_a_start_without_classifier_are_one_line_errors(tmp_path, feature_files):
     import keras
 
-    from vggbn.numerics.new_task import compare_transfer
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     train, valid = feature_files
     with pytest.raises(ValueError, match=r"^Expected `train_mode` to be one of head, dense\. Received: "
                                          r"train_mode=all$"):
-        compare_transfer({"start": start_model()}, train_path=train, valid_path=valid, num_classes=3,
-                         train_mode="all", lrs=[0.01], seeds=[0], epochs=1, batch_size=8)
+        compare_transfer({"start": start_model()}, TransferGrid("all", [0.01], [0], 1, 8), train_path=train,
+                         valid_path=valid, num_classes=3)
     inputs = keras.Input((2, 2, 4))
     no_dense = keras.Model(inputs, keras.layers.Flatten()(inputs), name="flat")
     with pytest.raises(ValueError, match=r"^the start model 'flat' has no Dense layer"):
-        compare_transfer({"start": no_dense}, train_path=train, valid_path=valid, num_classes=3, train_mode="head",
-                         lrs=[0.01], seeds=[0], epochs=1, batch_size=8)
+        compare_transfer({"start": no_dense}, TransferGrid("head", [0.01], [0], 1, 8), train_path=train,
+                         valid_path=valid, num_classes=3)
 
 
 GRID_CHILD = textwrap.dedent("""
     import sys, warnings
     warnings.filterwarnings("ignore")
     import keras
-    from vggbn.numerics import new_task as transfer
+    from vggbn.numerics import transfer
 
     def rss_mb():
         with open("/proc/self/status") as status:
@@ -135,9 +135,8 @@ GRID_CHILD = textwrap.dedent("""
     x = keras.layers.Dense(width, activation="relu", name="fc1")(x)
     x = keras.layers.Dense(width, activation="relu", name="fc2")(x)
     start = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="predictions")(x))
-    transfer.compare_transfer({"start": start}, train_path=sys.argv[4], valid_path=sys.argv[5], num_classes=3,
-                              train_mode="dense", lrs=[1e-3 * 10 ** i for i in range(lrs)],
-                              seeds=list(range(seeds)), epochs=1, batch_size=16)
+    grid = transfer.TransferGrid("dense", [1e-3 * 10 ** i for i in range(lrs)], list(range(seeds)), 1, 16)
+    transfer.compare_transfer({"start": start}, grid, train_path=sys.argv[4], valid_path=sys.argv[5], num_classes=3)
 """)
 
 
@@ -172,7 +171,7 @@ def test_a_grid_leaves_no_feature_stream_behind(feature_files):
     from tensorflow.python.data.ops import dataset_ops
 
     from vggbn import compat
-    from vggbn.numerics.new_task import compare_transfer
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     def alive():
         gc.collect()
@@ -184,8 +183,8 @@ def test_a_grid_leaves_no_feature_stream_behind(feature_files):
     train, valid = feature_files
     before = alive()
     for mode in ("dense", "head"):
-        compare_transfer({"start": start_model()}, train_path=train, valid_path=valid, num_classes=3, train_mode=mode,
-                         lrs=[0.01, 0.1], seeds=[0, 1], epochs=2, batch_size=8)
+        compare_transfer({"start": start_model()}, TransferGrid(mode, [0.01, 0.1], [0, 1], 2, 8), train_path=train,
+                         valid_path=valid, num_classes=3)
         assert alive() == before, mode
 
 
@@ -195,19 +194,19 @@ def test_head_mode_runs_on_a_dense_part_split_off_a_whole_model(tmp_path, rng, m
     model with the frozen part in inference trains."""
     from vggbn.numerics import models
     from vggbn.numerics.feature_training import TrainingPlan, evaluate, train_on_features
-    from vggbn.numerics.new_task import compare_transfer, new_task_model
+    from vggbn.numerics.new_task import new_task_model
+    from vggbn.numerics.transfer import TransferGrid, compare_transfer
 
     _, dense = models.split(mini_vgg)
     row_shape = tuple(dense.input_shape[1:])
     train, valid = tmp_path / "train.h5", tmp_path / "valid.h5"
     write_features(train, 16, rng, row_shape=row_shape)
     write_features(valid, 8, rng, row_shape=row_shape)
-    report = compare_transfer({"without_bn": dense}, train_path=train, valid_path=valid, num_classes=3,
-                              train_mode="head", lrs=[0.01], seeds=[0], epochs=2, batch_size=8,
-                              work_dir=tmp_path / "work")
-    plan = TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0, shuffle_buffer=4096)
+    report = compare_transfer({"without_bn": dense}, TransferGrid("head", [0.01], [0], 2, 8), train_path=train,
+                              valid_path=valid, num_classes=3, work_dir=tmp_path / "work")
+    plan = TrainingPlan(epochs=2, batch_size=8, lr=0.01, dropout=None, seed=0, shuffle_buffer=4096, diverged="record")
     whole = train_on_features(new_task_model(dense, 3, train_mode="head", seed=0), plan, train_path=train,
-                              valid_path=valid, diverged="record", show_progress=False).model
+                              valid_path=valid, show_progress=False).model
     expected, result = evaluate(whole, valid, 8), report["without_bn"]["per_lr"]["0.01"]
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-5)
     assert result["loss"] == pytest.approx(expected["loss"], abs=1e-5)

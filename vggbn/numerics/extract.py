@@ -5,62 +5,64 @@ whole model on the images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import keras
 import numpy as np
 
-from vggbn.numerics import distribute, models
+from vggbn.numerics import models
+from vggbn.cluster import distribute
 from vggbn.storage import features
 from vggbn.storage.dvccache import previous_output
 from vggbn.numerics.images import CHECK_IMAGES, ImageInput
 
 
-def extract_split(*, conv: keras.Model, model_md5: str, inputs: ImageInput, paths: Sequence[str],
-                  labels: Sequence[int], md5s: Sequence[str], out_path: str | Path, work_dir: str | Path,
-                  dtype: str = "float32", compute: str = "float32", flip: bool = False) -> dict:
-    """Write `out_path` with the conv part's output for each manifest row (paths relative to `inputs.root`).
+class Extraction(NamedTuple):
+    """How a conv part's features are made and stored: the model file's md5 (rows are reused only from a file made
+    by the same model), the compute dtype, and the stored dtype."""
+    model_md5: str
+    compute: str = "float32"
+    dtype: str = "float32"
 
-    With `flip`, every image also gets a row for its horizontally flipped copy (after all unflipped rows).
+
+def extract_split(conv: keras.Model, inputs: ImageInput, rows: features.FeatureRows, how: Extraction,
+                  out_path: str | Path, work_dir: str | Path) -> dict:
+    """Write `out_path` with the conv part's output for each of `rows` (paths relative to `inputs.root`).
+
     A chunk (the unit of work a killed run resumes from, and of the HDF5 file's layout) holds at most
     `inputs.batch_size` rows, and at most about 1 MiB (`features.chunk_rows_for`): a kill loses at most one batch.
     Rows are reused from the version of `out_path` that DVC's cache holds (`dvccache.previous_output`).
     """
-    cut = conv.layers[-1].name
-    size = models.input_size(conv)
-    recipe = {"model_md5": model_md5, "cut": cut, "size": list(size), "resize": inputs.resize,
-              "preprocess": inputs.preprocess, "compute": compute}
-    count = len(paths)
-    copies = 2 if flip else 1
+    cut, size = conv.layers[-1].name, models.input_size(conv)
     row_shape = tuple(conv.output.shape[1:])
-    computing = models.with_compute_dtype(conv, compute)
+    recipe = features.FeatureRecipe(
+        inputs={"model_md5": how.model_md5, "cut": cut, "size": list(size), "resize": inputs.resize,
+                "preprocess": inputs.preprocess, "compute": how.compute},
+        row_shape=row_shape, dtype=how.dtype, attrs={"cut": cut},
+        chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, how.dtype)),
+        work={"replicas": distribute.replicas()})  # chunks of another replica count are not resumed
+    computing = models.with_compute_dtype(conv, how.compute)
     predict = models.predictor(computing)
 
     def forward(x):  # one function for the whole pass: traced once per batch shape
         return computing(x, training=False)
 
-    def extract(rows: Sequence[int]):
-        for flipped in (False, True)[:copies]:
-            part = [row % count for row in rows if (row >= count) == flipped]
+    def extract(wanted: Sequence[int]):
+        for flipped in (False, True):
+            part = [rows.paths[row] for row in wanted if rows.flipped[row] == flipped]
             if not part:
                 continue
             if distribute.multi_worker():  # each worker decodes its own rows of each batch; outputs travel
                 batches = [part[i:i + inputs.batch_size] for i in range(0, len(part), inputs.batch_size)]
-                own = distribute.own_images(inputs, [paths[i] for i in part], size, flipped)
-                for batch, mine in zip(batches, own):
+                for batch, mine in zip(batches, distribute.own_images(inputs, part, size, flipped)):
                     yield distribute.gather_shares(forward, distribute.shares(len(batch)), mine)
                 continue
-            for batch in inputs.dataset([paths[i] for i in part], size, flip=flipped):
+            for batch in inputs.dataset(part, size, flip=flipped):
                 yield np.asarray(predict(batch), dtype=np.float32)
 
     def build(extract_rows):  # on the chief alone: it reads and writes the files
-        return features.build_feature_file(
-            out_path, paths=list(paths) * copies, labels=list(labels) * copies, md5s=list(md5s) * copies,
-            flipped=[False] * count + [True] * count * (copies - 1), extract=extract_rows,
-            row_shape=row_shape, dtype=dtype, work_dir=work_dir, feature_recipe=recipe, attrs={"cut": cut},
-            chunk_rows=min(inputs.batch_size, features.chunk_rows_for(row_shape, dtype)),
-            previous=previous_output(out_path), image_root=inputs.root,
-            work_recipe={"replicas": distribute.replicas()})  # chunks of another replica count are not resumed
+        return features.build_feature_file(out_path, rows, recipe, extract_rows, work_dir,
+                                           previous=previous_output(out_path), image_root=inputs.root)
 
     return distribute.led_by_chief(build, extract)
 

@@ -3,7 +3,6 @@ stage and the transfer stage's trainings run."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -18,7 +17,8 @@ import keras
 import tensorflow as tf
 
 from vggbn import VggbnError
-from vggbn.numerics import distribute, models
+from vggbn.numerics import models
+from vggbn.cluster import distribute
 from vggbn.storage import feed, features
 from vggbn.storage.atomic import atomic_path, staging_folder
 from vggbn.storage.hashing import bytes_digest, file_digest
@@ -26,8 +26,8 @@ from vggbn.storage.workdir import prepare_work
 from vggbn.storage.tables import write_json
 from vggbn.numerics.scoring import Score
 from vggbn.numerics.tfdata import without_autotune
-from vggbn.numerics.training import (Trainer, compile_for_training, for_training, live_logger, seed_everything,
-                            train_epochs)
+from vggbn.numerics.training import (EpochHooks, Trainer, compile_for_training, for_training, live_logger,
+                                     seed_everything, train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def _check_finite(logs: dict, lr: float, where: str) -> None:
         raise TrainingDiverged(f"{where}: training diverged ({shown}); a lower learning rate than {lr:g} may hold")
 
 
+@distribute.chief_only
 def _save_checkpoint(model: keras.Model, work_dir: Path, epoch: int, history: list[dict]) -> None:
     """Model and optimizer after `epoch`, atomically, with the epoch's record beside it.
 
@@ -162,6 +163,11 @@ class TrainingPlan:
     seed: int
     shuffle_buffer: int  # rows held for shuffling while streaming from HDF5
     compute: str = "float32"  # "bfloat16", "float16": Keras mixed precision (float16 with loss scaling)
+    diverged: str = "raise"  # a non-finite loss: a `TrainingDiverged` error ("raise"), or a result ("record")
+
+    def __post_init__(self):
+        if self.diverged not in ("raise", "record"):
+            raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={self.diverged}")
 
     @classmethod
     def from_section(cls, section) -> "TrainingPlan":
@@ -171,55 +177,57 @@ class TrainingPlan:
                       if hasattr(section, field.name)})
 
 
+class Checkpoints(NamedTuple):
+    """Where a training checkpoints after each epoch, and the recipe (inputs' hashes and params) a checkpoint there
+    is resumed for."""
+    work_dir: str | Path
+    recipe: dict
+
+
 def train_on_features(model: keras.Model, plan: TrainingPlan, *, train_path: str | Path, valid_path: str | Path,
-                      work_dir: str | Path | None = None, recipe: dict | None = None,
-                      live_dir: str | Path | None = None, diverged: str = "raise",
+                      checkpoints: Checkpoints | None = None, live_dir: str | Path | None = None,
                       show_progress: bool = True) -> Trained:
     """Train `model` (a dense part) on the train features; validate on the valid features after each epoch.
 
     Batches are streamed from the HDF5 files, shuffled anew each epoch from a seed derived from (seed, epoch), so
     a run resumed from its checkpoint after epoch k sees the same batches as one that never stopped.
-    `recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same recipe,
-    and only if it and its record pass their digests (else training starts over, with a warning);
-    without a `work_dir`, nothing is checkpointed (short runs).
+    `checkpoints.recipe` identifies the run (inputs' hashes and params): a checkpoint is only resumed for the same
+    recipe, and only if it and its record pass their digests (else training starts over, with a warning);
+    without `checkpoints`, nothing is checkpointed (short runs).
     Per-epoch curves go to `live_dir` through dvclive's Keras callback (`training.log_epoch`), replayed from the
     checkpoint on resume.
     `plan.compute` 'bfloat16' or 'float16' trains with Keras mixed precision (float16 with dynamic loss scaling);
     the returned model computes in float32 again.
-    `diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
+    `plan.diverged` 'raise': a non-finite loss is a `TrainingDiverged` error naming the epoch; 'record': training
     goes on, and the logs show it (a learning-rate sweep records a diverged run as a result).
     `show_progress` False: no bar per epoch (a caller showing its own, over many trainings).
     """
-    if diverged not in ("raise", "record"):
-        raise ValueError(f"Expected `diverged` to be one of raise, record. Received: diverged={diverged}")
     seed_everything(plan.seed)
     strategy = distribute.strategy()
-    model, history, lost, trainer = _start(model, strategy, work_dir=work_dir, recipe=recipe, dropout=plan.dropout,
-                                           compute=plan.compute, lr=plan.lr, batch_size=plan.batch_size)
+    model, history, lost, trainer = _start(model, strategy, plan, checkpoints)
     with features.open_features(train_path) as file:
         rows = file["features"].shape[0]
-    chief_writes = work_dir is not None and distribute.is_chief()
-    live = live_logger(live_dir, history) if live_dir and distribute.is_chief() else None
-    # features.shuffled_batches' order, read straight into tensors ready for a step (storage.feed), a buffer ahead,
+    live = live_logger(live_dir, history) if live_dir else None
+    # features.shuffled_order, read straight into tensors ready for a step (storage.feed), a buffer ahead,
     # as the file stores them: float16 features go to the step's device at half the bytes, which casts them there;
     # each worker reads only its rows of each global batch, of the train and of the valid features
-    index, workers = distribute.worker()
-    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker_index=index, num_workers=workers,
-                           dtype=None, tensors=True)
-    my_rows = functools.partial(feed.worker_slice, worker_index=index, num_workers=workers)
+    train_feed = feed.Feed(train_path, plan.batch_size, plan.shuffle_buffer, worker=distribute.worker(), dtype=None,
+                           tensors=True)
     train_epochs(
         trainer, epochs=plan.epochs, history=history, steps=math.ceil(rows / plan.batch_size),
         train_batches=lambda epoch: train_feed.shares(plan.seed * 100_003 + epoch),
-        valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, my_rows)),
-        check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if diverged == "raise" else None,
-        after_epoch=(lambda epoch: _save_checkpoint(model, Path(work_dir), epoch, history)) if chief_writes else None,
-        live=live, show_progress=show_progress and distribute.is_chief())
+        valid_batches=lambda: _prefetched(features.iter_shares(valid_path, plan.batch_size, distribute.my_share)),
+        hooks=EpochHooks(
+            check=(lambda logs, where: _check_finite(logs, plan.lr, where)) if plan.diverged == "raise" else None,
+            after_epoch=(lambda epoch: _save_checkpoint(model, Path(checkpoints.work_dir), epoch, history))
+            if checkpoints else None,
+            live=live, show_progress=show_progress and distribute.is_chief()))
     if live is not None:
         live.end()
     return Trained(models.with_compute_dtype(trainer.finish(), "float32"), history, lost)
 
 
-def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, lr, batch_size):
+def _start(model: keras.Model, strategy, plan: TrainingPlan, checkpoints: Checkpoints | None):
     """(the model to train, compiled; the epochs already done; the epochs lost to a damaged checkpoint; its Trainer):
     from the checkpoint of an interrupted run of the same recipe, else fresh.
 
@@ -229,20 +237,21 @@ def _start(model: keras.Model, strategy, *, work_dir, recipe, dropout, compute, 
     replicas (`mirrored` too) the model trained is the fresh one built in the scope, its variables mirrored, with the
     checkpoint's values: the checkpoint's own model, loaded outside the scope, has plain variables.
     """
-    resumed, lost = _resume(Path(work_dir), recipe) if work_dir and distribute.is_chief() else (None, 0)
+    resumed, lost = _resume(Path(checkpoints.work_dir), checkpoints.recipe) if checkpoints and distribute.is_chief() \
+        else (None, 0)
     state = distribute.broadcast_json({"history": resumed.history if resumed else [], "lost": lost,
                                        "rng": _rng_states(resumed.model) if resumed else {}})
     with strategy.scope():
         if resumed and distribute.replicas() == 1:
             model = resumed.model
         else:
-            if dropout is not None:
-                model = with_dropout(model, dropout)
+            if plan.dropout is not None:
+                model = with_dropout(model, plan.dropout)
             elif distribute.replicas() > 1 and not _in_scope(model, strategy):
                 model = models.copy_chain(model, name=model.name)  # its variables mirrored on every replica
             # Dense kernels stored transposed, in pieces at small batches
-            model = for_training(models.with_compute_dtype(model, compute), batch_size)
-            compile_for_training(model, lr)
+            model = for_training(models.with_compute_dtype(model, plan.compute), plan.batch_size)
+            compile_for_training(model, plan.lr)
         trainer = Trainer(model, strategy, distribute.worker())
     if distribute.replicas() > 1 and state["history"]:
         variables = model.variables + model.optimizer.variables

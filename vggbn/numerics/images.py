@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from vggbn.runner.params import PREPROCESS_MODES, RESIZE_MODES
+from vggbn.choices import PREPROCESS_MODES, RESIZE_MODES
 from vggbn.numerics.tfdata import without_autotune
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode 'caffe'

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from vggbn import VggbnError
-from vggbn.numerics import distribute
+from vggbn.cluster import distribute
 
 DEMO_FILTERS = (16, 32, 64)  # the demo classifier's conv blocks; vggbn.runner.layer_names.DEMO_LAYERS names their layers
 
@@ -233,6 +233,16 @@ def pretrained_classifier(*, source: str, weights: str | None, demo_path: str | 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+@distribute.chief_only
+def save_weights(model: keras.Model, path: str | Path) -> None:
+    """`model`'s weights alone (`.weights.h5`), atomically."""
+    from vggbn.storage.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
+
+
+@distribute.chief_only
 def save_model(model: keras.Model, path: str | Path) -> None:
     """Save in Keras' native format, atomically and byte-reproducibly.
 
@@ -246,9 +256,6 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     import zipfile
 
     from vggbn.storage.atomic import atomic_path, require_space, staging_folder
-
-    if not distribute.is_chief():
-        return  # the chief alone writes
 
     if getattr(model, "optimizer", None) is not None:
         bare = model.__class__.from_config(model.get_config())

@@ -15,7 +15,8 @@ from typing import Iterable, Mapping
 import keras
 import numpy as np
 
-from vggbn.numerics import distribute, models
+from vggbn.numerics import models
+from vggbn.cluster import distribute
 from vggbn.numerics.moments import Moments
 from vggbn.numerics.scoring import Score
 

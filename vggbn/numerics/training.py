@@ -8,13 +8,14 @@ import itertools
 import logging
 import shutil
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 from vggbn import compat
-from vggbn.runner import console, watchdog
+from vggbn import console
+from vggbn.cluster import distribute, watchdog
 from vggbn.numerics import models, optimizers
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def for_saving(model: keras.Model) -> keras.Model:
     return models.copy_chain(model, convert=convert)
 
 
+@distribute.chief_only
 def live_logger(live_dir, history: list[dict]):
     """A fresh dvclive logger in `live_dir` holding the epochs already done, named as its Keras callback names them.
 
@@ -202,7 +204,7 @@ class Trainer:
     trained batch by batch with `strategy.run`.
 
     Global-batch semantics: each worker passes the global batch (`train_batch(x, y)`, every worker the same), or only
-    its own rows of it (`train_batch(x, y, count)`: rows `feed.worker_slice(count, ...)` of a global batch of
+    its own rows of it (`train_batch(x, y, count)`: rows `distribute.split(count, workers)[index]` of a global batch of
     `count` rows, which is all a worker then reads); replica r takes a contiguous slice of the global batch, the
     loss is the global batch's mean (each replica's sum over its rows divided by the global row count, gradients
     summed across replicas), and BatchNormalization layers normalize by the global batch's statistics
@@ -234,24 +236,28 @@ class Trainer:
         self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
 
     def _slices(self, x, y, count: int | None):
-        """Per replica, its contiguous slice of the global batch (rows count r / R to count (r + 1) / R of R
-        replicas) and the index of its first row; and the global batch's row count. `count` None: `x` is the whole
-        global batch; else `x` holds this worker's rows of it, which its replicas' slices cover exactly."""
+        """Per replica, its contiguous slice of the global batch and the index of its first row; and the global
+        batch's row count. Workers split the batch by `distribute.split`, and each worker's replicas split its rows
+        by it again. `count` None: `x` is the whole global batch; else `x` holds this worker's rows of it."""
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32)
         if x.dtype not in NARROW_FLOATS:  # float16 features stay float16 to the device, which casts them (exactly)
             x = tf.cast(x, tf.float32)
         rows = int(y.shape[0])
         count = rows if count is None else int(count)
-        offset = 0 if rows == count else count * self.worker_index // self.workers  # feed.worker_slice's start
-        if rows != count and rows != count * (self.worker_index + 1) // self.workers - offset:
+        mine = distribute.split(count, self.workers)[self.worker_index] if rows != count else slice(0, count)
+        if rows != mine.stop - mine.start:
             raise ValueError(f"Expected this worker's rows of a global batch of {count}. Received {rows} rows "
                              f"(worker {self.worker_index} of {self.workers})")
         if self.replicas == 1:
             return x, y, tf.constant(0), tf.constant(float(count), tf.float32)
-        bounds = [count * r // self.replicas for r in range(self.replicas + 1)]
+        local = self.replicas // self.workers  # global replica id = worker * local + k
+        bounds = [(worker.start + part.start, worker.start + part.stop)
+                  for worker in distribute.split(count, self.workers)
+                  for part in distribute.split(worker.stop - worker.start, local)]
+        offset = mine.start
 
         def part(context):
-            first, stop = bounds[context.replica_id_in_sync_group], bounds[context.replica_id_in_sync_group + 1]
+            first, stop = bounds[context.replica_id_in_sync_group]
             return x[first - offset:stop - offset], y[first - offset:stop - offset], tf.constant(first)
         x, y, first = self.strategy.experimental_distribute_values_from_function(part)
         return x, y, first, tf.constant(float(count), tf.float32)
@@ -350,15 +356,24 @@ def log_epoch(live, logs: dict) -> None:
     DVCLiveCallback(live=live).on_epoch_end(live.step, logs)
 
 
+class EpochHooks(NamedTuple):
+    """What runs around a training's epochs: `check(logs, where)` (may raise: per batch, with the batch's loss, and
+    per epoch, before anything is saved), `after_epoch(epoch)` (a checkpoint), the dvclive logger `live`, and
+    whether each epoch shows a progress bar."""
+    check: Callable[[dict, str], None] | None = None
+    after_epoch: Callable[[int], None] | None = None
+    live: object = None
+    show_progress: bool = True
+
+
 def train_epochs(trainer: Trainer, *, epochs: int, history: list[dict], train_batches: Callable[[int], Iterable],
-                 steps: int, valid_batches: Callable[[], Iterable], check: Callable[[dict, str], None] | None = None,
-                 after_epoch: Callable[[int], None] | None = None, live=None, show_progress: bool = True) -> None:
+                 steps: int, valid_batches: Callable[[], Iterable], hooks: EpochHooks = EpochHooks()) -> None:
     """Train from epoch `len(history)` to `epochs`: each epoch `steps` global batches of `train_batches(epoch)`
     (each (x, y), or (x, y, count): this worker's rows of a global batch of `count`), then the valid batches; its
-    logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to `check` (which may raise: per
-    batch, with the batch's loss, and per epoch, before anything is saved), then `after_epoch(epoch)` (a
-    checkpoint), and logged to `live`.
+    logs (loss, accuracy, val_loss, val_accuracy) appended to `history`, passed to `hooks.check`, then
+    `hooks.after_epoch(epoch)`, and logged to `hooks.live`.
     """
+    check, after_epoch, live, show_progress = hooks
     for epoch in range(len(history), epochs):
         totals = Epochs()
         bar = console.open_progress(steps, f"epoch {epoch + 1}/{epochs}", "batch") if show_progress else None

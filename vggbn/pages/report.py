@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 from vggbn import VggbnError, compat
 from vggbn.storage.atomic import atomic_path
 
-# The bounds the README states for metrics/insert_bn.json.
+# The bounds docs/params.md states for metrics/insert_bn.json.
 IDENTITY_BOUNDS = {"max_abs_diff": 1e-5, "max_abs_diff_logits": 1e-4}
 # The metrics files the report reads (metrics/<name>.json); a missing one leaves its rows out.
 METRICS = ("demo_model", "insert_bn", "finetune", "combine", "transfer", "bn_stats")

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from vggbn.choices import PREPROCESS_MODES, RESIZE_MODES
 from vggbn import VggbnError
 
-RESIZE_MODES = ("squash", "center_crop", "pad")
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 BN_LAYERS = ("dense", "conv", "all")
 BN_POSITIONS = ("after_activation", "before_activation")
 DTYPES = ("float32", "float16")
@@ -271,7 +270,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def documented_params() -> list[tuple[str, object, str]]:
-    """(key, default, description) for every param: the README's table is checked against this."""
+    """(key, default, description) for every param: docs/params.md's table is checked against this."""
     rows = []
     for section in fields(Params):
         cls = typing.get_type_hints(Params)[section.name]

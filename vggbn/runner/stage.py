@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 from vggbn import VggbnError
-from vggbn.runner import console, launch, watchdog
+from vggbn.cluster import environment
+from vggbn.runner import gpus, launch
+from vggbn import console
+from vggbn.cluster import watchdog
 from vggbn.storage.atomic import disk_full_error, is_disk_full
 from vggbn.runner.layer_names import layer_names
 from vggbn.runner.params import Params, ParamsError, load_params
@@ -109,7 +112,7 @@ def exit_status(main: Callable[[], None]) -> int:
         if not _in_cluster():
             raise
         if type(error).__module__.startswith("tensorflow"):  # a collective aborted: a peer died or ended
-            index, workers = launch.cluster().index, launch.cluster().workers
+            index, workers = environment.cluster().index, environment.cluster().workers
             return _failed(f"a collective failed ({type(error).__name__}: {_reason(str(error))}): "
                            f"{watchdog.peer(index, workers)} died or ended")
         traceback.print_exc()
@@ -127,14 +130,14 @@ def _reason(message: str) -> str:
 
 def _in_cluster() -> bool:
     try:
-        return launch.multi_worker()
+        return environment.multi_worker()
     except VggbnError:
         return False
 
 
 def _failed(message: str) -> int:
     if _in_cluster():
-        index, workers = launch.cluster().index, launch.cluster().workers
+        index, workers = environment.cluster().index, environment.cluster().workers
         watchdog.end(f"worker {index} of {workers}: {message}", 2)
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -155,7 +158,7 @@ def execute(main: Callable[[], object], runs_model: bool = False) -> None:
     """Run a stage's main() and exit with its status; log the one-line summary of the StageResult it returns.
 
     Log lines carry the DVC stage's name (the script's own, stages/<stage>.py), and TensorFlow, if the
-    stage imports it, starts without its chatter (`vggbn.runner.console`). A stage that `runs_model`, started with
+    stage imports it, starts without its chatter (`vggbn.console`). A stage that `runs_model`, started with
     `VGGBN_LAUNCH` set, runs as every worker of a multi-worker job instead (`vggbn.runner.launch`).
     """
     script = Path(sys.argv[0]).stem
@@ -173,7 +176,7 @@ def execute(main: Callable[[], object], runs_model: bool = False) -> None:
         console.quiet_tensorflow_import()
         if runs_model:
             launch.check_strategy_fits()
-            launch.claim_gpus()  # before TensorFlow starts CUDA
+            gpus.claim_gpus()  # before TensorFlow starts CUDA
         result = main()
         try:
             logging.getLogger("vggbn.stage").info(summary(script, result.metrics))

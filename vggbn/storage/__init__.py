@@ -1,3 +1,4 @@
-"""File formats and caches: hashes, tables and results, atomic writes, work folders, listings, sample
-manifests, feature files, statistics files, reuse of a previous output from DVC's cache.
+"""File formats and caches: hashes, tables and results, atomic writes, work folders, listings and image checks,
+sample manifests, feature files and their shuffled order, statistics files, reuse of a previous output from DVC's
+cache.
 """

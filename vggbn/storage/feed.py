@@ -1,7 +1,7 @@
 """The training feed: every row of a feature file once an epoch, in shuffled batches, read straight from the file
 into the batches' own arrays by parallel threads, the next shuffle buffer read while this one's batches train.
 
-The order is `features.shuffled_batches`' own, bit for bit (same seed, same batches, same rows in each): blocks of
+The order is `features.shuffled_order`, the one shuffled order (same seed, same batches, same rows in each): blocks of
 whole HDF5 chunks in a seeded random order, gathered a buffer of about `buffer_rows` rows at a time, each buffer
 shuffled row by row; what does not fill a last batch is carried into the next buffer. The order is computed first
 (row numbers and labels: a few bytes a row); then the rows are never gathered and copied again: each run of rows
@@ -18,9 +18,9 @@ This direct path needs what `features.build_feature_file` writes: `features` sto
 in native byte order. A file with filters (compressed chunks must be read and decompressed whole) is read through
 h5py with the buffer in memory, in the same order.
 
-A worker of a multi-worker strategy reads only its rows of each global batch (`worker_index`, `num_workers`): the
-contiguous slice `training.Trainer` gives that worker's replicas (rows n i / w to n (i + 1) / w of a global batch of
-n rows, w workers with the same number of replicas each), so the workers together read each row once.
+A worker of a multi-worker strategy reads only its rows of each global batch (`worker_index`, `num_workers`): its
+part by `distribute.split`, the one rule `training.Trainer` splits a batch by too, so the workers together read each
+row once.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import h5py
 import numpy as np
 
+from vggbn.cluster.distribute import split
 from vggbn.storage import features
 
 PREFETCH = 2  # batches read ahead of the one being trained on
@@ -122,38 +123,6 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def worker_slice(count: int, worker_index: int, num_workers: int) -> slice:
-    """The rows of a global batch of `count` that worker `worker_index` of `num_workers` trains on: what
-    `training.Trainer` gives its replicas (the same number on every worker)."""
-    return slice(count * worker_index // num_workers, count * (worker_index + 1) // num_workers)
-
-
-def buffer_plans(count: int, chunk: int, batch_size: int, buffer_rows: int, rng: np.random.Generator,
-                 labels: h5py.Dataset | np.ndarray) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-    """`features.shuffled_batches`' order from `rng`, a shuffle buffer at a time: for each buffer, the (row numbers,
-    their labels) of the batches it completes (the last buffer: what remains). Labels are read a block at a time, as
-    the rows would be."""
-    block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
-    starts = rng.permutation(np.arange(0, count, block))
-    per_buffer = max(1, buffer_rows // block)
-    carry_rows = np.empty((0,), dtype=np.int64)
-    carry_labels = np.empty((0,), dtype=labels.dtype)
-    for i in range(0, len(starts), per_buffer):
-        group = starts[i:i + per_buffer]
-        rows = np.concatenate([carry_rows] + [np.arange(s, min(s + block, count)) for s in group])
-        labels_ = np.concatenate([carry_labels] + [labels[s:s + block] for s in group])
-        order = rng.permutation(len(rows))
-        rows, labels_ = rows[order], labels_[order]
-        full = (len(rows) // batch_size) * batch_size
-        batches = [(rows[start:start + batch_size], labels_[start:start + batch_size])
-                   for start in range(0, full, batch_size)]
-        if batches:
-            yield batches
-        carry_rows, carry_labels = rows[full:], labels_[full:]
-    if len(carry_rows):
-        yield [(carry_rows, carry_labels)]
-
-
 class _RowReader:
     """Reads rows of an unfiltered, native-order `features` dataset by their byte offsets (`preadv`)."""
 
@@ -228,20 +197,28 @@ class _RowReader:
         os.close(self.fd)
 
 
+class Reading(NamedTuple):
+    """How a feed reads: `threads` reading rows (None: one per core), and `prefetch` > 0: the next shuffle buffer
+    read while this one's batches are yielded."""
+    threads: int | None = None
+    prefetch: int = PREFETCH
+
+
 class Feed:
-    """The shuffled batches of one feature file, epoch after epoch (`epoch(seed)`), for one worker of `num_workers`;
-    what `shuffled_batches` reads, with its batch buffers kept from one epoch to the next (allocated and their
+    """The shuffled batches of one feature file, epoch after epoch (`epoch(seed)`), for `worker` (its index, the
+    workers: `distribute.worker()`), with its batch buffers kept from one epoch to the next (allocated and their
     pages touched once, not every epoch).
 
     Features come as `dtype` (None: as the file stores them, float16 stays float16: half the bytes to move, and a
     step casts them exactly), labels as int32. `tensors` True: both as `tf.Tensor`s ready for a step, the features'
     tensor sharing the buffer its rows were read into (DLPack: no copy); a buffer is reused once nothing refers to
-    its tensor any more. Else numpy arrays, each the batch's own. `threads` (default: the cores) read the rows;
-    `prefetch` > 0: the next shuffle buffer's rows are read while this one's batches are yielded.
+    its tensor any more. Else numpy arrays, each the batch's own. `reading`: how many threads read the rows, and
+    whether the next shuffle buffer's rows are read while this one's batches are yielded.
     """
 
-    def __init__(self, path, batch_size: int, buffer_rows: int, *, worker_index: int = 0, num_workers: int = 1,
-                 threads: int | None = None, prefetch: int = PREFETCH, dtype=np.float32, tensors: bool = False):
+    def __init__(self, path, batch_size: int, buffer_rows: int, *, worker: tuple[int, int] = (0, 1),
+                 reading: Reading = Reading(), dtype=np.float32, tensors: bool = False):
+        worker_index, num_workers = worker
         if not 0 <= worker_index < num_workers:
             raise ValueError(f"Expected 0 <= worker_index < num_workers. Received: worker_index={worker_index}, "
                              f"num_workers={num_workers}")
@@ -249,12 +226,17 @@ class Feed:
             raise ValueError(f"Expected batch_size and buffer_rows >= 1. Received: {batch_size}, {buffer_rows}")
         self.path, self.batch_size, self.buffer_rows = path, batch_size, buffer_rows
         self.worker_index, self.num_workers = worker_index, num_workers
-        self.threads, self.prefetch, self.dtype, self.tensors = threads or cores(), prefetch, dtype, tensors
+        self.threads, self.prefetch = reading.threads or cores(), reading.prefetch
+        self.dtype, self.tensors = dtype, tensors
         self._buffers = _Buffers() if tensors else None
+
+    def _share(self, count: int) -> slice:
+        """This worker's rows of a global batch of `count` (`distribute.split`, the one rule)."""
+        return split(count, self.num_workers)[self.worker_index]
 
     def epoch(self, seed: int) -> Iterator[tuple]:
         """(features, labels) of every row once, in `features.shuffled_batches`' order for `seed`; with
-        `num_workers` > 1, only this worker's slice of each global batch (`worker_slice`). Every global batch has
+        `num_workers` > 1, only this worker's slice of each global batch (`distribute.split`). Every global batch has
         `batch_size` rows but the last (the rest)."""
         return ((x, y) for x, y, _ in self.shares(seed))
 
@@ -266,17 +248,16 @@ class Feed:
             dataset, labels = file["features"], file["labels"]
             dtype = np.dtype(self.dtype or dataset.dtype)
             if not _RowReader.usable(dataset):
-                batches = _buffered(self.path, self.batch_size, self.buffer_rows, rng, self.worker_index,
-                                    self.num_workers, dtype)
+                batches = _buffered(self.path, self.batch_size, self.buffer_rows, rng, self._share, dtype)
                 yield from ((*_as_tensors(x, y), n) for x, y, n in batches) if self.tensors else batches
                 return
             reader = _RowReader(self.path, dataset)
             # every label at once (4 bytes a row): one read an epoch, not one per block of the order
-            plans = buffer_plans(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels[:])
+            plans = features.shuffled_order(dataset.shape[0], reader.chunk, self.batch_size, self.buffer_rows, rng, labels[:])
             try:
                 with _prompt_gil_handoff():
-                    yield from _read_ahead(reader, plans, self.worker_index, self.num_workers, self.threads,
-                                           self.prefetch, dtype, self._buffers)
+                    yield from _read_ahead(reader, plans, self._share, self.threads, self.prefetch, dtype,
+                                           self._buffers)
             finally:
                 reader.close()
 
@@ -307,9 +288,12 @@ def _prompt_gil_handoff():
 
 
 def shuffled_batches(path, batch_size: int, buffer_rows: int, seed: int, **options) -> Iterator[tuple]:
-    """One epoch of a `Feed(path, batch_size, buffer_rows, **options)`: every row once, in
-    `features.shuffled_batches`' order for `seed`."""
-    return Feed(path, batch_size, buffer_rows, **options).epoch(seed)
+    """One epoch of a `Feed(path, batch_size, buffer_rows, ...)` for `seed` (what the tests read): `options` are the
+    Feed's `dtype` and `tensors`, and its worker and reading spelled out (`worker_index`, `num_workers`,
+    `threads`, `prefetch`)."""
+    worker = (options.pop("worker_index", 0), options.pop("num_workers", 1))
+    reading = Reading(options.pop("threads", None), options.pop("prefetch", PREFETCH))
+    return Feed(path, batch_size, buffer_rows, worker=worker, reading=reading, **options).epoch(seed)
 
 
 def _as_tensors(x: np.ndarray, y: np.ndarray):
@@ -345,7 +329,7 @@ class _Buffers:
         return view
 
 
-def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, prefetch, dtype, buffers):
+def _read_ahead(reader: _RowReader, plans, share, threads, prefetch, dtype, buffers):
     """The planned batches, a shuffle buffer's batches at a time: every run of rows read by one `preadv` straight
     into its rows' places in their batches, the runs split between `threads` threads; the next buffer read while
     this one's batches are yielded (`prefetch` 0: not). As tensors sharing `buffers`' arrays, or (no `buffers`) as
@@ -358,7 +342,7 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
         batches, rows, places = [], [], []
         for batch_rows, labels in plan:
             count = len(batch_rows)
-            part = worker_slice(count, worker_index, num_workers)
+            part = share(count)
             batch_rows, labels = batch_rows[part], labels[part].astype(np.int32)
             shape = (len(batch_rows), *reader.row_shape)
             out = buffers.take(shape, stored) if buffers is not None else np.empty(shape, stored)
@@ -398,32 +382,12 @@ def _read_ahead(reader: _RowReader, plans, worker_index, num_workers, threads, p
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _buffered(path, batch_size, buffer_rows, rng, worker_index, num_workers, dtype):
-    """The same order for a file `_RowReader` cannot read directly: blocks read through h5py (decompressed) into a
-    buffer of about `buffer_rows` rows in memory. Compressed chunks are read whole, by every worker."""
+def _buffered(path, batch_size, buffer_rows, rng, share, dtype):
+    """The same order for a file `_RowReader` cannot read directly: each buffer's chunks read through h5py
+    (decompressed), by every worker that needs one of their rows (`features.planned_shares`)."""
     with features.open_features(path) as file:
-        dataset, labels = file["features"], file["labels"]
-        count = dataset.shape[0]
+        dataset = file["features"]
         chunk = dataset.chunks[0] if dataset.chunks else 1
-        block = max(chunk, (min(batch_size, buffer_rows) // chunk) * chunk)
-        starts = rng.permutation(np.arange(0, count, block))
-        per_buffer = max(1, buffer_rows // block)
-        carry_x = np.empty((0, *dataset.shape[1:]), dtype=dtype)
-        carry_y = np.empty((0,), dtype=labels.dtype)
-
-        def part(x, y):
-            keep = worker_slice(len(y), worker_index, num_workers)
-            return x[keep], y[keep], len(y)
-        for i in range(0, len(starts), per_buffer):
-            group = starts[i:i + per_buffer]
-            x = np.concatenate([carry_x] + [features.read_rows(path, dataset, s, s + block).astype(dtype, copy=False)
-                                            for s in group])
-            y = np.concatenate([carry_y] + [labels[s:s + block] for s in group])
-            order = rng.permutation(len(y))
-            x, y = x[order], y[order]
-            full = (len(y) // batch_size) * batch_size
-            for start in range(0, full, batch_size):
-                yield part(x[start:start + batch_size], y[start:start + batch_size])
-            carry_x, carry_y = x[full:], y[full:]
-        if len(carry_y):
-            yield part(carry_x, carry_y)
+        plans = features.shuffled_order(dataset.shape[0], chunk, batch_size, buffer_rows, rng, file["labels"])
+        for x, y, count in features.planned_shares(path, dataset, plans, share):
+            yield x.astype(dtype, copy=False), y, count

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from vggbn import VggbnError
-from vggbn.runner import console
+from vggbn import console
 from vggbn.storage.atomic import atomic_path
 from vggbn.storage.hashing import file_md5
 from vggbn.storage.tables import read_tsv

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Union
 
+from vggbn.cluster.distribute import chief_only
 from vggbn.storage.atomic import atomic_path
 from vggbn.storage.tables import PlotTable, csv_text, write_csv, write_json
 
@@ -19,6 +20,7 @@ class StageResult:
     plots: dict[str, Plot] = field(default_factory=dict)
 
 
+@chief_only
 def write_result(result: StageResult, *, metrics: str | os.PathLike | None = None,
                  plots: dict[str, str | os.PathLike] | None = None) -> None:
     """Write a stage's metrics (JSON) and each named plot to the path its dvc.yaml declares.
@@ -26,10 +28,6 @@ def write_result(result: StageResult, *, metrics: str | os.PathLike | None = Non
     A folder of tables is written whole or not at all; every plot named in `plots` must be in the result.
     Under a multi-worker strategy only the chief writes.
     """
-    from vggbn.runner.launch import is_chief
-
-    if not is_chief():
-        return
     for name, path in (plots or {}).items():
         plot = result.plots[name]
         if isinstance(plot, PlotTable):

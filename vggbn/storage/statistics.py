@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from vggbn import VggbnError
-from vggbn.runner.launch import is_chief
+from vggbn.cluster.distribute import chief_only
 from vggbn.storage.atomic import atomic_path
 
 
@@ -28,14 +28,13 @@ def _ordered_untimed(plist_class):
     return plist
 
 
+@chief_only
 def save_statistics(path, moments: dict, attrs: dict | None = None) -> None:
     """One HDF5 group per layer, in layer order: float64 `mean` and `variance`, and the row count as an attribute.
 
     The file is byte-reproducible, so rerunning the stage with the same result reruns nothing downstream.
     Under a multi-worker strategy only the chief writes.
     """
-    if not is_chief():
-        return
     with atomic_path(path) as tmp, h5py.File(h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC,
                                                             fcpl=_ordered_untimed(h5py.h5p.FILE_CREATE))) as file:
         for name, m in moments.items():

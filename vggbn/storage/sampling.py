@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from vggbn.runner import console
+from vggbn import console
 from vggbn.storage.listing import BADNAME, LINK, Entry, shell_word, split_folders, split_of
 from vggbn.storage.manifest import Row, Sample, SampleError
 
@@ -305,7 +305,7 @@ def _draw(split: str, ranked: list[_Candidate], want: int | None, examine: Calla
     return rows, rejected, checked
 
 
-def _require_usable_image(root: Path, split: str, folders: list[str], rows: list[Row], ranked: list[_Candidate],
+def _require_usable_image(split_folder: Path, folders: list[str], rows: list[Row], ranked: list[_Candidate],
                           checked: set[str], examine: Callable, pool: ThreadPoolExecutor) -> None:
     """Error naming the first class folder with no usable image. A folder nothing was sampled from is checked in
     rank order until a usable file turns up (usually its first); what is found there is not reported."""
@@ -319,21 +319,28 @@ def _require_usable_image(root: Path, split: str, folders: list[str], rows: list
     usable = pool.map(lambda name: any(examine(c).reason is None for c in todo[name]), names)
     for name, ok in zip(names, usable, strict=True):
         if not ok:
-            raise SampleError(f"{root / split / name}: class folder has no usable image")
+            raise SampleError(f"{split_folder / name}: class folder has no usable image")
 
 
-def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: int | None = None,
-                 valid: int | None = None, seed: int = 0, strict: bool = False, valid_labels: str | None = None,
-                 class_order: Sequence[str] | None = None, workers: int | None = None) -> Sample:
+class Draw(NamedTuple):
+    """Which images a sample takes: `train`, `valid` images from each split (None: every usable one; more than the
+    split holds is an error naming the key, `sample.train`), in the hash ranking of `seed`; `strict`: any rejected
+    file is an error instead of being replaced by the next in rank."""
+    train: int | None = None
+    valid: int | None = None
+    seed: int = 0
+    strict: bool = False
+
+
+def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, draw: Draw = Draw(),
+                 valid_labels: str | None = None, class_order: Sequence[str] | None = None,
+                 workers: int | None = None) -> Sample:
     """Sample and check images named by a listing (see `vggbn.storage.listing`).
 
     Args:
         entries: the listing's rows, e.g. `read_listing("data/listing.tsv")`.
         root: the data root the listing's paths are relative to.
-        train, valid: how many images to sample from each split; None: every usable one. More than the split
-            holds is an error naming the key (`sample.train`).
-        seed: seed of the hash ranking.
-        strict: True: any rejected file is an error instead of being replaced by the next in rank.
+        draw: how many images of each split, in which ranking, and whether a rejection is an error.
         valid_labels: None when `valid/` holds class folders; else the CSV (relative to the root) that labels a flat
             `valid/` folder: ImageId,PredictionString, the first token of PredictionString being the class, and
             `valid/<ImageId>.<extension>` the image.
@@ -344,7 +351,7 @@ def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: in
     Raises SampleError naming the path or key on a layout problem, a class folder without a usable image, too
     few usable images, or (strict) any rejection.
     """
-    root = Path(root)
+    root, (train, valid, seed, strict) = Path(root), draw
     layout = _layout(root, entries, valid_labels, class_order)
     inside = sorted({os.path.realpath(root),
                      *(os.path.realpath(root / folder) for folder in split_folders(root).values())})
@@ -363,7 +370,7 @@ def build_sample(*, entries: Iterable[Entry], root: str | os.PathLike, train: in
                     raise SampleError(f"{root / split}: no image files (named {', '.join(IMAGE_EXTENSIONS)})")
                 ranked = sorted(layout.candidates[split], key=lambda c: (_rank_key(c.path, seed), c.path))
                 rows, split_rejected, checked = _draw(split, ranked, want, examine, pool, ahead=4 * workers)
-                _require_usable_image(root, split, layout.class_folders[split], rows, ranked, checked, examine, pool)
+                _require_usable_image(root / split, layout.class_folders[split], rows, ranked, checked, examine, pool)
                 drawn[split] = sorted(rows)
                 rejected += split_rejected
     rejected.sort()

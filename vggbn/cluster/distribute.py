@@ -1,4 +1,7 @@
-"""The `tf.distribute` strategy that every stage running a model works under, and the collectives the stages need.
+"""The distributed context: who this worker is, the one rule that splits a batch between workers (and between a
+worker's replicas), the one way to say that only the chief writes, the `tf.distribute` strategy every stage that runs
+a model works under, and the collectives the stages need. Importing it imports no TensorFlow (each function that
+needs it imports it), so `vggbn.storage` uses the identity, the split and `chief_only` without it.
 
 How many devices or machines a run uses is the environment's business, never a param, so moving from a laptop to
 a cluster reruns nothing in DVC. `VGGBN_STRATEGY` picks the strategy: `none` (TensorFlow's default strategy, one
@@ -9,23 +12,67 @@ workers, `mirrored` when several GPUs are visible, `none` otherwise.
 Under `multi_worker` every worker runs the same stage command (SPMD). The chief (TF_CONFIG's `chief` task, else
 worker 0; Slurm's task 0) makes every decision that depends on files (what to resume, what to reuse), broadcasts
 it, and alone writes files; the other workers compute their part of each batch and write nothing.
-`vggbn.runner.launch` reads the cluster from the environment (no TensorFlow), and says which process is the chief.
+`vggbn.cluster.environment` reads the cluster from the environment. This module decides which rows each worker
+reads, so it is a DVC dependency of every stage that imports it (tests/test_layout.py checks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shutil
+import tempfile
 import logging
-from typing import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
+from vggbn.cluster import devices, watchdog
+from vggbn.cluster import environment
+from vggbn.cluster.environment import STRATEGY_ENV as ENV
+from vggbn.cluster.environment import DistributeError, cluster, is_chief, multi_worker
+from vggbn.cluster.slurm import slurm_addresses
 
-from vggbn.runner.launch import STRATEGY_ENV as ENV
-from vggbn.runner import devices, watchdog
-from vggbn.runner.launch import (DistributeError, check_strategy_fits, cluster, is_chief, multi_worker,
-                                 slurm_addresses, strategy_choice)
+Writer = TypeVar("Writer", bound=Callable)
+
+__all__ = ["DistributeError", "cluster", "is_chief", "multi_worker", "worker", "split", "shares", "my_share",
+           "chief_only"]
+
+
+def worker() -> tuple[int, int]:
+    """(this worker's index, the workers): (0, 1) outside a multi-worker cluster. The index is the strategy's own
+    (the chief 0): worker i holds replicas i R to (i + 1) R - 1 of the strategy's, R replicas on each."""
+    return (cluster().index, cluster().workers) if multi_worker() else (0, 1)
+
+
+def split(count: int, parts: int) -> list[slice]:
+    """The one rule that splits `count` rows into `parts` contiguous runs, in order: part i takes rows
+    count i // parts to count (i + 1) // parts, so the runs differ by one row at most and none is empty while
+    count >= parts. Workers split a batch by it, and each worker's replicas split its rows by it again."""
+    return [slice(count * i // parts, count * (i + 1) // parts) for i in range(parts)]
+
+
+def shares(count: int) -> list[int]:
+    """How many rows of a batch of `count` each worker takes, in worker order (`split`); one worker takes them all
+    outside a multi-worker cluster."""
+    return [part.stop - part.start for part in split(count, worker()[1])]
+
+
+def my_share(count: int) -> slice:
+    """This worker's rows of a batch of `count` (`split`)."""
+    index, workers = worker()
+    return split(count, workers)[index]
+
+
+def chief_only(write: Writer) -> Writer:
+    """The one way to say that only the chief writes: `write` runs on the chief (always, outside a cluster) and is
+    skipped, returning None, on every other worker. Every writer of a declared output is decorated with it."""
+    @functools.wraps(write)
+    def on_the_chief(*args, **kwargs):
+        return write(*args, **kwargs) if is_chief() else None
+    return on_the_chief  # type: ignore[return-value]
 
 
 @functools.cache
@@ -33,9 +80,9 @@ def strategy():
     """The one strategy of this process (made once: a multi-worker strategy starts a server on its port)."""
     import tensorflow as tf
 
-    check_strategy_fits()
+    cluster()  # refuses a one-process strategy where a cluster is described
     _warn_if_gpus_unusable()
-    choice, described = strategy_choice(), cluster()
+    choice, described = environment.strategy_choice(), cluster()
     if choice == "auto":
         gpus = tf.config.list_physical_devices("GPU")
         choice = "multi_worker" if described.workers > 1 else "mirrored" if len(gpus) > 1 else "none"
@@ -45,7 +92,7 @@ def strategy():
         return tf.distribute.MirroredStrategy()
     if described.workers <= 1:
         raise DistributeError(f"{ENV}=multi_worker, but neither TF_CONFIG nor a Slurm job step of several tasks "
-                              "describes a cluster (see the README's 'More than one machine')")
+                              "describes a cluster (see docs/distributed.md)")
     resolver = None
     if described.source == "slurm":
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -60,14 +107,14 @@ def strategy():
         if "must be configured at program startup" not in str(error):
             raise
         raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
-                           "vggbn.numerics.distribute.strategy() first") from None
+                           "vggbn.cluster.distribute.strategy() first") from None
 
 
 def communication_options(gpus: int):
     """The collectives' options for workers with `gpus` GPUs each: NCCL between GPU workers (TensorFlow's
     multi-worker default is ring all-reduce over gRPC, even between GPUs), ring between CPU workers. No
     `timeout_seconds`: TensorFlow starts a thread per collective that sleeps that long (thousands alive within
-    seconds of training); `vggbn.runner.watchdog` bounds a wait on a hung or dead peer instead."""
+    seconds of training); `vggbn.cluster.watchdog` bounds a wait on a hung or dead peer instead."""
     import tensorflow as tf
 
     implementation = tf.distribute.experimental.CommunicationImplementation
@@ -76,12 +123,12 @@ def communication_options(gpus: int):
 
 
 def waiting(what: str):
-    """Mark a wait on the other workers (`vggbn.runner.watchdog`): a training step, a broadcast, a gathered pass."""
+    """Mark a wait on the other workers (`vggbn.cluster.watchdog`): a training step, a broadcast, a gathered pass."""
     return watchdog.waiting(what)
 
 
 def _warn_if_gpus_unusable() -> None:
-    """One warning where nvidia-smi shows GPUs that TensorFlow cannot use, naming why (`runner.devices`)."""
+    """One warning where nvidia-smi shows GPUs that TensorFlow cannot use, naming why (`cluster.devices`)."""
     import tensorflow as tf
 
     message = devices.unusable_gpu_warning(devices.system_gpus(), len(tf.config.list_physical_devices("GPU")),
@@ -174,27 +221,6 @@ def split_run(function: Callable, *arrays: np.ndarray, trim: bool = True):
         outputs = _gathered(function)(values)
         cut = (lambda o: o.numpy()[:count]) if trim else (lambda o: o.numpy())
         return [cut(o) for o in outputs] if isinstance(outputs, (list, tuple)) else cut(outputs)
-
-
-def worker() -> tuple[int, int]:
-    """(this worker's index, the workers): (0, 1) outside a multi-worker cluster. The index is the strategy's own
-    (the chief 0): worker i holds replicas i R to (i + 1) R - 1 of the strategy's, R replicas on each."""
-    return (cluster().index, cluster().workers) if multi_worker() else (0, 1)
-
-
-def shares(count: int) -> list[int]:
-    """How many rows of a batch of `count` each worker takes, in worker order: contiguous runs of ceil(count / N)
-    rows (the last ones may take fewer, or none); one worker takes them all outside a multi-worker cluster."""
-    workers = cluster().workers if multi_worker() else 1
-    each = -(-count // workers) if count else 0
-    return [max(0, min(each, count - worker * each)) for worker in range(workers)]
-
-
-def my_share(count: int) -> slice:
-    """This worker's rows of a batch of `count` (`shares`)."""
-    counts, index = shares(count), (cluster().index if multi_worker() else 0)
-    start = sum(counts[:index])
-    return slice(start, start + counts[index])
 
 
 def own_images(inputs, paths: Sequence[str], size: tuple[int, int], flip: bool = False):
@@ -308,3 +334,20 @@ def led_by_chief(work: Callable[[Callable], object], step: Callable[[list[int]],
             return broadcast_json(None)
         for _ in step(broadcast(np.zeros(size, np.int64)).tolist()):
             pass
+
+
+def remove_shared(folder: Path) -> None:
+    """Remove a work folder that every worker may read (a shared filesystem): the chief alone removes it, once every
+    worker has arrived here (done reading it), and none goes on before it is gone."""
+    barrier()
+    chief_only(shutil.rmtree)(folder, ignore_errors=True)
+    barrier()
+
+
+def shared_temporary_folder(stack: contextlib.ExitStack) -> str:
+    """A temporary work folder, the chief's on every worker (it writes the frozen rows there, every worker reads
+    them: with workers on several machines, pass a `work_dir` on a filesystem they share instead)."""
+    folder = chief_only(
+        lambda: stack.enter_context(tempfile.TemporaryDirectory(prefix="vggbn-transfer-")))()
+    stack.callback(barrier)  # on exit, first (last in, first out): removed once every worker is done
+    return broadcast_json(folder)

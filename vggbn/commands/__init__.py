@@ -1,0 +1,1 @@
+"""The `vggbn` command's subcommands, one module each; `vggbn.cli` parses the command line and calls them."""
