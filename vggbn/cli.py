@@ -56,16 +56,22 @@ def _add_predict(commands) -> None:
                     "(features.resize and model.preprocess of params.yaml). Class names: the sample's class "
                     "folders when their number matches the model's outputs; ImageNet WordNet ids and names for a "
                     "1000-output model; otherwise output indices.")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP or GIF)")
-    predict.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
-                         help=f"classifier (.keras), loaded with safe_mode (default: {DEFAULT_MODEL})")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF or WebP)")
+    _add_model_and_its_inputs(predict)
     predict.add_argument("--top", type=_integer, default=5, metavar="K",
                          help="classes shown per image, at least 1 (default: 5)")
-    predict.add_argument("--params", default=DEFAULT_PARAMS, metavar="PATH",
-                         help=f"params file giving the resize and preprocessing (default: {DEFAULT_PARAMS})")
-    predict.add_argument("--classes", default=DEFAULT_CLASSES, metavar="PATH",
-                         help=f"class names, one per line in output order (default: {DEFAULT_CLASSES})")
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+
+def _add_model_and_its_inputs(command) -> None:
+    """The options `predict` and `export` share: the model, and where its resize, preprocessing and classes come
+    from."""
+    command.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
+                         help=f"classifier (.keras), loaded with safe_mode (default: {DEFAULT_MODEL})")
+    command.add_argument("--params", default=DEFAULT_PARAMS, metavar="PATH",
+                         help=f"params file giving the resize and preprocessing (default: {DEFAULT_PARAMS})")
+    command.add_argument("--classes", default=DEFAULT_CLASSES, metavar="PATH",
+                         help=f"class names, one per line in output order (default: {DEFAULT_CLASSES})")
 
 
 def _add_info(commands) -> None:
@@ -90,12 +96,7 @@ def _add_export(commands) -> None:
                     "(serving_default) or uint8 RGB arrays of any size (serve_pixels) and resize and preprocess them "
                     "as `vggbn predict` does (params.yaml), with classes.txt and a model card (README.md: classes, "
                     "input, preprocessing, the run's identity and accuracy figures, versions).")
-    export.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
-                        help=f"classifier (.keras) (default: {DEFAULT_MODEL})")
-    export.add_argument("--params", default=DEFAULT_PARAMS, metavar="PATH",
-                        help=f"params file giving the resize and preprocessing (default: {DEFAULT_PARAMS})")
-    export.add_argument("--classes", default=DEFAULT_CLASSES, metavar="PATH",
-                        help=f"class names, one per line in output order (default: {DEFAULT_CLASSES})")
+    _add_model_and_its_inputs(export)
     export.add_argument("--metrics", default=DEFAULT_METRICS, metavar="DIR",
                         help=f"folder of the stages' metrics JSON, quoted in the card if present (default: "
                              f"{DEFAULT_METRICS})")
