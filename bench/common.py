@@ -18,7 +18,7 @@ _CHECKOUT = str(Path(__file__).resolve().parent.parent)
 if _CHECKOUT not in sys.path:
     sys.path.insert(0, _CHECKOUT)  # this checkout's vggbn, whatever is installed
 
-from vggbn.runner import console  # noqa: E402  (after the path: this checkout's)
+from vggbn import console  # noqa: E402  (after the path: this checkout's)
 
 console.quiet_tensorflow_import()
 

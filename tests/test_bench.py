@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vggbn.runner import console
+from vggbn import console
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 KEYS = {
