@@ -110,13 +110,94 @@ def test_exif_orientation_is_applied_before_resizing(tmp_path, endian):
     assert np.abs(batch - decoded(tmp_path / "o6.jpg")).max() <= 1  # already upright: the resize keeps it
 
 
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def exif_block(orientation: int, endian: str = "<", kind: int = 3) -> bytes:
+    """An APP1 payload: "Exif", a TIFF header, IFD0 with a camera name and the orientation (SHORT or LONG)."""
+    import struct
+
+    value = struct.pack(endian + "H", orientation) + b"\x00\x00" if kind == 3 else struct.pack(endian + "I", orientation)
+    entries = [struct.pack(endian + "HHI", 0x010F, 2, 4) + b"cam\x00", struct.pack(endian + "HHI", 0x0112, kind, 1) + value]
+    header = (b"II" if endian == "<" else b"MM") + struct.pack(endian + "HI", 42, 8)
+    return b"Exif\x00\x00" + header + struct.pack(endian + "H", len(entries)) + b"".join(entries) + b"\x00" * 4
+
+
+def test_exif_is_found_past_other_segments_as_pillow_finds_it(tmp_path):
+    """EXIF after a comment, an ICC profile (APP2) and JFIF's APP0, the orientation as SHORT or LONG in either byte
+    order: the orientation read is Pillow's, and the image decodes as Pillow's `exif_transpose` shows it."""
+    from io import BytesIO
+
+    from PIL import ImageOps
+
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:12, :20] = 255
+    plain = BytesIO()
+    Image.fromarray(stored).save(plain, format="JPEG", quality=95)
+    plain = plain.getvalue()
+    assert plain[2:4] == b"\xff\xe0"  # Pillow writes JFIF's APP0 first
+    for orientation, endian, kind in ((6, "<", 3), (8, ">", 3), (3, "<", 4), (5, ">", 4), (2, "<", 3)):
+        extra = (jpeg_segment(0xFE, b"a comment"), jpeg_segment(0xE2, b"ICC_PROFILE\x00" + bytes(300)),
+                 jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x/>"),
+                 jpeg_segment(0xE1, exif_block(orientation, endian, kind)))
+        data = plain[:2] + plain[2:20] + b"".join(extra) + plain[20:]  # after APP0 (18 bytes)
+        path = tmp_path / f"o{orientation}{kind}.jpg"
+        path.write_bytes(data)
+        assert Image.open(path).getexif().get(0x0112) == orientation
+        assert int(images.exif_orientation(tf.constant(data))) == orientation
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).astype(int)
+        assert np.abs(decoded(path).astype(int) - upright).max() <= 16, orientation
+
+
 def test_exif_orientation_is_1_without_exif_or_with_damaged_exif(tmp_path):
     Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "plain.jpg")
     Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "plain.png")
     for name in ("plain.jpg", "plain.png"):
         assert int(images.exif_orientation(tf.io.read_file(str(tmp_path / name)))) == 1
-    for damaged in (b"Exif\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\xff\x7f", b"Exif\x00\x00XX" + b"\x01" * 40):
-        assert int(images.exif_orientation(tf.constant(b"\xff\xd8" + damaged))) == 1
+    good = exif_block(6)
+    damaged = (b"Exif\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\xff\x7f", b"Exif\x00\x00XX" + good[8:],
+               b"Exif\x00\x00MM" + good[8:], good.replace(b"\x12\x01\x03\x00", b"\x12\x01\x09\x00"),
+               exif_block(9), exif_block(0))
+    for payload in damaged:  # empty TIFF, IFD0 far past the end, no byte order, the wrong one, a bad type, bad values
+        assert int(images.exif_orientation(tf.constant(b"\xff\xd8" + jpeg_segment(0xE1, payload)))) == 1, payload
+    segment = jpeg_segment(0xE1, good)  # ends with the orientation entry (12 bytes), then 4 of the next IFD's offset
+    for shorter, orientation in ((4, 6), (16, 1)):  # a length field saying the segment ends before that entry: not read
+        assert int(images.exif_orientation(tf.constant(
+            b"\xff\xd8" + segment[:2] + (len(good) + 2 - shorter).to_bytes(2, "big") + segment[4:]))) == orientation
+    assert int(images.exif_orientation(tf.constant(b"\xff\xd8" + jpeg_segment(0xE1, good)))) == 6
+    assert int(images.exif_orientation(tf.constant(b"\xff\xd8\xff\xda" + jpeg_segment(0xE1, good)))) == 1  # image data
+    assert int(images.exif_orientation(tf.constant(jpeg_segment(0xE1, good)))) == 1  # no start marker
+
+
+def test_exif_orientation_of_a_batch_keeps_its_shape():
+    files = [b"\xff\xd8" + jpeg_segment(0xE1, exif_block(o, endian)) for o, endian in ((6, "<"), (3, ">"), (1, "<"))]
+    files.append(b"not an image")
+    out = images.exif_orientation(tf.reshape(tf.constant(files), (2, 2)))
+    assert out.dtype == tf.int32 and out.numpy().tolist() == [[6, 3], [1, 1]]
+
+
+def test_pipeline_turns_each_image_of_a_mixed_batch(tmp_path, monkeypatch):
+    """Orientations are read a batch of files at a time (EXIF_BATCH, here 2, so batches of it straddle the
+    pipeline's): every image is turned as its own file says, in the order of the paths, labels alongside."""
+    monkeypatch.setattr(images, "EXIF_BATCH", 2)
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:12, :20] = 255
+    stored[:, :6, 1] = 200
+    paths = []
+    for i, orientation in enumerate((1, 6, 3, 8, 1, 5, 7)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(stored).save(paths[-1], quality=95, exif=exif.tobytes())
+    Image.fromarray(stored).save(tmp_path / "7.png")
+    paths.append(str(tmp_path / "7.png"))
+    batches = list(images.image_dataset(paths, (30, 30), "pad", "none", batch_size=3, labels=list(range(8))))
+    got = np.concatenate([b[0].numpy() for b in batches])
+    assert np.concatenate([b[1].numpy() for b in batches]).tolist() == list(range(8))
+    expected = np.stack([images.resize(decoded(p), (30, 30), "pad").numpy() for p in paths])
+    np.testing.assert_array_equal(got, expected)
+    assert [images.decode(tf.io.read_file(p)).shape[0] for p in paths] == [24, 40, 24, 40, 24, 40, 40, 24]
 
 
 def test_truncated_jpeg_raises_when_iterated(tmp_path):

@@ -47,7 +47,9 @@ def serving_functions(model: keras.Model, *, resize: str, preprocess: str, class
         return {"probabilities": probabilities, "class_index": top, "class_name": tf.gather(names, top)}
 
     def from_encoded(encoded):
-        return answer(tf.map_fn(lambda data: prepare(images.decode(data)), encoded, fn_output_signature=prepared))
+        orientations = images.exif_orientation(encoded)  # the whole batch's at once
+        return answer(tf.map_fn(lambda pair: prepare(images.decode(*pair)), (encoded, orientations),
+                                fn_output_signature=prepared))
 
     def from_pixels(pixels):
         return answer(tf.map_fn(prepare, pixels, fn_output_signature=prepared))
