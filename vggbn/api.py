@@ -162,18 +162,10 @@ def measure_statistics(model: "keras.Model", data: Any, *, layers: str = "dense"
 
 def identity_error(before: "keras.Model", after: "keras.Model", data: Any) -> tuple[float, float, int]:
     """(largest |output change|, largest |logit change|, rows) of `after` against `before` over `data`."""
-    from vggbn.numerics import models, surgery
+    from vggbn.numerics import surgery
 
-    run_before = models.predictor(surgery.with_logits(_as_chain(before)))
-    run_after = models.predictor(surgery.with_logits(_as_chain(after)))
-    worst = worst_logits = 0.0
-    rows = 0
-    for x in _inputs(data):
-        (p_before, l_before), (p_after, l_after) = run_before(x), run_after(x)
-        worst = max(worst, float(np.abs(p_before - p_after).max(initial=0.0)))
-        worst_logits = max(worst_logits, float(np.abs(l_before - l_after).max(initial=0.0)))
-        rows += len(p_before)
-    return worst, worst_logits, rows
+    report, _ = surgery.compare(_as_chain(before), _as_chain(after), ((x, None) for x in _inputs(data)))
+    return report["max_abs_diff"], report["max_abs_diff_logits"], report["samples"]
 
 
 def insert_calibrated_bn(model: "keras.Model", data: Any = None, *, statistics: BnStatistics | None = None,

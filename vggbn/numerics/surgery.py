@@ -218,28 +218,32 @@ def with_logits(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, [x, logits])
 
 
-def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray | None]],
             max_points: int = 0) -> tuple[dict, list[tuple[float, float]]]:
-    """Run both models over (features, labels) batches: the largest differences and each model's loss and accuracy,
-    and for the first `max_points` samples (probability before, probability after) of the top class before.
+    """Run both models over (features, labels) batches: the largest differences, the rows, each model's loss and
+    accuracy (where labels are given; None: the differences only), and for the first `max_points` samples
+    (probability before, probability after) of the top class before.
     """
     before, after = models.predictor(with_logits(before)), models.predictor(with_logits(after))
     scores = {"before": Score(), "after": Score()}
     worst_p = worst_logit = 0.0
+    rows = 0
     points = []
     for features, labels in batches:
         p_before, logits_before = before(features)
         p_after, logits_after = after(features)
-        worst_p = max(worst_p, float(np.abs(p_before - p_after).max()))
-        worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max()))
-        scores["before"].add(p_before, labels)
-        scores["after"].add(p_after, labels)
+        worst_p = max(worst_p, float(np.abs(p_before - p_after).max(initial=0.0)))
+        worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max(initial=0.0)))
+        rows += len(p_before)
+        if labels is not None:
+            scores["before"].add(p_before, labels)
+            scores["after"].add(p_after, labels)
         if len(points) < max_points:
             top = p_before.argmax(axis=1)
             rows = np.arange(len(top))
             points.extend(zip(p_before[rows, top].tolist(), p_after[rows, top].tolist()))
-    report = {"max_abs_diff": worst_p, "max_abs_diff_logits": worst_logit, "samples": scores["before"].count}
-    for side, score in scores.items():
+    report = {"max_abs_diff": worst_p, "max_abs_diff_logits": worst_logit, "samples": rows}
+    for side, score in scores.items() if scores["before"].count else ():
         result = score.result()
         report.update({f"loss_{side}": result["loss"], f"accuracy_{side}": result["accuracy"]})
     return report, points[:max_points]
