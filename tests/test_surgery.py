@@ -42,6 +42,19 @@ def test_calibrated_bn_is_the_identity(rng, widths):
     assert_same_predictions(model.predict_on_batch(x), with_bn.predict_on_batch(x))
 
 
+def test_compare_counts_rows_scores_labelled_batches_and_keeps_points(rng):
+    """Rows counted over every batch, loss and accuracy only where labels came, the top-class points asked for."""
+    model = dense_stack(rng, (12, 8, 4), dead_units=0)
+    with_bn = surgery.insert_bn(model, calibrate(model, rng.normal(size=(100, 12)).astype(np.float32)))
+    x = rng.normal(size=(30, 12)).astype(np.float32)
+    labelled, points = surgery.compare(model, with_bn, [(x[:20], np.zeros(20, int)), (x[20:], np.ones(10, int))], 25)
+    assert labelled["samples"] == 30 and isinstance(labelled["samples"], int) and len(points) == 25
+    assert {"loss_before", "loss_after", "accuracy_before", "accuracy_after"} <= set(labelled)
+    unlabelled, none = surgery.compare(model, with_bn, [(x[:20], None), (x[20:], None)])
+    assert unlabelled == {key: labelled[key] for key in ("max_abs_diff", "max_abs_diff_logits", "samples")}
+    assert none == []
+
+
 def assert_same_predictions(before, after, margin=1e-5):
     """Same top class wherever it is decided: dead ReLUs can collapse logits into exact ties, which any rounding
     breaks either way."""

@@ -227,14 +227,14 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
     before, after = models.predictor(with_logits(before)), models.predictor(with_logits(after))
     scores = {"before": Score(), "after": Score()}
     worst_p = worst_logit = 0.0
-    rows = 0
+    samples = 0
     points = []
     for features, labels in batches:
         p_before, logits_before = before(features)
         p_after, logits_after = after(features)
         worst_p = max(worst_p, float(np.abs(p_before - p_after).max(initial=0.0)))
         worst_logit = max(worst_logit, float(np.abs(logits_before - logits_after).max(initial=0.0)))
-        rows += len(p_before)
+        samples += len(p_before)
         if labels is not None:
             scores["before"].add(p_before, labels)
             scores["after"].add(p_after, labels)
@@ -242,7 +242,7 @@ def compare(before: keras.Model, after: keras.Model, batches: Iterable[tuple[np.
             top = p_before.argmax(axis=1)
             rows = np.arange(len(top))
             points.extend(zip(p_before[rows, top].tolist(), p_after[rows, top].tolist()))
-    report = {"max_abs_diff": worst_p, "max_abs_diff_logits": worst_logit, "samples": rows}
+    report = {"max_abs_diff": worst_p, "max_abs_diff_logits": worst_logit, "samples": samples}
     for side, score in scores.items() if scores["before"].count else ():
         result = score.result()
         report.update({f"loss_{side}": result["loss"], f"accuracy_{side}": result["accuracy"]})
