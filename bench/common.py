@@ -19,10 +19,11 @@ if _CHECKOUT not in sys.path:
     sys.path.insert(0, _CHECKOUT)  # this checkout's vggbn, whatever is installed
 
 from vggbn import console  # noqa: E402  (after the path: this checkout's)
+from vggbn.cluster.environment import usable_cores  # noqa: E402
 
 console.quiet_tensorflow_import()
 
-CORES = len(os.sched_getaffinity(0))
+CORES = len(usable_cores())
 
 
 def print_load() -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_figures, print_load, write_features, write_jpegs  # noqa: E402
+from common import CORES, print_figures, print_load, write_features, write_jpegs  # noqa: E402
 
 CUT = "block5_pool"
 
@@ -279,7 +279,7 @@ def main():
             Path(args.out).write_text(json.dumps(result))
         Path(f"{args.out}.worker{distribute.cluster().index}").write_text(json.dumps(result))  # each its own
         return
-    if len(os.sched_getaffinity(0)) < 2:
+    if CORES < 2:
         raise SystemExit("needs 2 cores: two workers on a core each")
     print_load()
     with tempfile.TemporaryDirectory(prefix="bench-distribute-") as folder:

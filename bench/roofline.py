@@ -31,12 +31,12 @@ Every benchmark's ratios are of two kinds, and `check(bounds=..., references=...
 from __future__ import annotations
 
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CORES = len(os.sched_getaffinity(0))
+from common import CORES
+
 ARRAY_LLC_MULTIPLE = 4  # each array at least this many times the last-level cache
 
 

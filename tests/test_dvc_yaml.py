@@ -77,7 +77,8 @@ def test_package_inits_hold_only_a_docstring():
 
 
 # Files shipped with the package that a module reads, so that a stage importing the module depends on them too.
-DATA_FILES = {"vggbn/storage/digits.py": "vggbn/storage/digits/digits.csv.gz"}
+DATA_FILES = {"vggbn/storage/digits.py": "vggbn/storage/digits/digits.csv.gz",
+              "vggbn/storage/imagenet.py": "vggbn/storage/imagenet_classes.txt"}
 
 
 def deps_of(stage):

@@ -1,5 +1,5 @@
 """Who this process is among a run's workers, read from the environment alone (no TensorFlow): `VGGBN_STRATEGY`,
-`TF_CONFIG`, or a Slurm job step's variables. `vggbn.cluster.distribute` is the one place the rest of the library asks
+`TF_CONFIG`, or a Slurm job step's variables; and the cores it may run on. `vggbn.cluster.distribute` is the one place the rest of the library asks
 (`cluster`, `is_chief`, `worker`); this module only parses.
 """
 
@@ -19,6 +19,13 @@ STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 
 class DistributeError(VggbnError):
     pass
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on: its affinity where the system keeps one (Linux), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 class Cluster(NamedTuple):

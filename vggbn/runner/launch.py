@@ -36,7 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from vggbn.cluster.environment import LAUNCHED_LOCALLY, STRATEGY_ENV, DistributeError, cluster, strategy_choice
+from vggbn.cluster.environment import (LAUNCHED_LOCALLY, STRATEGY_ENV, DistributeError, cluster, strategy_choice,
+                                       usable_cores)
 from vggbn.runner.gpus import LaunchError, gpu_share, visible_gpus
 from vggbn.runner.supervisor import wait
 
@@ -130,13 +131,6 @@ def _libc():
         return ctypes.CDLL(None)
     except OSError:
         return None
-
-
-def usable_cores() -> list[int]:
-    """The cores this process may run on: its affinity where the system keeps one (Linux), else all of them."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
 
 
 def _child_setup(cores: list[int] | None):

@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from vggbn.cluster.distribute import split
+from vggbn.cluster.environment import usable_cores
 from vggbn.storage import features
 
 PREFETCH = 2  # batches read ahead of the one being trained on
@@ -114,13 +115,6 @@ def _libc():
 
 
 PREADV_NAME, _preadv = choose_preadv(_libc())
-
-
-def cores() -> int:
-    """Cores this process may run on: its affinity where the system keeps one (Linux), else all the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class _RowReader:
@@ -226,7 +220,7 @@ class Feed:
             raise ValueError(f"Expected batch_size and buffer_rows >= 1. Received: {batch_size}, {buffer_rows}")
         self.path, self.batch_size, self.buffer_rows = path, batch_size, buffer_rows
         self.worker_index, self.num_workers = worker_index, num_workers
-        self.threads, self.prefetch = reading.threads or cores(), reading.prefetch
+        self.threads, self.prefetch = reading.threads or len(usable_cores()), reading.prefetch
         self.dtype, self.tensors = dtype, tensors
         self._buffers = _Buffers() if tensors else None
 
