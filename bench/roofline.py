@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import CORES
+from common import CORES  # (common imports TensorFlow as the stages do: no start-up lines)
 
 ARRAY_LLC_MULTIPLE = 4  # each array at least this many times the last-level cache
 
@@ -224,8 +224,6 @@ def measure(*, shapes: dict[str, tuple[int, int, int]] = {}, square: int = 4096,
 
 def main() -> None:
     import argparse
-
-    import common  # noqa: F401  (TensorFlow imported as the stages import it: no start-up lines)
 
     parser = argparse.ArgumentParser(description="The roofline of this machine, as the benchmarks measure it.")
     parser.add_argument("--smoke", action="store_true", help="8 MiB arrays (in cache: not a memory figure), 256^2")

@@ -11,7 +11,6 @@ import glob
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Sequence
 
 # what TensorFlow's CUDA build loads, in the order it needs them (`major` from tf.sysconfig.get_build_info())
