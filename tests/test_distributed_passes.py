@@ -20,6 +20,8 @@ from vggbn.runner import launch
 WORKER = Path(__file__).with_name("as_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
 CHIEF_WRITES = {"features.h5", "result.npz", "result.json"}
+SRUN = ["srun", "--nodes=1", "--ntasks=2", "--overcommit", "--oversubscribe", "--kill-on-bad-exit=1",
+        "--job-name=vggbn-resume"]  # two tasks of a one-node Slurm step
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,9 @@ WITHOUT_LINUX_CALLS = ("import os; del os.sched_getaffinity, os.sched_setaffinit
 
 
 def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int = 1, workers: int = 0,
-        epochs: int = 2, prelude: str = ""):
-    """Run the worker script in a copy of the workspace (kept if there is one: a rerun); (the copy, {worker index:
-    files it wrote})."""
+        epochs: int = 2, prelude: str = "", srun: bool = False):
+    """Run the worker script in a copy of the workspace (kept if there is one: a rerun), by the local launcher with
+    `workers`, or as the two tasks of a Slurm step with `srun`; (the copy, {worker index: files it wrote})."""
     copy = tmp_path / name
     if not copy.exists():
         shutil.copytree(workspace, copy)
@@ -57,7 +59,9 @@ def run(workspace: Path, tmp_path: Path, name: str, strategy: str, logical: int 
            "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": str(epochs)}
     env.pop("TF_CONFIG", None)
     command = [sys.executable, str(WORKER), str(copy), str(logical)]
-    if workers:
+    if srun:
+        command = [*SRUN, *command]
+    elif workers:
         env[launch.ENV] = f"local:{workers}"
         command = [sys.executable, "-c", prelude + "import sys; from vggbn.runner import launch; "
                    "sys.exit(launch.relaunch(sys.argv[1:]))", *command]
@@ -135,36 +139,52 @@ def test_two_workers_launched_without_linux_calls_equal_one_process(workspace, a
 
 
 @pytest.mark.slow
-def test_two_workers_resume_after_worker_1_is_killed_mid_finetune(workspace, alone, tmp_path):
-    """Worker 1 killed (SIGKILL) while the chief has saved its first epoch's checkpoint: the launcher ends every
-    worker within seconds, naming the killed one; the same command then resumes the chief's checkpoint, and the
-    result matches an uninterrupted one-process run."""
+@pytest.mark.parametrize("how", ["local", "srun"])
+def test_two_workers_resume_after_worker_1_is_killed_mid_finetune(workspace, alone, tmp_path, how):
+    """Worker 1 killed (SIGKILL) while the chief has saved its first epoch's checkpoint, under the local launcher
+    or as a task of a real Slurm step: every worker ends within seconds, an `error:` line names a worker, no
+    process is left; the same command then resumes the chief's checkpoint, and the result matches an
+    uninterrupted one-process run."""
+    if how == "srun":
+        from test_soak import slurm_missing
+
+        if slurm_missing():
+            pytest.skip(slurm_missing())
     copy = tmp_path / "killed"
     shutil.copytree(workspace, copy)
     (tmp_path / "killed-writes-first").mkdir()
     env = {**os.environ, "VGGBN_STRATEGY": "auto", "WRITES_DIR": str(tmp_path / "killed-writes-first"),
-           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0",
-           launch.ENV: "local:2"}
+           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0"}
     env.pop("TF_CONFIG", None)
-    launcher = subprocess.Popen([sys.executable, "-c", "import sys; from vggbn.runner import launch; "
-                                 "sys.exit(launch.relaunch(sys.argv[1:]))", sys.executable, str(WORKER), str(copy),
-                                 "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = [sys.executable, str(WORKER), str(copy), "1"]
+    if how == "local":
+        env[launch.ENV] = "local:2"
+        command = [sys.executable, "-c", "import sys; from vggbn.runner import launch; "
+                   "sys.exit(launch.relaunch(sys.argv[1:]))", *worker]
+    else:
+        command = [*SRUN, *worker]
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         while not (copy / "work" / "train" / "epoch.json").exists():
             assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its checkpoint"
             time.sleep(0.05)
-        worker = next(pid for pid, environ in processes_of(copy).items() if b'"index": 1}' in environ)
-        os.kill(worker, signal.SIGKILL)
+        worker_1 = next(pid for pid, environ in processes_of(copy).items()
+                        if b'"index": 1}' in environ or b"\0SLURM_PROCID=1\0" in environ)
+        os.kill(worker_1, signal.SIGKILL)
         killed = time.monotonic()
         _, err = launcher.communicate(timeout=60)
         ended = time.monotonic() - killed
     finally:
         if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode != 0 and ended < 60 and not processes_of(copy), err
-    assert "error: worker 1 of 2 was killed by SIGKILL" in err and not (copy / "result.npz").exists()
-    both, writes = run(workspace, tmp_path, "killed", "auto", workers=2, epochs=2)
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode != 0 and ended < 15 and not processes_of(copy), (ended, err[-3000:])
+    assert not (copy / "result.npz").exists()
+    # The line naming the dead worker: the launcher's, or srun's (which then cancels the step: SIGTERM ends the chief)
+    assert ("error: worker 1 of 2 was killed by SIGKILL" if how == "local" else "task 1: Killed") in err, err[-3000:]
+    print(f"SIGKILL of worker 1 under {how}: every worker ended {ended:.1f} s later")
+    both, writes = run(workspace, tmp_path, "killed", "auto", workers=2, epochs=2, srun=how == "srun")
     assert "resuming from the checkpoint after epoch 1" in run.log
     assert len(json.loads((both / "result.json").read_text())["history"]) == 2
     assert_same_results(alone, both, weights_atol=1e-4)

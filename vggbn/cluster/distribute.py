@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
-import tempfile
 import logging
+import shutil
+import signal
+import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
@@ -102,12 +104,23 @@ def strategy():
     watchdog.start(described.index, described.workers)  # a hung or dead peer ends this worker (no per-op timeout)
     try:
         with watchdog.waiting("the cluster's start"):
-            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+            made = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     except RuntimeError as error:
         if "must be configured at program startup" not in str(error):
             raise
         raise RuntimeError("a multi-worker strategy must be made before TensorFlow runs anything: call "
                            "vggbn.cluster.distribute.strategy() first") from None
+    _end_on_sigterm()
+    return made
+
+
+def _end_on_sigterm() -> None:
+    """SIGTERM ends this worker at once, as it ends any process. Under Slurm, TensorFlow's coordination service
+    catches it (a preemption notice, for a checkpoint handler vggbn does not use), so the tasks of a cancelled step
+    (`scancel`, `srun --kill-on-bad-exit` after a task died) lived on until Slurm's SIGKILL, KillWait later (30 s
+    by default, minutes on some clusters)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def communication_options(gpus: int):
