@@ -112,3 +112,26 @@ def test_the_api_exports_a_model_object(tmp_path, mini_vgg):
     assert (tmp_path / "served" / "classes.txt").read_text().split() == ["0", "1", "2", "3", "4"]
     with pytest.raises(vggbn.VggbnError, match="2 class names for a model of 5 outputs"):
         vggbn.export_serving(mini_vgg, tmp_path / "bad", class_names=["a", "b"])
+
+
+def test_served_photos_are_turned_as_their_exif_says(exported, tmp_path):
+    """A phone's portrait photos (pixels stored sideways, EXIF orientation 6 or 8) in one batch with an upright one:
+    the encoded signature answers what the pixels signature answers for each upright image."""
+    import tensorflow as tf
+
+    root, _, _, _ = exported
+    served = tf.saved_model.load(str(root / "models" / "serving"))
+    stored = np.random.default_rng(3).integers(0, 256, (30, 52, 3), dtype=np.uint8)
+    files, upright = [], []
+    for orientation, turns in ((6, -1), (1, 0), (8, 1)):  # rot90 turns (counter-clockwise) that stand it up
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+        files.append(path.read_bytes())
+        upright.append(np.rot90(tf.io.decode_image(files[-1], channels=3).numpy(), turns))
+    encoded = served.signatures["serving_default"](images=tf.constant(files))["probabilities"].numpy()
+    for i, pixels in enumerate(upright):
+        answer = served.signatures["serve_pixels"](pixels=tf.constant(np.ascontiguousarray(pixels))[None])
+        np.testing.assert_allclose(encoded[i], answer["probabilities"].numpy()[0], atol=1e-6)
+    assert not np.allclose(encoded[0], encoded[1], atol=1e-4)  # the turn changed the answer
