@@ -138,6 +138,27 @@ def test_two_workers_launched_without_linux_calls_equal_one_process(workspace, a
     assert (result["strategy"], result["replicas"]) == ("multi_worker", 2)
 
 
+def paused_after_first_checkpoint(workspace: Path, tmp_path: Path, strategy: str, command, launch_env: str = ""):
+    """Start `command(copy)` (the worker script's command line on a copy of the workspace, under `strategy`, 2 epochs,
+    pausing once epoch 1's checkpoint is saved) and wait for that checkpoint; (the copy, the running process)."""
+    copy = tmp_path / "killed"
+    shutil.copytree(workspace, copy)
+    (tmp_path / "killed-writes-first").mkdir()
+    env = {**os.environ, "VGGBN_STRATEGY": strategy, "WRITES_DIR": str(tmp_path / "killed-writes-first"),
+           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0",
+           **({launch.ENV: launch_env} if launch_env else {})}
+    env.pop("TF_CONFIG", None)
+    process = subprocess.Popen(command(copy), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (copy / "work" / "train" / "epoch.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError("the run ended before its first checkpoint, or took 10 minutes")
+        time.sleep(0.05)
+    return copy, process
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["local", "srun"])
 def test_two_workers_resume_after_worker_1_is_killed_mid_finetune(workspace, alone, tmp_path, how):
@@ -150,26 +171,16 @@ def test_two_workers_resume_after_worker_1_is_killed_mid_finetune(workspace, alo
 
         if slurm_missing():
             pytest.skip(slurm_missing())
-    copy = tmp_path / "killed"
-    shutil.copytree(workspace, copy)
-    (tmp_path / "killed-writes-first").mkdir()
-    env = {**os.environ, "VGGBN_STRATEGY": "auto", "WRITES_DIR": str(tmp_path / "killed-writes-first"),
-           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0"}
-    env.pop("TF_CONFIG", None)
-    worker = [sys.executable, str(WORKER), str(copy), "1"]
-    if how == "local":
-        env[launch.ENV] = "local:2"
-        command = [sys.executable, "-c", "import sys; from vggbn.runner import launch; "
-                   "sys.exit(launch.relaunch(sys.argv[1:]))", *worker]
-    else:
-        command = [*SRUN, *worker]
-    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+    def command(copy):
+        worker = [sys.executable, str(WORKER), str(copy), "1"]
+        if how == "srun":
+            return [*SRUN, *worker]
+        return [sys.executable, "-c", "import sys; from vggbn.runner import launch; "
+                "sys.exit(launch.relaunch(sys.argv[1:]))", *worker]
+
+    copy, launcher = paused_after_first_checkpoint(workspace, tmp_path, "auto", command,
+                                                   launch_env="local:2" if how == "local" else "")
     try:
-        deadline = time.monotonic() + 600
-        while not (copy / "work" / "train" / "epoch.json").exists():
-            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its checkpoint"
-            time.sleep(0.05)
         worker_1 = next(pid for pid, environ in processes_of(copy).items()
                         if b'"index": 1}' in environ or b"\0SLURM_PROCID=1\0" in environ)
         os.kill(worker_1, signal.SIGKILL)
@@ -195,20 +206,10 @@ def test_two_workers_resume_after_worker_1_is_killed_mid_finetune(workspace, alo
 def test_mirrored_resumes_after_a_kill_mid_finetune(workspace, alone, tmp_path):
     """Killed (SIGKILL) after its first epoch's checkpoint, a run under MirroredStrategy resumes it in the strategy's
     scope (the checkpoint's values in mirrored variables) and ends where an uninterrupted one-process run ends."""
-    copy = tmp_path / "killed"
-    shutil.copytree(workspace, copy)
-    (tmp_path / "killed-writes").mkdir()
-    env = {**os.environ, "VGGBN_STRATEGY": "mirrored", "WRITES_DIR": str(tmp_path / "killed-writes"),
-           "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCHS": "2", "PAUSE_AFTER_EPOCH": "0"}
-    env.pop("TF_CONFIG", None)
-    worker = subprocess.Popen([sys.executable, str(WORKER), str(copy), "2"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not (copy / "work" / "train" / "epoch.json").exists():
-        assert worker.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
+    copy, worker = paused_after_first_checkpoint(workspace, tmp_path, "mirrored",
+                                                 lambda copy: [sys.executable, str(WORKER), str(copy), "2"])
     worker.kill()
-    worker.wait()
+    worker.communicate()
     assert not (copy / "result.npz").exists()
     resumed, _ = run(workspace, tmp_path, "killed", "mirrored", logical=2)
     assert "resuming from the checkpoint after epoch 1" in run.log
