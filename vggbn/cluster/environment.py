@@ -1,6 +1,6 @@
 """Who this process is among a run's workers, read from the environment alone (no TensorFlow): `VGGBN_STRATEGY`,
-`TF_CONFIG`, or a Slurm job step's variables; and the cores it may run on. `vggbn.cluster.distribute` is the one place the rest of the library asks
-(`cluster`, `is_chief`, `worker`); this module only parses.
+`TF_CONFIG`, or a Slurm job step's variables; and the cores it may run on. `vggbn.cluster.distribute` is the one
+place the rest of the library asks (`cluster`, `is_chief`, `worker`); this module only parses.
 """
 
 from __future__ import annotations

@@ -209,8 +209,10 @@ def preprocess(images, mode: str) -> tf.Tensor:
     return x
 
 
-def _prepared(image: tf.Tensor, size: tuple[int, int], resize_mode: str, preprocess_mode: str,
-              flip: bool) -> tf.Tensor:
+def model_input(image: tf.Tensor, size: tuple[int, int], resize_mode: str, preprocess_mode: str,
+                flip: bool = False) -> tf.Tensor:
+    """A decoded, upright image (h, w, 3) as the model takes it: resized, optionally mirrored left-right,
+    preprocessed; float32 (height, width, 3). The pipeline's and the served model's one way."""
     image = resize(image, size, resize_mode)
     if flip:
         image = tf.image.flip_left_right(image)
@@ -220,7 +222,7 @@ def _prepared(image: tf.Tensor, size: tuple[int, int], resize_mode: str, preproc
 def load_image(path: tf.Tensor, size: tuple[int, int], resize_mode: str, preprocess_mode: str,
                flip: bool = False) -> tf.Tensor:
     """Read, decode, resize, optionally mirror left-right, and preprocess one image file: float32 (h, w, 3)."""
-    return _prepared(decode(tf.io.read_file(path)), size, resize_mode, preprocess_mode, flip)
+    return model_input(decode(tf.io.read_file(path)), size, resize_mode, preprocess_mode, flip)
 
 
 def image_dataset(paths: Sequence[str | os.PathLike], size: tuple[int, int], resize: str, preprocess: str,
@@ -252,7 +254,7 @@ def image_dataset(paths: Sequence[str | os.PathLike], size: tuple[int, int], res
         return (data, exif_orientation(data), *label)
 
     def load(data, orientation, *label):
-        image = _prepared(decode(data, orientation), size, resize, preprocess, flip)
+        image = model_input(decode(data, orientation), size, resize, preprocess, flip)
         return (image, *label) if label else image
 
     dataset = (tf.data.Dataset.from_tensor_slices(columns)

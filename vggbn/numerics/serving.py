@@ -39,7 +39,7 @@ def serving_functions(model: keras.Model, *, resize: str, preprocess: str, class
     prepared = tf.TensorSpec((*size, 3), tf.float32)
 
     def prepare(image):
-        return images.preprocess(images.resize(image, size, resize), preprocess)
+        return images.model_input(image, size, resize, preprocess)
 
     def answer(batch):
         probabilities = tf.cast(model(batch, training=False), tf.float32)
