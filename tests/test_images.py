@@ -85,6 +85,14 @@ def noisy_jpeg(path, seed=0, size=(64, 48)):
     return path
 
 
+def sideways_photo() -> np.ndarray:
+    """24x40 pixels, a white quarter and a green edge: every turn and mirror gives other pixels."""
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:12, :20] = 255
+    stored[:, :6, 1] = 200
+    return stored
+
+
 @pytest.mark.parametrize("endian", ["<", ">"])  # EXIF in Intel and Motorola byte order
 def test_exif_orientation_is_applied_before_resizing(tmp_path, endian):
     """A rotated JPEG (a phone's portrait photo: pixels stored sideways, EXIF orientation saying how to turn them)
@@ -92,9 +100,7 @@ def test_exif_orientation_is_applied_before_resizing(tmp_path, endian):
     gets the upright image."""
     from PIL import ImageOps
 
-    stored = np.zeros((24, 40, 3), np.uint8)
-    stored[:12, :20] = 255  # a white quarter and a green edge: every turn and mirror gives other pixels
-    stored[:, :6, 1] = 200
+    stored = sideways_photo()
     for orientation in range(1, 9):
         exif = Image.Exif()
         exif[0x010F], exif[0x0112] = "test camera", orientation  # orientation not the first entry
@@ -131,8 +137,7 @@ def test_exif_is_found_past_other_segments_as_pillow_finds_it(tmp_path):
 
     from PIL import ImageOps
 
-    stored = np.zeros((24, 40, 3), np.uint8)
-    stored[:12, :20] = 255
+    stored = sideways_photo()
     plain = BytesIO()
     Image.fromarray(stored).save(plain, format="JPEG", quality=95)
     plain = plain.getvalue()
@@ -141,7 +146,7 @@ def test_exif_is_found_past_other_segments_as_pillow_finds_it(tmp_path):
         extra = (jpeg_segment(0xFE, b"a comment"), jpeg_segment(0xE2, b"ICC_PROFILE\x00" + bytes(300)),
                  jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x/>"),
                  jpeg_segment(0xE1, exif_block(orientation, endian, kind)))
-        data = plain[:2] + plain[2:20] + b"".join(extra) + plain[20:]  # after APP0 (18 bytes)
+        data = plain[:20] + b"".join(extra) + plain[20:]  # after SOI and APP0 (18 bytes)
         path = tmp_path / f"o{orientation}{kind}.jpg"
         path.write_bytes(data)
         assert Image.open(path).getexif().get(0x0112) == orientation
@@ -181,9 +186,7 @@ def test_pipeline_turns_each_image_of_a_mixed_batch(tmp_path, monkeypatch):
     """Orientations are read a batch of files at a time (EXIF_BATCH, here 2, so batches of it straddle the
     pipeline's): every image is turned as its own file says, in the order of the paths, labels alongside."""
     monkeypatch.setattr(images, "EXIF_BATCH", 2)
-    stored = np.zeros((24, 40, 3), np.uint8)
-    stored[:12, :20] = 255
-    stored[:, :6, 1] = 200
+    stored = sideways_photo()
     paths = []
     for i, orientation in enumerate((1, 6, 3, 8, 1, 5, 7)):
         exif = Image.Exif()
