@@ -223,6 +223,24 @@ def test_a_moved_gradient_registry_is_a_one_line_error_not_a_silent_leak(monkeyp
             pytest.fail("the block ran")
 
 
+def test_collectives_keep_their_traced_instance_key_where_compat_sets_it(monkeypatch):
+    """The switch is the class attribute TensorFlow's multi-worker collectives read for each key (its effect, memory
+    that stays flat over thousands of steps, is the soak test's); where it has moved, a one-line error."""
+    from tensorflow.python.distribute import cross_device_utils
+
+    from vggbn import compat
+
+    launcher = cross_device_utils.CollectiveReplicaLauncher
+    monkeypatch.setattr(launcher, "_prefer_unique_instance_key", True)
+    compat.one_instance_key_per_collective()
+    assert launcher._prefer_unique_instance_key is False
+    monkeypatch.delattr(launcher, "_prefer_unique_instance_key")
+    with pytest.raises(compat.InternalMoved, match=r"^tensorflow\.python\.distribute\.cross_device_utils\."
+                                                   r"CollectiveReplicaLauncher\._prefer_unique_instance_key is not "
+                                                   r"where vggbn uses it .*16 KB a step$"):
+        compat.one_instance_key_per_collective()
+
+
 def test_a_py_funcs_list_tensorflow_no_longer_fills_is_a_one_line_error(monkeypatch):
     import tensorflow as tf
 

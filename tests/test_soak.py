@@ -1,7 +1,8 @@
 """Training that lasts: two real workers train on a feature file for minutes (thousands of collectives), under the
 local launcher and as two tasks of a real Slurm job step, and neither their threads nor their memory nor their open
 files grow. TensorFlow's per-collective timeout once grew ~700 threads a second a worker, until both aborted
-30 s in; a hung or killed worker must end every worker within the watchdog's timeout."""
+30 s in, and its record of each collective's instance key 0.8 MB/s; a hung or killed worker must end every worker
+within the watchdog's timeout."""
 
 import json
 import os
@@ -23,7 +24,8 @@ from vggbn.runner import launch
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "soak_worker.py"
 MAX_THREADS = 200
-MAX_RSS_GROWTH = 0.10  # after the first epoch
+MAX_RSS_GROWTH = 0.03  # after the first epoch: flat within 2 MB of 723 for 4 minutes; TensorFlow's record of every
+# collective instance key (compat.one_instance_key_per_collective) grew it 0.8 MB/s, 7% a minute
 MAX_NEW_FDS = 16
 
 

@@ -1,7 +1,8 @@
 """The training loop (`training.Trainer`): one replica and two replicas (MirroredStrategy over two logical CPU
-devices, in a fresh process) take the same steps, BatchNormalization and Dropout included."""
+devices, in a fresh process), and two workers, take the same steps, BatchNormalization and Dropout included."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,66 @@ def test_two_replicas_take_the_steps_one_process_takes(tmp_path):
     for a, b in zip(one["weights"], two["weights"], strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6)
     assert two["synchronized"] == [False]  # the saved model is the same whatever trained it
+
+
+UNEVEN = """
+import json, os, sys
+from vggbn.cluster import distribute
+distribute.strategy()  # before TensorFlow runs anything
+import numpy as np, keras
+from vggbn.numerics.training import Trainer, compile_for_training, seed_everything
+
+index, workers = distribute.worker()
+seed_everything(0)
+with distribute.strategy().scope():
+    init = keras.initializers.GlorotUniform(seed=3)
+    inputs = keras.Input((6,))
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(8, activation="relu", kernel_initializer=init)(inputs))
+    x = keras.layers.Dropout(0.5, seed=1)(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", kernel_initializer=init)(x))
+    compile_for_training(model, 1e-2)
+    trainer = Trainer(model, distribute.strategy(), (index, workers))
+rng = np.random.default_rng(0)
+steps = []
+for count in (8, 7, 8, 7, 1, 8, 3):  # 2 workers: 4+4, then 4+3 (worker 0's 4 rows match the trace of 8), 1+0
+    x, y = rng.normal(size=(count, 6)).astype("float32"), rng.integers(0, 3, count).astype("int32")
+    mine = distribute.split(count, workers)[index]
+    steps.append(trainer.train_batch(x[mine], y[mine], count))
+    steps.append(trainer.evaluate_batch(x[mine], y[mine], count))
+if distribute.is_chief():
+    with open(sys.argv[1], "w") as file:
+        json.dump({"steps": steps, "weights": [w.tolist() for w in trainer.finish().get_weights()]}, file)
+"""
+
+
+def test_two_workers_with_uneven_shares_take_the_steps_one_process_takes(tmp_path):
+    """Global batches whose rows do not split evenly between two workers (8, 7, 1 rows): worker 0's share of 7
+    matches the shape the step was traced for, worker 1's does not. Each collective keeps the instance key it was
+    traced with, so a worker tracing alone would pair its collectives with the wrong ones: the step must see the
+    same shapes on every worker. Ends within the watchdog's 30 s if it does not."""
+    import numpy as np
+
+    from vggbn.runner import launch
+
+    env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin",
+           "VGGBN_COLLECTIVE_TIMEOUT": "30"}
+    one = subprocess.run([sys.executable, "-c", UNEVEN, str(tmp_path / "one.json")], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300, env={**env, "VGGBN_STRATEGY": "none"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update({**env, "VGGBN_STRATEGY": "multi_worker"})
+    try:
+        status = launch.start_local_workers([sys.executable, "-c", UNEVEN, str(tmp_path / "two.json")], 2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert status == 0
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    for (loss_a, correct_a), (loss_b, correct_b) in zip(one["steps"], two["steps"], strict=True):
+        assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_a)) and correct_a == correct_b
+    for a, b in zip(one["weights"], two["weights"], strict=True):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6)
 
 
 def test_epoch_logs_reach_dvclive_under_its_keras_callbacks_names(tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
+from vggbn import compat
 from vggbn.cluster import devices, watchdog
 from vggbn.cluster import environment
 from vggbn.cluster.environment import STRATEGY_ENV as ENV
@@ -101,6 +102,7 @@ def strategy():
             tf.train.ClusterSpec({"worker": slurm_addresses()}), task_type="worker", task_id=described.index,
             rpc_layer="grpc")
     options = communication_options(len(tf.config.list_physical_devices("GPU")))
+    compat.one_instance_key_per_collective()  # else memory grows ~16 KB a training step, for good
     watchdog.start(described.index, described.workers)  # a hung or dead peer ends this worker (no per-op timeout)
     try:
         with watchdog.waiting("the cluster's start"):

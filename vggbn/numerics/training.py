@@ -236,9 +236,15 @@ class Trainer:
         self._evaluate = tf.function(self._evaluate_replicas, reduce_retracing=True)
 
     def _slices(self, x, y, count: int | None):
-        """Per replica, its contiguous slice of the global batch and the index of its first row; and the global
-        batch's row count. Workers split the batch by `distribute.split`, and each worker's replicas split its rows
-        by it again. `count` None: `x` is the whole global batch; else `x` holds this worker's rows of it."""
+        """Per replica, its contiguous slice of the global batch, the index of its first row and its row count; and
+        the global batch's row count. Workers split the batch by `distribute.split`, and each worker's replicas
+        split its rows by it again. `count` None: `x` is the whole global batch; else `x` holds this worker's rows.
+
+        Every replica's slice is padded with zero rows to the largest one's, so every worker passes the traced step
+        tensors of the same shapes and traces it when the others do: a collective keeps the instance key it got
+        when traced (`compat.one_instance_key_per_collective`), and a worker tracing alone would pair its
+        collectives with the wrong ones of the others (a batch of 63 rows: 32 match the trace of full batches, 31
+        do not). The step drops the padding before the model sees it."""
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32)
         if x.dtype not in NARROW_FLOATS:  # float16 features stay float16 to the device, which casts them (exactly)
             x = tf.cast(x, tf.float32)
@@ -249,26 +255,28 @@ class Trainer:
             raise ValueError(f"Expected this worker's rows of a global batch of {count}. Received {rows} rows "
                              f"(worker {self.worker_index} of {self.workers})")
         if self.replicas == 1:
-            return x, y, tf.constant(0), tf.constant(float(count), tf.float32)
+            return x, y, tf.constant(0), tf.constant(rows), tf.constant(float(count), tf.float32)
         local = self.replicas // self.workers  # global replica id = worker * local + k
         bounds = [(worker.start + part.start, worker.start + part.stop)
                   for worker in distribute.split(count, self.workers)
                   for part in distribute.split(worker.stop - worker.start, local)]
-        offset = mine.start
+        offset, span = mine.start, max(stop - first for first, stop in bounds)
 
         def part(context):
             first, stop = bounds[context.replica_id_in_sync_group]
-            return x[first - offset:stop - offset], y[first - offset:stop - offset], tf.constant(first)
-        x, y, first = self.strategy.experimental_distribute_values_from_function(part)
-        return x, y, first, tf.constant(float(count), tf.float32)
+            return (padded(x[first - offset:stop - offset], span), padded(y[first - offset:stop - offset], span),
+                    tf.constant(first), tf.constant(stop - first))
+        x, y, first, rows = self.strategy.experimental_distribute_values_from_function(part)
+        return x, y, first, rows, tf.constant(float(count), tf.float32)
 
     def _sums(self, probabilities, y):
         losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
         correct = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), y), tf.float32)
         return tf.reduce_sum(losses), tf.reduce_sum(correct)
 
-    def _train_replicas(self, x, y, first, count):
-        def step(x, y, first):
+    def _train_replicas(self, x, y, first, rows, count):
+        def step(x, y, first, rows):
+            x, y = x[:rows], y[:rows]  # the replica's own rows, without the padding that evened out the shapes
             # for the global batch's dropout masks, while tracing; MirroredStrategy traces each replica in a thread
             self._rows.value = (first, tf.cast(count, tf.int32))
             with tf.GradientTape() as tape:
@@ -279,12 +287,13 @@ class Trainer:
             variables = self.model.trainable_variables
             self.model.optimizer.apply(tape.gradient(scaled, variables), variables)  # gradients summed over replicas
             return loss_sum, correct
-        return self._reduced(self.strategy.run(step, args=(x, y, first)))
+        return self._reduced(self.strategy.run(step, args=(x, y, first, rows)))
 
-    def _evaluate_replicas(self, x, y):
-        def step(x, y):
+    def _evaluate_replicas(self, x, y, rows):
+        def step(x, y, rows):
+            x, y = x[:rows], y[:rows]
             return self._sums(tf.cast(self.model(tf.cast(x, tf.float32), training=False), tf.float32), y)
-        return self._reduced(self.strategy.run(step, args=(x, y)))
+        return self._reduced(self.strategy.run(step, args=(x, y, rows)))
 
     def _reduced(self, per_replica):
         return tuple(self.strategy.reduce("SUM", value, axis=None) for value in per_replica)
@@ -313,16 +322,24 @@ class Trainer:
     def train_batch(self, x, y, count: int | None = None) -> tuple[float, float]:
         """One optimizer step on a global batch: (sum of its losses, correct predictions), over all replicas. `x`, `y`:
         the global batch, or (`count` given) this worker's rows of a global batch of `count` rows."""
-        x, y, first, count = self._slices(x, y, count)
+        x, y, first, rows, count = self._slices(x, y, count)
         with watchdog.waiting("a training step"):  # a hung or dead peer ends this worker
-            loss_sum, correct = self._train(x, y, first, count)
+            loss_sum, correct = self._train(x, y, first, rows, count)
             return float(loss_sum), float(correct)
 
     def evaluate_batch(self, x, y, count: int | None = None) -> tuple[float, float]:
-        x, y, _, _ = self._slices(x, y, count)
+        x, y, _, rows, _ = self._slices(x, y, count)
         with watchdog.waiting("an evaluation step"):
-            loss_sum, correct = self._evaluate(x, y)
+            loss_sum, correct = self._evaluate(x, y, rows)
             return float(loss_sum), float(correct)
+
+
+def padded(rows: tf.Tensor, count: int) -> tf.Tensor:
+    """`rows` with zero rows after them up to `count` rows (`rows` itself when it has them)."""
+    missing = count - int(rows.shape[0])
+    if not missing:
+        return rows
+    return tf.concat([rows, tf.zeros((missing, *rows.shape[1:]), rows.dtype)], axis=0)
 
 
 class Epochs:
