@@ -49,17 +49,12 @@ def test_two_replicas_take_the_steps_one_process_takes(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     one, two = result["one"], result["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2)
-    for (loss_a, correct_a), (loss_b, correct_b) in zip(one["steps"], two["steps"], strict=True):
-        assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_a)) and correct_a == correct_b
-    import numpy as np
-
-    for a, b in zip(one["weights"], two["weights"], strict=True):
-        np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6)
+    assert_same_training(one, two)
     assert two["synchronized"] == [False]  # the saved model is the same whatever trained it
 
 
 UNEVEN = """
-import json, os, sys
+import json, sys
 from vggbn.cluster import distribute
 distribute.strategy()  # before TensorFlow runs anything
 import numpy as np, keras
@@ -88,30 +83,29 @@ if distribute.is_chief():
 """
 
 
-def test_two_workers_with_uneven_shares_take_the_steps_one_process_takes(tmp_path):
+def test_two_workers_with_uneven_shares_take_the_steps_one_process_takes(tmp_path, monkeypatch):
     """Global batches whose rows do not split evenly between two workers (8, 7, 1 rows): worker 0's share of 7
     matches the shape the step was traced for, worker 1's does not. Each collective keeps the instance key it was
     traced with, so a worker tracing alone would pair its collectives with the wrong ones: the step must see the
     same shapes on every worker. Ends within the watchdog's 30 s if it does not."""
-    import numpy as np
-
     from vggbn.runner import launch
 
-    env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin",
-           "VGGBN_COLLECTIVE_TIMEOUT": "30"}
+    for key in [key for key in os.environ if key.startswith(("TF_CONFIG", "VGGBN_", "SLURM_"))]:
+        monkeypatch.delenv(key)
+    for key, value in {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "VGGBN_COLLECTIVE_TIMEOUT": "30"}.items():
+        monkeypatch.setenv(key, value)
     one = subprocess.run([sys.executable, "-c", UNEVEN, str(tmp_path / "one.json")], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300, env={**env, "VGGBN_STRATEGY": "none"})
+                         cwd=ROOT, timeout=300, env={**os.environ, "VGGBN_STRATEGY": "none"})
     assert one.returncode == 0, one.stderr[-3000:]
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update({**env, "VGGBN_STRATEGY": "multi_worker"})
-    try:
-        status = launch.start_local_workers([sys.executable, "-c", UNEVEN, str(tmp_path / "two.json")], 2)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    assert status == 0
-    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    monkeypatch.setenv("VGGBN_STRATEGY", "multi_worker")
+    assert launch.start_local_workers([sys.executable, "-c", UNEVEN, str(tmp_path / "two.json")], 2) == 0
+    assert_same_training(*(json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two")))
+
+
+def assert_same_training(one: dict, two: dict) -> None:
+    """Two trainings' step results (loss sum, correct) and final weights agree, up to the order of float sums."""
+    import numpy as np
+
     for (loss_a, correct_a), (loss_b, correct_b) in zip(one["steps"], two["steps"], strict=True):
         assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_a)) and correct_a == correct_b
     for a, b in zip(one["weights"], two["weights"], strict=True):
